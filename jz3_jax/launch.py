@@ -1,0 +1,114 @@
+"""`python -m jz3_jax.launch STAGE --config configs/NAME.py [key.path=value ...]`: run one stage.
+
+Exit codes: 0 done, 1 failed (or some sweep runs failed), 2 bad input (config, files, a stage
+that is not implemented yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from jz3_jax.config import Config, apply_overrides, config_to_dict, load_config, save_config
+from jz3_jax.errors import UserError
+from jz3_jax.stages import STAGES, StageContext, get_stage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    stages = "\n".join(f"  {s.name:<11} {s.help}" for s in STAGES.values())
+    parser = argparse.ArgumentParser(
+        prog="python -m jz3_jax.launch",
+        description="Run one stage of the jz3_jax pipeline.",
+        epilog=f"stages:\n{stages}\n\nexample:\n  python -m jz3_jax.launch pretrain --config configs/tiny.py optimizer.lr=3e-4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("stage", metavar="STAGE", help="one of: " + ", ".join(STAGES))
+    parser.add_argument("--config", required=True, help="configs/NAME.py (defines get_config()) or a resolved config.json")
+    parser.add_argument("--run-dir", help="override run_dir (outputs go to RUN_DIR/STAGE/)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("--dry-run", action="store_true", help="check the config and print what would run; run nothing")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                        help="sweep a key over values (repeatable: the product of all is run)")
+    parser.add_argument("--sweep-file", help="Python file defining SWEEP, a list of override dicts")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    return parser
+
+
+def resolve_config(config_path: str, overrides: list[str], run_dir: str | None) -> Config:
+    """Load a config file, apply overrides, then `--run-dir`."""
+    cfg = apply_overrides(load_config(config_path), overrides)
+    if run_dir:
+        cfg.run_dir = run_dir
+    return cfg
+
+
+def run_stage(stage_name: str, cfg: Config) -> None:
+    """Start the runtime (distributed, logging, seeds), write the resolved config, run the stage."""
+    import numpy as np
+
+    from jz3_jax.runtime import distributed
+    from jz3_jax.runtime.logs import setup_logging
+
+    function = get_stage(stage_name).load()
+    distributed.maybe_initialize(cfg.distributed)
+    import jax
+
+    stage_dir = Path(cfg.run_dir) / stage_name
+    process = jax.process_index()
+    logger = setup_logging(stage_dir / "logs", process)
+    if process == 0:
+        save_config(cfg, stage_dir / "config.json")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    ctx = StageContext(stage_name, stage_dir, logger, process, jax.process_count())
+    logger.info("stage %s: run dir %s, %d process(es), %d device(s)", stage_name, cfg.run_dir,
+                jax.process_count(), jax.device_count())
+    function(cfg, ctx)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from jz3_jax import sweep
+
+    base = resolve_config(args.config, args.overrides, args.run_dir)
+    runs = sweep.plan(args.stage, args.config, base.run_dir, args.overrides,
+                      sweep.expand(args.sweep, args.sweep_file), [])
+    for run in runs:  # every run's config must resolve before anything is printed or run
+        resolve_config(args.config, args.overrides + run.overrides, run.run_dir)
+    if args.dry_run:
+        import shlex
+
+        for run in runs:
+            print(shlex.join(run.command))
+        return 0
+    failed = sweep.execute(runs, base.run_dir, lambda msg: print(msg, file=sys.stderr))
+    print(f"sweep: {len(runs) - failed} of {len(runs)} runs done, manifest {Path(base.run_dir) / 'sweep.jsonl'}",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        stage = get_stage(args.stage)
+        if args.sweep or args.sweep_file:
+            return _sweep(args)
+        cfg = resolve_config(args.config, args.overrides, args.run_dir)
+        if args.print_config:
+            print(json.dumps(config_to_dict(cfg), indent=2))
+            return 0
+        if args.dry_run:
+            status = "ready" if stage.target else "not implemented yet"
+            print(f"dry run: stage {stage.name} ({status}), config valid, outputs to {Path(cfg.run_dir) / stage.name}")
+            return 0
+        run_stage(stage.name, cfg)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Process runtime: multi-host init, device mesh, logical-axis sharding, logging, seeding."""

@@ -1,0 +1,70 @@
+"""Stage names, one-line descriptions and the function that runs each (`module:function`).
+
+A stage's function takes `(cfg: Config, ctx: StageContext)`. A stage whose code has not landed has
+`target=None`; launching it exits 2 with "not implemented yet".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from pathlib import Path
+from typing import Callable
+
+from jz3_jax.errors import UserError
+
+
+class StageNotImplemented(UserError):
+    """The stage exists in the design but its code has not landed yet."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What a running stage gets besides its config."""
+
+    name: str
+    stage_dir: Path
+    logger: logging.Logger
+    process_index: int = 0
+    process_count: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    target: str | None  # "package.module:function"
+
+    def load(self) -> Callable:
+        if self.target is None:
+            raise StageNotImplemented(f"stage {self.name!r} is not implemented yet")
+        module, function = self.target.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage("corpus", "collect math texts and cut them into snippets of at most 1,000 characters", None),
+        Stage("select", "score candidate snippets by gradient influence (LESS) and keep the top ones", None),
+        Stage("distill", "ask the teacher to write problems and solutions for snippets (cached, budgeted)", None),
+        Stage("sft", "fine-tune the synthesizer on the teacher's outputs", None),
+        Stage("synthesize", "let the synthesizer write problems and solutions for many prompts", None),
+        Stage("filter", "parse, deduplicate and decontaminate synthetic problems into training records", None),
+        Stage("pretrain", "train the final model on the synthetic corpus (packed, loss on outputs)", None),
+        Stage("eval", "generate answers on math benchmarks (CoT and tool use)", None),
+        Stage("grade", "grade generated answers against references and report accuracy", None),
+        Stage("serve", "serve a checkpoint behind an OpenAI-compatible HTTP API", None),
+        Stage("convert", "convert a checkpoint between Hugging Face, GGUF (import) and orbax", None),
+        Stage("bench", "time one kind of work (forward, train, decode, influence) against a reference", "jz3_jax.bench.stage:run"),
+        Stage("pipeline", "run the stages in order, each reading the artifacts of the one before", None),
+    ]
+}
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called `name`, or a UserError listing the valid ones."""
+    if name not in STAGES:
+        raise UserError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return STAGES[name]
