@@ -19,6 +19,7 @@ DEFAULT_RULES = [
     "heads=tensor",
     "kv_heads=tensor",
     "head_dim=",
+    "norm=",
     "vocab=tensor",
     "layers=",
 ]

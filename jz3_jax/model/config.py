@@ -10,7 +10,7 @@ import dataclasses
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(unsafe_hash=True)
 class ModelConfig:
     """One decoder config: the architecture, where weights come from and how it computes.
 

@@ -72,14 +72,18 @@ def _is_variable(x: Any) -> bool:
 def state_shardings(state: Any, rules: Rules, mesh: Mesh) -> Any:
     """NamedShardings for an NNX state (or abstract state) whose Variables carry `logical_axes` metadata.
 
-    Variables without the annotation are replicated.
+    Variables without the annotation are replicated. A stacked (scanned) layer parameter has
+    one more dimension than its annotation: that leading dimension is the "layers" axis.
     """
 
     def one(var: Any) -> Any:
         if not _is_variable(var):
             return NamedSharding(mesh, PartitionSpec())
-        names = var.get_metadata().get("logical_axes") or (None,) * len(var.value.shape)
-        return var.replace(named_sharding(names, rules, mesh, var.value.shape))
+        shape = var.value.shape
+        names = tuple(var.get_metadata().get("logical_axes") or (None,) * len(shape))
+        if len(names) == len(shape) - 1:
+            names = ("layers",) + names
+        return var.replace(named_sharding(names, rules, mesh, shape))
 
     return jax.tree.map(one, state, is_leaf=_is_variable)
 

@@ -1,0 +1,88 @@
+"""Masked grouped-query attention and the KV cache it reads and writes.
+
+One mask rule covers training on packed rows and decoding: a query attends to a key when both
+belong to the same segment (segment 0 is padding), the key's position is not after the query's,
+and, with a sliding window W, the key is less than W positions back. In the KV cache, a key's
+segment is 1 where the slot holds a real token and 0 otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class KVCache(NamedTuple):
+    """Keys/values of every layer ([layers, batch, slots, kv_heads, head_dim]) plus, per slot,
+    whether it holds a token and that token's position; `index` is each row's next free slot."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array  # [batch, slots] int32 (1 = real token)
+    pos: jax.Array  # [batch, slots] int32
+    index: jax.Array  # [batch] int32
+
+    @classmethod
+    def init(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype) -> "KVCache":
+        shape = (num_layers, batch, slots, kv_heads, head_dim)
+        return cls(
+            jnp.zeros(shape, dtype),
+            jnp.zeros(shape, dtype),
+            jnp.zeros((batch, slots), jnp.int32),
+            jnp.zeros((batch, slots), jnp.int32),
+            jnp.zeros((batch,), jnp.int32),
+        )
+
+
+def _write_rows(buffer: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write `new` [batch, t, ...] into `buffer` [batch, slots, ...] at each row's own `start`."""
+
+    def one(buf, chunk, s):
+        return jax.lax.dynamic_update_slice_in_dim(buf, chunk.astype(buf.dtype), s, axis=0)
+
+    return jax.vmap(one)(buffer, new, start)
+
+
+def write_kv(k_layer: jax.Array, v_layer: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array):
+    """One layer's cache after writing the new keys/values at each row's `start` slot."""
+    return _write_rows(k_layer, k, start), _write_rows(v_layer, v, start)
+
+
+def write_slot_info(cache: KVCache, segment_ids: jax.Array, positions: jax.Array) -> KVCache:
+    """Record validity/positions of the new tokens and advance each row by its real-token count.
+
+    New tokens must be right-padded within the chunk: padding slots are written as invalid and
+    the next write of that row starts over them.
+    """
+    real = (segment_ids != 0).astype(jnp.int32)
+    valid = _write_rows(cache.valid, real, cache.index)
+    pos = _write_rows(cache.pos, positions.astype(jnp.int32), cache.index)
+    return cache._replace(valid=valid, pos=pos, index=cache.index + real.sum(axis=1))
+
+
+def attention_mask(q_seg, k_seg, q_pos, k_pos, sliding_window: int) -> jax.Array:
+    """Boolean [batch, q_len, k_len] mask (see the module docstring)."""
+    same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    delta = q_pos[:, :, None] - k_pos[:, None, :]
+    mask = same & (delta >= 0)
+    if sliding_window > 0:
+        mask &= delta < sliding_window
+    return mask
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q [b, t, heads, d], k/v [b, s, kv_heads, d], mask [b, t, s] -> [b, t, heads, d].
+
+    Softmax in float32; fully masked rows (padding queries) get a uniform distribution, not NaN.
+    """
+    b, t, heads, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, heads, d)

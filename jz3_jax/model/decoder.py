@@ -1,0 +1,135 @@
+"""The decoder-only transformer (Llama / Mistral / Qwen2 / DeepSeek-Math layout) in Flax NNX.
+
+`Decoder(tokens, positions, segment_ids, cache=None)` returns logits and the updated cache.
+With `scan_layers`, the layers' parameters are stacked on a leading "layers" axis and the layer
+stack runs under `jax.lax.scan` (one compiled layer, fast compiles for deep models); otherwise
+each layer has its own arrays (faster decode on CPU, where stacking costs extra copies).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jz3_jax.model.attention import KVCache, write_slot_info
+from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.layers import DecoderLayer, RMSNorm, _param, constrain, dtype_of
+from jz3_jax.model.rope import inverse_frequencies, rope_tables
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def rules_tuple(rules: dict[str, tuple[str, ...]] | Sequence[str] | None) -> tuple:
+    """A hashable form of the rules table, kept as static model data."""
+    if rules is None:
+        return ()
+    if not isinstance(rules, dict):
+        from jz3_jax.runtime.sharding import parse_rules
+
+        rules = parse_rules(rules)
+    return tuple(sorted(rules.items()))
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rules=None):
+        if cfg.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {cfg.remat!r}")
+        self.cfg = cfg
+        self.rules = rules_tuple(rules)
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        if cfg.scan_layers:
+            @nnx.split_rngs(splits=cfg.num_layers)
+            @nnx.vmap(in_axes=0, out_axes=0)
+            def make_stack(rngs: nnx.Rngs) -> DecoderLayer:
+                return DecoderLayer(cfg, rngs=rngs)
+
+            self.layers = make_stack(rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
+
+    def _layer_fn(self, graphdef):
+        """A pure function (layer state, carry, kv) -> (carry, new kv), rematerialised if configured."""
+        rules = self.rules
+
+        def apply(state, x, cos, sin, segment_ids, positions, kv, slots):
+            layer = nnx.merge(graphdef, state)
+            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots)
+
+        policy = REMAT_POLICIES[self.cfg.remat]
+        if self.cfg.remat != "none":
+            return jax.checkpoint(apply, policy=policy)
+        return apply
+
+    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None):
+        """Final-norm hidden states [batch, length, hidden] and the updated cache."""
+        cfg = self.cfg
+        x = jnp.take(self.embed.value, tokens, axis=0).astype(dtype_of(cfg.dtype))
+        x = constrain(x, ("batch", "length", "embed"), self.rules)
+        cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
+        slots = None
+        if cache is not None:
+            new_cache = write_slot_info(cache, segment_ids, positions)
+            slots = (cache.index, new_cache.valid, new_cache.pos)
+        if cfg.scan_layers:
+            graphdef, state = nnx.split(self.layers)
+            apply = self._layer_fn(graphdef)
+
+            def body(carry, xs):
+                layer_state, kv = xs
+                carry, new_kv = apply(layer_state, carry, cos, sin, segment_ids, positions, kv, slots)
+                return carry, new_kv
+
+            kvs = None if cache is None else (cache.k, cache.v)
+            x, new_kvs = jax.lax.scan(body, x, (state, kvs))
+        else:
+            new_k, new_v = [], []
+            for i, layer in enumerate(self.layers):
+                graphdef, state = nnx.split(layer)
+                kv = None if cache is None else (cache.k[i], cache.v[i])
+                x, new_kv = self._layer_fn(graphdef)(state, x, cos, sin, segment_ids, positions, kv, slots)
+                if cache is not None:
+                    new_k.append(new_kv[0])
+                    new_v.append(new_kv[1])
+            new_kvs = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+        if cache is not None:
+            cache = new_cache._replace(k=new_kvs[0], v=new_kvs[1])
+        return self.final_norm(x), cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Vocabulary logits (float32) from final hidden states."""
+        dt = dtype_of(self.cfg.dtype)
+        if self.cfg.tie_embeddings:
+            out = jnp.einsum("bte,ve->btv", hidden, self.embed.value.astype(dt), preferred_element_type=jnp.float32)
+        else:
+            out = jnp.einsum("bte,ev->btv", hidden, self.lm_head.value.astype(dt), preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "vocab"), self.rules)
+
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None):
+        """tokens [batch, length] -> (logits [batch, length, vocab] float32, cache).
+
+        `positions` default to 0..length-1 and `segment_ids` to all ones (one sequence per row).
+        """
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
+        hidden, cache = self.hidden_states(tokens, positions, segment_ids, cache)
+        return self.logits(hidden), cache
+
+    def init_cache(self, batch: int, slots: int, dtype=None) -> KVCache:
+        """An empty KV cache for `batch` rows of `slots` tokens each."""
+        cfg = self.cfg
+        dtype = dtype or dtype_of(cfg.dtype)
+        return KVCache.init(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.resolved_head_dim, dtype)

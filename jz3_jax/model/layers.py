@@ -1,0 +1,119 @@
+"""Building blocks of the decoder: RMSNorm, SwiGLU MLP, attention, one decoder layer.
+
+Every parameter carries `logical_axes` metadata (names from the `mesh.rules` table); activations
+are constrained by logical names through `constrain`, which is a no-op without a mesh.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jz3_jax.model.attention import attention_mask, dot_product_attention, write_kv
+from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.rope import apply_rope
+
+
+def dtype_of(name: str):
+    """`"bfloat16"` -> jnp.bfloat16, etc."""
+    return jnp.dtype(name)
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, cfg: ModelConfig, init=None) -> nnx.Param:
+    init = init or nnx.initializers.normal(stddev=0.02)
+    return nnx.Param(init(rngs.params(), shape, dtype_of(cfg.param_dtype)), logical_axes=axes)
+
+
+def constrain(x: jax.Array, names: tuple, rules: tuple) -> jax.Array:
+    """Sharding constraint by logical names under the mesh set with `jax.set_mesh` (else no-op)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or not rules:
+        return x
+    from jz3_jax.runtime.sharding import logical_to_spec
+
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, dict(rules), mesh, x.shape))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.weight = _param(rngs, (dim,), ("norm",), cfg, nnx.initializers.ones)
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight.value.astype(x.dtype) * xf.astype(x.dtype)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        self.gate = _param(rngs, (e, m), ("embed", "mlp"), cfg)
+        self.up = _param(rngs, (e, m), ("embed", "mlp"), cfg)
+        self.down = _param(rngs, (m, e), ("mlp", "embed"), cfg)
+        self.dtype = dtype_of(cfg.dtype)
+
+    def __call__(self, x: jax.Array, rules: tuple) -> jax.Array:
+        gate = x @ self.gate.value.astype(self.dtype)
+        up = x @ self.up.value.astype(self.dtype)
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), rules)
+        return hidden @ self.down.value.astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        e, h, kvh, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        self.q = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), cfg)
+        self.k = _param(rngs, (e, kvh, d), ("embed", "kv_heads", "head_dim"), cfg)
+        self.v = _param(rngs, (e, kvh, d), ("embed", "kv_heads", "head_dim"), cfg)
+        self.o = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), cfg)
+        if cfg.qkv_bias:
+            zeros = nnx.initializers.zeros
+            self.q_bias = _param(rngs, (h, d), ("heads", "head_dim"), cfg, zeros)
+            self.k_bias = _param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
+            self.v_bias = _param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
+        self.qkv_bias = cfg.qkv_bias
+        self.sliding_window = cfg.sliding_window
+        self.dtype = dtype_of(cfg.dtype)
+
+    def _project(self, x: jax.Array, name: str) -> jax.Array:
+        out = jnp.einsum("bte,ehd->bthd", x, getattr(self, name).value.astype(self.dtype))
+        if self.qkv_bias:
+            out = out + getattr(self, f"{name}_bias").value.astype(self.dtype)
+        return out
+
+    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None):
+        """Self-attention over `x`; with `kv=(k_cache, v_cache)` the new keys are written at
+        slot `start` of each row and attention runs over the whole cache, whose per-slot
+        validity and positions (already including the new tokens) are `cache_slots =
+        (start, valid, pos)`. Returns (out, new kv or None)."""
+        q = apply_rope(self._project(x, "q"), cos, sin)
+        k = apply_rope(self._project(x, "k"), cos, sin)
+        v = self._project(x, "v")
+        q = constrain(q, ("batch", "length", "heads", "head_dim"), rules)
+        if kv is None:
+            mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
+            new_kv = None
+        else:
+            start, valid, slot_pos = cache_slots
+            new_kv = write_kv(kv[0], kv[1], k, v, start)
+            k, v = new_kv
+            mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
+        out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+        out = jnp.einsum("bthd,hde->bte", out, self.o.value.astype(self.dtype))
+        return out, new_kv
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None):
+        attn_out, new_kv = self.attn(self.input_norm(x), cos, sin, segment_ids, positions, rules, kv, cache_slots)
+        x = constrain(x + attn_out, ("batch", "length", "embed"), rules)
+        x = x + self.mlp(self.post_attn_norm(x), rules)
+        return constrain(x, ("batch", "length", "embed"), rules), new_kv
