@@ -1,0 +1,78 @@
+"""Stream named HF tensors straight into a sharded model, one tensor at a time.
+
+Each tensor is checked (known name, expected shape), converted to our layout and dtype, and
+placed on its sharding with `make_array_from_callback`, so a process only transfers its own
+shards and host memory holds one tensor at a time, never a second copy of the model.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jz3_jax.checkpoint.errors import CheckpointError
+from jz3_jax.checkpoint.hf_names import IGNORED, expected_hf_names, hf_shape, locate
+from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.decoder import Decoder
+from jz3_jax.model.factory import abstract_model, model_shardings
+from jz3_jax.runtime.sharding import Rules
+
+
+def _state_key(path: tuple[str, ...], layer: int | None, scan: bool) -> tuple:
+    if layer is None:
+        return path
+    return ("layers",) + path if scan else ("layers", layer) + path
+
+
+@jax.jit
+def _zeros_like(x):
+    return jnp.zeros(x.shape, x.dtype)
+
+
+def _set_layer(buffer: jax.Array, value: np.ndarray, layer: int) -> jax.Array:
+    update = jax.jit(lambda buf, v: buf.at[layer].set(v), donate_argnums=0, out_shardings=buffer.sharding)
+    return update(buffer, value)
+
+
+def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]], mesh: Mesh, rules: Rules) -> Decoder:
+    """Build a Decoder of architecture `cfg` from an iterator of (HF name, array, source file)."""
+    graphdef, abstract_state, shardings = model_shardings(abstract_model(cfg, rules), rules, mesh)
+    flat_abstract = dict(nnx.to_flat_state(abstract_state))
+    flat_shardings = dict(nnx.to_flat_state(shardings))
+    dtype = jnp.dtype(cfg.param_dtype)
+    expected = set(expected_hf_names(cfg))
+    values: dict[tuple, jax.Array] = {}
+    seen: set[str] = set()
+    for name, array, source in tensors:
+        if IGNORED.match(name):
+            continue
+        located = locate(name)
+        if located is None or name not in expected:
+            raise CheckpointError(f"{source}: tensor {name!r} is not part of a {cfg.family} model with this config")
+        if tuple(array.shape) != hf_shape(name, cfg):
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, the config expects {hf_shape(name, cfg)}"
+            )
+        path, layer, to_ours = located
+        key = _state_key(path, layer, cfg.scan_layers)
+        value = np.asarray(to_ours(array, cfg)).astype(dtype)
+        sharding = flat_shardings[key].value
+        if cfg.scan_layers and layer is not None:
+            if key not in values:
+                values[key] = jax.jit(_zeros_like, out_shardings=sharding)(flat_abstract[key].value)
+            values[key] = _set_layer(values[key], value, layer)
+        else:
+            values[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+        seen.add(name)
+    missing = sorted(expected - seen)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"checkpoint is missing tensors: {', '.join(missing[:3])}{more}")
+    for key, var in flat_abstract.items():
+        var.value = values[key]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat_abstract))
