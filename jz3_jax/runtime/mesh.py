@@ -40,3 +40,10 @@ def build_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> 
     devices = list(devices) if devices is not None else jax.devices()
     shape = resolve_mesh_shape(cfg, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def mesh_and_rules(cfg) -> tuple[Mesh, dict[str, tuple[str, ...]]]:
+    """The mesh and the parsed logical-axis rules of a root `Config`."""
+    from jz3_jax.runtime.sharding import parse_rules
+
+    return build_mesh(cfg.mesh), parse_rules(cfg.mesh.rules)

@@ -56,7 +56,7 @@ STAGES: dict[str, Stage] = {
         Stage("eval", "generate answers on math benchmarks (CoT and tool use)", None),
         Stage("grade", "grade generated answers against references and report accuracy", None),
         Stage("serve", "serve a checkpoint behind an OpenAI-compatible HTTP API", None),
-        Stage("convert", "convert a checkpoint between Hugging Face, GGUF (import) and orbax", None),
+        Stage("convert", "convert a checkpoint between Hugging Face, GGUF (import) and orbax", "jz3_jax.checkpoint.convert:run"),
         Stage("bench", "time one kind of work (forward, train, decode, influence) against a reference", "jz3_jax.bench.stage:run"),
         Stage("pipeline", "run the stages in order, each reading the artifacts of the one before", None),
     ]

@@ -1,0 +1,1 @@
+"""Benchmarks: one harness (`bench` stage) with a kind per workload."""

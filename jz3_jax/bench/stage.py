@@ -1,0 +1,19 @@
+"""The `bench` stage: dispatch `bench.kind` to its benchmark."""
+
+from __future__ import annotations
+
+import importlib
+
+from jz3_jax.config import Config, ConfigError
+from jz3_jax.stages import StageContext, StageNotImplemented
+
+KINDS = {"forward": "jz3_jax.bench.forward", "train": None, "decode": None, "influence": None}
+
+
+def run(cfg: Config, ctx: StageContext) -> dict:
+    kind = cfg.bench.kind
+    if kind not in KINDS:
+        raise ConfigError(f"bench.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if KINDS[kind] is None:
+        raise StageNotImplemented(f"bench.kind={kind} is not implemented yet")
+    return importlib.import_module(KINDS[kind]).run(cfg, ctx)

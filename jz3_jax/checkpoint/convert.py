@@ -1,0 +1,63 @@
+"""The `convert` stage: HF dir / orbax dir / .gguf file -> orbax or HF directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+
+from jz3_jax.checkpoint import checkpoint_kind, default_tokenizer_path, load_model
+from jz3_jax.checkpoint.errors import CheckpointError
+from jz3_jax.config import Config, ConfigError
+from jz3_jax.runtime.mesh import mesh_and_rules
+from jz3_jax.stages import StageContext
+
+FORMATS = ("orbax", "hf")
+
+
+def load_stage_tokenizer(model_cfg, logger):
+    """The tokenizer for a model config: `model.tokenizer` (must load) or the checkpoint's own (if any)."""
+    from jz3_jax.tokenizer import TokenizerError, load_tokenizer
+
+    path = default_tokenizer_path(model_cfg)
+    if not path:
+        return None
+    try:
+        return load_tokenizer(path)
+    except TokenizerError:
+        if model_cfg.tokenizer:
+            raise
+        logger.info("no tokenizer found in %s; continuing without one", path)
+        return None
+
+
+def run(cfg: Config, ctx: StageContext) -> None:
+    """Load `convert.src` (or `model.checkpoint`) and write it to `convert.dst` as `convert.dst_format`."""
+    src = cfg.convert.src or cfg.model.checkpoint
+    if not src:
+        raise ConfigError("convert needs convert.src=PATH (a HF dir, an orbax checkpoint dir or a .gguf file)")
+    if not cfg.convert.dst:
+        raise ConfigError("convert needs convert.dst=DIR")
+    if cfg.convert.dst_format not in FORMATS:
+        raise ConfigError(f"convert.dst_format must be one of {', '.join(FORMATS)}, got {cfg.convert.dst_format!r}")
+    dst = Path(cfg.convert.dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise CheckpointError(f"destination {dst} already exists and is not empty")
+    kind = checkpoint_kind(src)
+    mesh, rules = mesh_and_rules(cfg)
+    model_cfg = dataclasses.replace(cfg.model, checkpoint=src)
+    ctx.logger.info("convert: loading %s checkpoint %s", kind, src)
+    with jax.set_mesh(mesh):
+        model, resolved = load_model(model_cfg, mesh, rules, cfg.seed)
+    tokenizer = load_stage_tokenizer(model_cfg, ctx.logger)
+    if cfg.convert.dst_format == "hf":
+        from jz3_jax.checkpoint.hf_export import export_hf
+
+        export_hf(model, dst, tokenizer)
+    else:
+        from jz3_jax.checkpoint.orbax_io import save_orbax
+
+        save_orbax(model, dst, tokenizer)
+    ctx.logger.info("convert: wrote %s (%s, %d layers, hidden %d) to %s", resolved.family, cfg.convert.dst_format,
+                    resolved.num_layers, resolved.hidden_size, dst)
