@@ -61,10 +61,10 @@ def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]
         path, layer, to_ours = located
         key = _state_key(path, layer, cfg.scan_layers)
         value = np.asarray(to_ours(array, cfg)).astype(dtype)
-        sharding = flat_shardings[key].value
+        sharding = flat_shardings[key].get_value()
         if cfg.scan_layers and layer is not None:
             if key not in values:
-                values[key] = jax.jit(_zeros_like, out_shardings=sharding)(flat_abstract[key].value)
+                values[key] = jax.jit(_zeros_like, out_shardings=sharding)(flat_abstract[key].get_value())
             values[key] = _set_layer(values[key], value, layer)
         else:
             values[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
@@ -74,5 +74,5 @@ def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"checkpoint is missing tensors: {', '.join(missing[:3])}{more}")
     for key, var in flat_abstract.items():
-        var.value = values[key]
+        var.set_value(values[key])
     return nnx.merge(graphdef, nnx.from_flat_state(flat_abstract))

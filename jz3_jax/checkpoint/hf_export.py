@@ -36,11 +36,11 @@ def iter_model_tensors(model: Decoder) -> Iterator[tuple[str, np.ndarray]]:
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for name, path, layer in iter_hf_names(cfg):
         if layer is None:
-            array = flat[path].value
+            array = flat[path].get_value()
         elif cfg.scan_layers:
-            array = flat[("layers",) + path].value[layer]
+            array = flat[("layers",) + path].get_value()[layer]
         else:
-            array = flat[("layers", layer) + path].value
+            array = flat[("layers", layer) + path].get_value()
         yield name, hf_layout(name, _to_host(array), cfg)
 
 

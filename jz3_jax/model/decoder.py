@@ -75,7 +75,7 @@ class Decoder(nnx.Module):
     def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None):
         """Final-norm hidden states [batch, length, hidden] and the updated cache."""
         cfg = self.cfg
-        x = jnp.take(self.embed.value, tokens, axis=0).astype(dtype_of(cfg.dtype))
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(cfg.dtype))
         x = constrain(x, ("batch", "length", "embed"), self.rules)
         cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
         slots = None
@@ -111,9 +111,9 @@ class Decoder(nnx.Module):
         """Vocabulary logits (float32) from final hidden states."""
         dt = dtype_of(self.cfg.dtype)
         if self.cfg.tie_embeddings:
-            out = jnp.einsum("bte,ve->btv", hidden, self.embed.value.astype(dt), preferred_element_type=jnp.float32)
+            out = jnp.einsum("bte,ve->btv", hidden, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
         else:
-            out = jnp.einsum("bte,ev->btv", hidden, self.lm_head.value.astype(dt), preferred_element_type=jnp.float32)
+            out = jnp.einsum("bte,ev->btv", hidden, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
         return constrain(out, ("batch", "length", "vocab"), self.rules)
 
     def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None):

@@ -43,7 +43,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return self.weight.value.astype(x.dtype) * xf.astype(x.dtype)
+        return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
 
 
 class MLP(nnx.Module):
@@ -55,10 +55,10 @@ class MLP(nnx.Module):
         self.dtype = dtype_of(cfg.dtype)
 
     def __call__(self, x: jax.Array, rules: tuple) -> jax.Array:
-        gate = x @ self.gate.value.astype(self.dtype)
-        up = x @ self.up.value.astype(self.dtype)
+        gate = x @ self.gate[...].astype(self.dtype)
+        up = x @ self.up[...].astype(self.dtype)
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), rules)
-        return hidden @ self.down.value.astype(self.dtype)
+        return hidden @ self.down[...].astype(self.dtype)
 
 
 class Attention(nnx.Module):
@@ -78,9 +78,9 @@ class Attention(nnx.Module):
         self.dtype = dtype_of(cfg.dtype)
 
     def _project(self, x: jax.Array, name: str) -> jax.Array:
-        out = jnp.einsum("bte,ehd->bthd", x, getattr(self, name).value.astype(self.dtype))
+        out = jnp.einsum("bte,ehd->bthd", x, getattr(self, name)[...].astype(self.dtype))
         if self.qkv_bias:
-            out = out + getattr(self, f"{name}_bias").value.astype(self.dtype)
+            out = out + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return out
 
     def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None):
@@ -101,7 +101,7 @@ class Attention(nnx.Module):
             k, v = new_kv
             mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
         out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
-        out = jnp.einsum("bthd,hde->bte", out, self.o.value.astype(self.dtype))
+        out = jnp.einsum("bthd,hde->bte", out, self.o[...].astype(self.dtype))
         return out, new_kv
 
 

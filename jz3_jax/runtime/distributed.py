@@ -21,11 +21,19 @@ def _tpu_pod_env() -> bool:
     return len([h for h in hosts.split(",") if h.strip()]) > 1
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    try:
+        return int(text) if text else default
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {text!r}") from None
+
+
 def resolve(cfg: DistributedConfig) -> dict | None:
     """Keyword arguments for `jax.distributed.initialize`, or None for a single-process run."""
     address = cfg.coordinator_address or os.environ.get("JZ3_COORDINATOR_ADDRESS", "")
-    num = cfg.num_processes or int(os.environ.get("JZ3_NUM_PROCESSES", "0") or 0)
-    pid = cfg.process_id if cfg.process_id >= 0 else int(os.environ.get("JZ3_PROCESS_ID", "-1") or -1)
+    num = cfg.num_processes or _env_int("JZ3_NUM_PROCESSES", 0)
+    pid = cfg.process_id if cfg.process_id >= 0 else _env_int("JZ3_PROCESS_ID", -1)
     if cfg.enabled not in ("auto", "true", "false"):
         raise ConfigError(f"distributed.enabled must be auto, true or false, got {cfg.enabled!r}")
     if cfg.enabled == "false":

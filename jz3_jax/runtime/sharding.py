@@ -79,7 +79,7 @@ def state_shardings(state: Any, rules: Rules, mesh: Mesh) -> Any:
     def one(var: Any) -> Any:
         if not _is_variable(var):
             return NamedSharding(mesh, PartitionSpec())
-        shape = var.value.shape
+        shape = var.get_value().shape
         names = tuple(var.get_metadata().get("logical_axes") or (None,) * len(shape))
         if len(names) == len(shape) - 1:
             names = ("layers",) + names

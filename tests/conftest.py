@@ -1,0 +1,41 @@
+"""Shared fixtures. The pytest process itself keeps JAX at its default single CPU device: code that
+needs several devices runs in a fresh interpreter through `run_in_subprocess` (see `helpers.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import helpers
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (where `configs/` and `jz3_jax/` live)."""
+    return helpers.REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    """The interpreter running the tests (the project's virtualenv python)."""
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def run_launch():
+    """`run_launch(*args, env=None, timeout=120)`: run `python -m jz3_jax.launch *args` in a subprocess.
+
+    cwd is the repo root and JAX_PLATFORMS=cpu; returns the `subprocess.CompletedProcess` (text
+    stdout/stderr) without checking the exit code.
+    """
+    return helpers.run_launch
+
+
+@pytest.fixture(scope="session")
+def run_in_subprocess():
+    """`run_in_subprocess(code, devices=1, timeout=300, env=None, args=())`: run a Python snippet in a
+    fresh interpreter with `devices` forced CPU devices; asserts exit 0 and returns its stdout."""
+    return helpers.run_in_subprocess

@@ -1,0 +1,75 @@
+"""Shared test helpers: run the launcher or a Python snippet in a fresh interpreter.
+
+JAX fixes its device count when it first initialises, so anything that needs several (forced) CPU
+devices must run in its own interpreter: the pytest process itself stays at 1 device. Import these
+from a test module with `from helpers import ...` (pytest puts `tests/` on `sys.path`), or use the
+fixtures of the same names in `conftest.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(devices: int | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of this process's environment for a child that runs JAX on CPU.
+
+    `JAX_PLATFORMS=cpu` always; with `devices`, the child sees that many forced host devices (both
+    `XLA_FLAGS=--xla_force_host_platform_device_count=N`, keeping any other XLA flags, and
+    `JAX_NUM_CPU_DEVICES=N`, so the two never disagree). `extra` is applied last.
+    """
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONUNBUFFERED"] = "1"
+    if devices is not None:
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", "")).split()
+        env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+        env["JAX_NUM_CPU_DEVICES"] = str(devices)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_launch(*args: str | os.PathLike, env: Mapping[str, str] | None = None, timeout: float = 120,
+               cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m jz3_jax.launch *args` (cwd = repo root, JAX_PLATFORMS=cpu); never raises on exit code.
+
+    Returns the CompletedProcess with text `stdout` / `stderr`; check `returncode` yourself.
+    `env` adds variables on top of `subprocess_env()`.
+    """
+    command = [sys.executable, "-m", "jz3_jax.launch", *map(str, args)]
+    return subprocess.run(command, cwd=cwd or REPO_ROOT, env=subprocess_env(extra=env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_in_subprocess(code: str, devices: int = 1, *, timeout: float = 300, env: Mapping[str, str] | None = None,
+                      args: Sequence[str] = ()) -> str:
+    """Run the Python snippet `code` in a fresh interpreter with `devices` forced CPU devices.
+
+    The snippet is dedented, runs with cwd = repo root, and gets `args` as `sys.argv[1:]`. Asserts
+    that it exits 0 (the failure message shows its stdout and stderr) and returns its stdout, so a
+    snippet reports results by printing (e.g. one JSON line).
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO_ROOT,
+                          env=subprocess_env(devices, env), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"subprocess exited {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+    return proc.stdout
+
+
+def last_json_line(stdout: str):
+    """The JSON value on the last non-empty line of `stdout` (how snippets report results)."""
+    import json
+
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert lines, "the subprocess printed nothing"
+    return json.loads(lines[-1])
