@@ -73,16 +73,23 @@ def attention_mask(q_seg, k_seg, q_pos, k_pos, sliding_window: int) -> jax.Array
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q [b, t, heads, d], k/v [b, s, kv_heads, d], mask [b, t, s] -> [b, t, heads, d].
+    """q [b, t, heads, d], k/v [b, s, kv_heads, d], mask [b, t, s] -> [b, kv_heads, group, t, d].
 
-    Softmax in float32; fully masked rows (padding queries) get a uniform distribution, not NaN.
+    Query heads are grouped by the kv head they share (head h uses kv head h // group, as in
+    transformers), and the output stays in that grouped layout: the output projection consumes
+    it directly. Transposing back to [b, t, heads, d] here made XLA:CPU pick slow layouts for
+    the batched matmuls (about 3x slower attention on CPU). Softmax runs in float32; fully
+    masked rows (padding queries) get a uniform distribution, not NaN.
     """
     b, t, heads, d = q.shape
     kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
+    group = heads // kv_heads
+    q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, d)
+    k = k.transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = scores.reshape(b, kv_heads, group, t, -1)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, heads, d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, group * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    return out.reshape(b, kv_heads, group, t, d)

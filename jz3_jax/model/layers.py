@@ -101,7 +101,9 @@ class Attention(nnx.Module):
             k, v = new_kv
             mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
         out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
-        out = jnp.einsum("bthd,hde->bte", out, self.o[...].astype(self.dtype))
+        kv_heads, group = out.shape[1], out.shape[2]
+        o = self.o[...].astype(self.dtype).reshape(kv_heads, group, *self.o.shape[1:])
+        out = jnp.einsum("bkgtd,kgde->bte", out, o)
         return out, new_kv
 
 
