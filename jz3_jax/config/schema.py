@@ -63,23 +63,62 @@ class OptimizerConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Training/eval records (`input`/`output` fields)."""
+    """Training/eval records with `input` (prompt, masked from the loss) and `output` (target) fields.
+
+    `train_path`/`eval_path`: a .jsonl/.parquet/.array_record file, a directory or glob of them, or
+    a TFDS array_record builder directory (format "tfds", split from `train_split`/`eval_split`).
+    Without `eval_path`, `eval_rows` records are held out from the training data.
+    """
 
     train_path: str = ""
     eval_path: str = ""
+    format: str = "auto"  # auto | jsonl | parquet | array_record | tfds
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_rows: int = 0
+    input_field: str = "input"
+    output_field: str = "output"
     max_length: int = 2048
+    pack: bool = True
+    train_on_input: bool = False
+    bad_records: str = "error"  # error | skip
+    shuffle: bool = True
+    num_workers: int = 0
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Trainer loop settings shared by `sft` and `pretrain`."""
 
-    global_batch_size: int = 32
-    steps: int = 0
+    global_batch_size: int = 32  # rows per optimizer step (all processes, all accumulation micro-steps)
+    grad_accum: int = 1
+    steps: int = 0  # 0 = derived from epochs and the dataset size
     epochs: float = 1.0
     eval_every: int = 0
-    checkpoint_every: int = 1000
+    eval_batches: int = 4
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
     log_every: int = 1
+    export_hf: bool = True
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """LoRA adapters (rank 0 = off): only the adapters train; export merges them into the base."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
+
+
+@dataclasses.dataclass
+class CompileConfig:
+    """`compile` stage: ahead-of-time compile of the train step for a Cloud TPU topology (e.g. v5p-64)."""
+
+    topology: str = "v5p-16"
+    per_device_batch: int = 1
+    num_slices: int = 1
 
 
 @dataclasses.dataclass
@@ -127,6 +166,8 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    compile: CompileConfig = dataclasses.field(default_factory=CompileConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     convert: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
