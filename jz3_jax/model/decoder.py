@@ -63,17 +63,19 @@ class Decoder(nnx.Module):
         """A pure function (layer state, carry, kv) -> (carry, new kv), rematerialised if configured."""
         rules = self.rules
 
-        def apply(state, x, cos, sin, segment_ids, positions, kv, slots):
+        def apply(state, x, cos, sin, segment_ids, positions, kv, slots, key):
             layer = nnx.merge(graphdef, state)
-            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots)
+            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots, key)
 
         policy = REMAT_POLICIES[self.cfg.remat]
         if self.cfg.remat != "none":
             return jax.checkpoint(apply, policy=policy)
         return apply
 
-    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None):
-        """Final-norm hidden states [batch, length, hidden] and the updated cache."""
+    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None, dropout_key=None):
+        """Final-norm hidden states [batch, length, hidden] and the updated cache.
+
+        `dropout_key` turns on LoRA dropout (training only); None is deterministic."""
         cfg = self.cfg
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(cfg.dtype))
         x = constrain(x, ("batch", "length", "embed"), self.rules)
@@ -87,18 +89,20 @@ class Decoder(nnx.Module):
             apply = self._layer_fn(graphdef)
 
             def body(carry, xs):
-                layer_state, kv = xs
-                carry, new_kv = apply(layer_state, carry, cos, sin, segment_ids, positions, kv, slots)
+                layer_state, kv, index = xs
+                key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+                carry, new_kv = apply(layer_state, carry, cos, sin, segment_ids, positions, kv, slots, key)
                 return carry, new_kv
 
             kvs = None if cache is None else (cache.k, cache.v)
-            x, new_kvs = jax.lax.scan(body, x, (state, kvs))
+            x, new_kvs = jax.lax.scan(body, x, (state, kvs, jnp.arange(cfg.num_layers)))
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 graphdef, state = nnx.split(layer)
                 kv = None if cache is None else (cache.k[i], cache.v[i])
-                x, new_kv = self._layer_fn(graphdef)(state, x, cos, sin, segment_ids, positions, kv, slots)
+                key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+                x, new_kv = self._layer_fn(graphdef)(state, x, cos, sin, segment_ids, positions, kv, slots, key)
                 if cache is not None:
                     new_k.append(new_kv[0])
                     new_v.append(new_kv[1])
@@ -116,7 +120,7 @@ class Decoder(nnx.Module):
             out = jnp.einsum("bte,ev->btv", hidden, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
         return constrain(out, ("batch", "length", "vocab"), self.rules)
 
-    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None):
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, dropout_key=None):
         """tokens [batch, length] -> (logits [batch, length, vocab] float32, cache).
 
         `positions` default to 0..length-1 and `segment_ids` to all ones (one sequence per row).
@@ -125,7 +129,7 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
-        hidden, cache = self.hidden_states(tokens, positions, segment_ids, cache)
+        hidden, cache = self.hidden_states(tokens, positions, segment_ids, cache, dropout_key)
         return self.logits(hidden), cache
 
     def init_cache(self, batch: int, slots: int, dtype=None) -> KVCache:

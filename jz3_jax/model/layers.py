@@ -12,6 +12,7 @@ from flax import nnx
 
 from jz3_jax.model.attention import attention_mask, dot_product_attention, write_kv
 from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.lora import TARGETS, adapter
 from jz3_jax.model.rope import apply_rope
 
 
@@ -46,6 +47,11 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
 
 
+def _subkey(key, name: str):
+    """A distinct dropout key per adapted weight (None stays None: no dropout)."""
+    return None if key is None else jax.random.fold_in(key, TARGETS.index(name))
+
+
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, m = cfg.hidden_size, cfg.intermediate_size
@@ -54,11 +60,18 @@ class MLP(nnx.Module):
         self.down = _param(rngs, (m, e), ("mlp", "embed"), cfg)
         self.dtype = dtype_of(cfg.dtype)
 
-    def __call__(self, x: jax.Array, rules: tuple) -> jax.Array:
-        gate = x @ self.gate[...].astype(self.dtype)
-        up = x @ self.up[...].astype(self.dtype)
+    def _matmul(self, x: jax.Array, name: str, key) -> jax.Array:
+        out = x @ getattr(self, name)[...].astype(self.dtype)
+        lora = adapter(self, name)
+        if lora is not None:
+            out = out + lora(x, 1, _subkey(key, name))
+        return out
+
+    def __call__(self, x: jax.Array, rules: tuple, dropout_key=None) -> jax.Array:
+        gate = self._matmul(x, "gate", dropout_key)
+        up = self._matmul(x, "up", dropout_key)
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), rules)
-        return hidden @ self.down[...].astype(self.dtype)
+        return self._matmul(hidden, "down", dropout_key)
 
 
 class Attention(nnx.Module):
@@ -77,20 +90,23 @@ class Attention(nnx.Module):
         self.sliding_window = cfg.sliding_window
         self.dtype = dtype_of(cfg.dtype)
 
-    def _project(self, x: jax.Array, name: str) -> jax.Array:
+    def _project(self, x: jax.Array, name: str, key) -> jax.Array:
         out = jnp.einsum("bte,ehd->bthd", x, getattr(self, name)[...].astype(self.dtype))
+        lora = adapter(self, name)
+        if lora is not None:
+            out = out + lora(x, 1, _subkey(key, name))
         if self.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return out
 
-    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None):
+    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None):
         """Self-attention over `x`; with `kv=(k_cache, v_cache)` the new keys are written at
         slot `start` of each row and attention runs over the whole cache, whose per-slot
         validity and positions (already including the new tokens) are `cache_slots =
         (start, valid, pos)`. Returns (out, new kv or None)."""
-        q = apply_rope(self._project(x, "q"), cos, sin)
-        k = apply_rope(self._project(x, "k"), cos, sin)
-        v = self._project(x, "v")
+        q = apply_rope(self._project(x, "q", dropout_key), cos, sin)
+        k = apply_rope(self._project(x, "k", dropout_key), cos, sin)
+        v = self._project(x, "v", dropout_key)
         q = constrain(q, ("batch", "length", "heads", "head_dim"), rules)
         if kv is None:
             mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
@@ -103,8 +119,13 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
         kv_heads, group = out.shape[1], out.shape[2]
         o = self.o[...].astype(self.dtype).reshape(kv_heads, group, *self.o.shape[1:])
-        out = jnp.einsum("bkgtd,kgde->bte", out, o)
-        return out, new_kv
+        projected = jnp.einsum("bkgtd,kgde->bte", out, o)
+        lora = adapter(self, "o")
+        if lora is not None:
+            b, t = x.shape[:2]
+            heads_out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, kv_heads * group, -1)
+            projected = projected + lora(heads_out, 2, _subkey(dropout_key, "o"))
+        return projected, new_kv
 
 
 class DecoderLayer(nnx.Module):
@@ -114,8 +135,9 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None):
-        attn_out, new_kv = self.attn(self.input_norm(x), cos, sin, segment_ids, positions, rules, kv, cache_slots)
+    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None):
+        attn_out, new_kv = self.attn(self.input_norm(x), cos, sin, segment_ids, positions, rules, kv, cache_slots,
+                                     dropout_key)
         x = constrain(x + attn_out, ("batch", "length", "embed"), rules)
-        x = x + self.mlp(self.post_attn_norm(x), rules)
+        x = x + self.mlp(self.post_attn_norm(x), rules, dropout_key)
         return constrain(x, ("batch", "length", "embed"), rules), new_kv
