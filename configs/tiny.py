@@ -8,7 +8,9 @@ def get_config() -> Config:
     cfg.run_dir = "runs/tiny"
     m = cfg.model
     m.family = "llama"
-    m.vocab_size = 256
+    m.vocab_size = 260  # the byte tokenizer's 259 ids, rounded up to divide the tensor axis
+    m.tokenizer = "bytes"
+    m.pad_token_id, m.bos_token_id, m.eos_token_id = 256, 257, 258
     m.hidden_size = 64
     m.intermediate_size = 128
     m.num_layers = 2

@@ -15,6 +15,9 @@ _GGUF_MAGIC = b"GGUF"
 _SENTENCEPIECE_FILE = "tokenizer.model"
 
 
+from .byte_tokenizer import BYTE_TOKENIZER_NAME, byte_tokenizer
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer from an HF tokenizer directory, a SentencePiece model file or a GGUF file.
 
@@ -23,6 +26,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     (so `tokenizer.model.v1` and the like work). Raises TokenizerError, naming the path, when nothing loads.
     """
     path = os.fspath(path)
+    if path == BYTE_TOKENIZER_NAME:
+        return byte_tokenizer()
     if os.path.isdir(path):
         return _load_directory(path)
     if not os.path.isfile(path):

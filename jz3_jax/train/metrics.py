@@ -1,0 +1,53 @@
+"""Per-step metrics: `metrics.jsonl` (plottable) and TensorBoard event files, written by process 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+
+# Peak dense bf16 FLOP/s per chip, for MFU (None where unknown, e.g. CPU).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100": 312e12}
+
+
+def peak_flops_per_device() -> float | None:
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return flops
+    return None
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step; on resume, drops lines past the restored step."""
+
+    def __init__(self, stage_dir: Path, resume_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(stage_dir) / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # a killed run may have logged steps after its last checkpoint
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(stage_dir) / "tensorboard"))
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: (float(v) if v is not None else None) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in values.items():
+            if value is not None:
+                self.tb.add_scalar(key, float(value), step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
