@@ -80,8 +80,10 @@ def _data(cfg: Config, tokenizer, ctx: StageContext, rows_per_process: int):
                       num_epochs=None, **common)
     evaluation = None
     if eval_source is not None:
+        # Repeating (num_epochs=None): every process then yields exactly `eval_batches` batches, so
+        # multi-host evaluation cannot hang on a process that ran out early; each iter() restarts.
         evaluation = TrainData(eval_source, tokenizer, rows_per_batch=rows_per_process, shuffle=False,
-                               num_epochs=1, **common)
+                               num_epochs=None, **common)
     return train, evaluation
 
 

@@ -1,0 +1,24 @@
+"""Training data for the `sft` and `pretrain` stages: records -> tokenized, masked examples -> packed batches.
+
+    source = read_records("data/train.jsonl")              # or .parquet / .array_record / a dir / a TFDS dir
+    data = TrainData(source, tokenizer, max_length=2048, rows_per_batch=8, pack=True, train_on_input=False,
+                     seed=0, shuffle=True, process_index=i, process_count=n)
+    for batch in data: ...                                 # dicts of [rows, max_length] arrays
+    state = data.get_state()                               # JSON; TrainData(...).set_state(state) resumes
+"""
+
+from .errors import DataError
+from .examples import Example, encode_example
+from .pipeline import TrainData, process_positions
+from .sources import RecordSource, hold_out, read_records
+
+__all__ = [
+    "DataError",
+    "Example",
+    "RecordSource",
+    "TrainData",
+    "encode_example",
+    "hold_out",
+    "read_records",
+    "process_positions",
+]

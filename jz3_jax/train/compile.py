@@ -1,0 +1,374 @@
+"""`compile` stage: ahead-of-time compile of the real train step for a Cloud TPU topology.
+
+Runs on a CPU-only machine with `libtpu` installed (the `tpu` extra): libtpu describes the TPU
+slice named by `compile.topology` (e.g. `v5p-64`) as compile-only devices, the stage builds the
+mesh over them, creates the model and optimizer state abstractly (shapes only, nothing
+allocated, no weights read), lowers the same `train_step` the trainer runs and lets the TPU
+compiler compile it. It reports what the compiler says one device needs (arguments, outputs,
+temporaries) against the chip's HBM, the step's FLOPs, the parameter shardings, and fails with
+`DoesNotFit` (launcher exit code 2) when the step would not fit.
+
+Run it with `JAX_PLATFORMS=cpu` so everything else stays on the host CPU:
+    JAX_PLATFORMS=cpu python -m jz3_jax.launch compile --config configs/pretrain_mistral7b.py
+
+Topology names follow Cloud TPU: v4 and v5p names count TensorCores (2 per chip, so v5p-64 is 32
+chips in a 2x4x4 cube), v5e (alias v5litepod) and v6e names count chips (v5e-16 is 4x4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import re
+import time
+from typing import Any
+
+from jz3_jax.config import Config, ConfigError
+from jz3_jax.errors import UserError
+
+GiB = 1024**3
+
+
+class DoesNotFit(UserError):
+    """The compiled train step needs more memory per device than the chip has (exit code 2)."""
+
+
+class TpuCompilerMissing(UserError):
+    """libtpu (the TPU compiler) is not installed."""
+
+
+# --- topologies --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    prefix: str  # the generation in libtpu's topology names ("v5p:2x4x4")
+    cores_per_chip_in_name: int  # v4/v5p names count TensorCores (2 per chip), v5e/v6e count chips
+    chip_config_name: str  # "megacore": one device per chip (both TensorCores); "default" otherwise
+    hbm_bytes: int
+    shapes: dict[int, tuple[int, ...]]  # chips -> chip grid of the slice
+
+
+# 3D torus generations: slices up to a 4x4x4 cube are open on every axis; from 64 chips on every
+# dimension is a multiple of 4 and the slice has wrap-around links (a torus).
+_CUBES = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
+          256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
+# 2D generations (v5e, v6e): up to a 16x16 pod; a dimension of 16 wraps around.
+_GRIDS = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+
+GENERATIONS = {
+    "v4": Generation("v4", 2, "megacore", 32 * GiB, _CUBES),
+    "v5p": Generation("v5p", 2, "megacore", 95 * GiB, _CUBES),
+    "v5e": Generation("v5e", 1, "default", 16 * GiB, _GRIDS),
+    "v6e": Generation("v6e", 1, "default", 32 * GiB, _GRIDS),
+}
+ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologySpec:
+    """A Cloud TPU slice name resolved to the arguments of `get_topology_desc`."""
+
+    name: str  # canonical, e.g. "v5p-64"
+    generation: str
+    chips: int
+    topology_name: str  # e.g. "v5p:2x4x4"
+    chip_config_name: str
+    chips_per_host_bounds: tuple[int, int, int]
+    wrap: tuple[bool, bool, bool]
+    hbm_bytes: int
+
+
+def supported_topologies() -> list[str]:
+    names = []
+    for gen_name, gen in GENERATIONS.items():
+        names += [f"{gen_name}-{chips * gen.cores_per_chip_in_name}" for chips in gen.shapes]
+    return names
+
+
+def parse_topology(name: str) -> TopologySpec:
+    """`"v5p-64"` -> TopologySpec(chips=32, topology_name="v5p:2x4x4", ...); ConfigError if unknown."""
+    match = re.fullmatch(r"\s*(v\w+?)-(\d+)\s*", name.lower())
+    gen_name = match and ALIASES.get(match.group(1), match.group(1))
+    gen = GENERATIONS.get(gen_name) if match else None
+    count = int(match.group(2)) if match else 0
+    chips, rest = divmod(count, gen.cores_per_chip_in_name) if gen else (0, 1)
+    if gen is None or rest or chips not in gen.shapes:
+        raise ConfigError(f"compile.topology={name!r} is not a supported TPU slice; supported: "
+                          f"{', '.join(supported_topologies())} (v5litepod-N = v5e-N)")
+    shape = gen.shapes[chips]
+    if len(shape) == 3:
+        wrap = (chips >= 64,) * 3
+    else:
+        wrap = (shape[0] == 16, shape[1] == 16, False)
+    host = (1, 1, 1) if chips == 1 else (2, 2, 1)
+    return TopologySpec(
+        name=f"{gen_name}-{count}", generation=gen_name, chips=chips,
+        topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}", chip_config_name=gen.chip_config_name,
+        chips_per_host_bounds=host, wrap=wrap, hbm_bytes=gen.hbm_bytes)
+
+
+def tpu_devices(spec: TopologySpec, num_slices: int = 1) -> list:
+    """Compile-only TPU devices of the slice(s) described by libtpu (no TPU needed)."""
+    if importlib.util.find_spec("libtpu") is None:
+        import jax
+
+        raise TpuCompilerMissing(
+            "the compile stage needs libtpu (the TPU compiler); install the tpu extra: "
+            f"pip install 'jax[tpu]=={jax.__version__}' (or pip install -e '.[tpu]')")
+    if num_slices < 1:
+        raise ConfigError(f"compile.num_slices must be >= 1, got {num_slices}")
+    from jax.experimental import topologies
+
+    topology = topologies.get_topology_desc(
+        platform="tpu", topology_name=spec.topology_name, chip_config_name=spec.chip_config_name,
+        chips_per_host_bounds=spec.chips_per_host_bounds, num_slices=num_slices, wrap=spec.wrap)
+    devices = list(topology.devices)
+    if len(devices) != spec.chips * num_slices:
+        raise ConfigError(f"libtpu describes {spec.topology_name} x {num_slices} slice(s) as {len(devices)} "
+                          f"devices, expected {spec.chips * num_slices}")
+    return devices
+
+
+# --- checks and reports ------------------------------------------------------------------------
+
+
+def _spec_json(spec) -> list:
+    return [list(s) if isinstance(s, tuple) else s for s in spec]
+
+
+def _axes_size(entry, mesh) -> int:
+    if entry is None:
+        return 1
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[a] for a in names)
+
+
+def check_batch(rows: int, length: int, rules, mesh) -> Any:
+    """The batch PartitionSpec; ConfigError when a dimension the rules shard does not divide."""
+    from jz3_jax.runtime.sharding import logical_to_spec
+
+    for name, size in (("batch", rows), ("length", length)):
+        axes = [a for a in rules.get(name, ()) if mesh.shape.get(a, 1) > 1]
+        shards = math.prod(mesh.shape[a] for a in axes)
+        if size % shards:
+            raise ConfigError(
+                f"the {name} dimension ({size}) does not divide its mesh axes {'x'.join(axes)} ({shards} shards): "
+                f"{'rows = compile.per_device_batch x devices' if name == 'batch' else 'data.max_length'} "
+                f"must be a multiple of {shards}")
+    return logical_to_spec((None, "batch", "length"), rules, mesh, (1, rows, length))
+
+
+def param_report(params_shardings, params_abstract, rules, mesh) -> tuple[dict, list, int]:
+    """({path: spec}, [dims left replicated because the axes do not divide], bytes per device)."""
+    from flax import nnx
+
+    specs, undivided, per_device = {}, [], 0
+    flat_sh = dict(nnx.to_flat_state(params_shardings))
+    for path, var in nnx.to_flat_state(params_abstract):
+        key = ".".join(map(str, path))
+        sharding = flat_sh[path].get_value()
+        value = var.get_value()
+        spec = tuple(sharding.spec) + (None,) * (len(value.shape) - len(sharding.spec))
+        specs[key] = _spec_json(spec)
+        shards = math.prod(_axes_size(s, mesh) for s in spec)
+        per_device += math.prod(value.shape) * value.dtype.itemsize // shards
+        names = tuple(var.get_metadata().get("logical_axes") or ())
+        if len(names) == len(value.shape) - 1:
+            names = ("layers",) + names
+        for dim, (name, s) in enumerate(zip(names, spec)):
+            wanted = [a for a in rules.get(name, ()) if mesh.shape.get(a, 1) > 1] if name else []
+            if wanted and s is None:
+                undivided.append(f"{key} dim {dim} ({name}={value.shape[dim]}) not divisible by "
+                                 f"{'x'.join(wanted)}: replicated")
+    return specs, undivided, per_device
+
+
+def tree_bytes_per_device(tree) -> int:
+    """Bytes one device holds of a pytree of ShapeDtypeStructs with NamedShardings."""
+    import jax
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shard) * leaf.dtype.itemsize
+    return total
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return dict(cost or {})
+
+
+def _fmt_gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def compile_train_step(cfg: Config, log=print) -> dict:
+    """Lower and compile the train step for `cfg.compile.topology`; the report (also when it does not fit)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jz3_jax.checkpoint import resolve_model_config
+    from jz3_jax.model.factory import abstract_model
+    from jz3_jax.model.lora import add_lora
+    from jz3_jax.runtime.mesh import MESH_AXES, build_mesh
+    from jz3_jax.runtime.sharding import parse_rules
+    from jz3_jax.train.program import build_program, split_model
+    from jz3_jax.train.step import BATCH_KEYS, flops_per_token
+
+    c = cfg.compile
+    spec = parse_topology(c.topology)
+    if c.per_device_batch < 1:
+        raise ConfigError(f"compile.per_device_batch must be >= 1, got {c.per_device_batch}")
+    if cfg.train.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
+    devices = tpu_devices(spec, c.num_slices)
+    mesh = build_mesh(cfg.mesh, devices=devices)
+    rules = parse_rules(cfg.mesh.rules)
+    n = len(devices)
+    accum, length = cfg.train.grad_accum, cfg.data.max_length
+    rows = c.per_device_batch * n  # rows per micro-step, all devices
+    batch_spec = check_batch(rows, length, rules, mesh)
+    global_rows = rows * accum
+    log(f"compile: {spec.name} = {spec.chips} chips x {c.num_slices} slice(s) ({spec.topology_name}, "
+        f"{devices[0].device_kind}), mesh {dict(mesh.shape)}, batch [{accum} x {rows} x {length}] "
+        f"= {global_rows} rows/step")
+    if global_rows != cfg.train.global_batch_size:
+        log(f"compile: note: per_device_batch x devices x grad_accum = {global_rows} rows, "
+            f"train.global_batch_size = {cfg.train.global_batch_size}")
+
+    model_cfg = resolve_model_config(cfg.model)
+    lora = cfg.lora.rank > 0
+    t0 = time.perf_counter()
+    # Only tracing runs under the TPU mesh: eager ops (optax's state init inside build_program)
+    # would otherwise be placed on the compile-only devices, which cannot execute anything.
+    model = abstract_model(model_cfg, rules)
+    if lora:
+        def attach(m):
+            add_lora(m, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.seed)
+            return m
+
+        model = nnx.eval_shape(attach, model)
+    graphdef, params, frozen = split_model(model, lora)
+    steps = cfg.train.steps if cfg.train.steps > 0 else 1000  # the schedule's length; shapes do not change
+    program = build_program(cfg, graphdef, params, frozen, mesh, rules, steps, lora)
+    state = program.abstract_state(params)
+    frozen_abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, program.frozen_shardings)
+    batch_sharding = program.batch_sharding(3)
+    assert tuple(batch_sharding.spec) == tuple(batch_spec), (batch_sharding.spec, batch_spec)
+    batch = {k: jax.ShapeDtypeStruct((accum, rows, length), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                     sharding=batch_sharding) for k in BATCH_KEYS}
+    with jax.set_mesh(mesh):
+        lowered = program.train_step.lower(state, frozen_abstract, batch)
+    t_lower = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t_compile = time.perf_counter() - t1
+
+    mem = compiled.memory_analysis()
+    argument, output = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    alias, temp, code = mem.alias_size_in_bytes, mem.temp_size_in_bytes, mem.generated_code_size_in_bytes
+    # Outputs that alias (donated) arguments share their buffers, so they count once.
+    total = argument + output - alias + temp + code
+    hbm = spec.hbm_bytes
+    fits = total <= hbm
+
+    def leaves_size(tree) -> int:
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+    trainable = leaves_size(params)
+    num_params = trainable + leaves_size(frozen)
+    specs, undivided, param_bytes = param_report(program.state_shardings["params"], params, rules, mesh)
+    state_bytes = tree_bytes_per_device(state) + tree_bytes_per_device(frozen_abstract)
+    batch_bytes = tree_bytes_per_device(batch)
+    cost = _cost(compiled)
+    tokens = global_rows * length
+    fpt = flops_per_token(model_cfg, length)
+    # XLA's cost analysis counts a while loop's body once, not once per iteration: with scanned
+    # layers or gradient accumulation the compiled figure is far below the real work.
+    loops = model_cfg.scan_layers or accum > 1
+    recompute = 4 / 3 if model_cfg.remat in ("full", "nothing_saveable") else 1.0  # forward runs twice
+    report = {
+        "topology": {"name": spec.name, "generation": spec.generation, "chips": spec.chips,
+                     "num_slices": c.num_slices, "devices": n, "device_kind": devices[0].device_kind,
+                     "topology_name": spec.topology_name, "chip_config_name": spec.chip_config_name,
+                     "chips_per_host_bounds": list(spec.chips_per_host_bounds), "wrap": list(spec.wrap),
+                     "hbm_bytes_per_device": hbm},
+        "mesh": {a: int(mesh.shape[a]) for a in MESH_AXES},
+        "batch": {"per_device_batch": c.per_device_batch, "grad_accum": accum, "rows_per_micro_step": rows,
+                  "global_rows": global_rows, "train_global_batch_size": cfg.train.global_batch_size,
+                  "sequence_length": length, "tokens_per_step": tokens, "spec": _spec_json(batch_spec)},
+        "model": {"family": model_cfg.family, "num_layers": model_cfg.num_layers,
+                  "hidden_size": model_cfg.hidden_size, "vocab_size": model_cfg.vocab_size,
+                  "params": num_params, "trainable_params": trainable, "lora_rank": cfg.lora.rank,
+                  "param_dtype": model_cfg.param_dtype, "dtype": model_cfg.dtype, "remat": model_cfg.remat,
+                  "scan_layers": model_cfg.scan_layers},
+        "memory_per_device": {
+            "argument_bytes": argument, "output_bytes": output, "alias_bytes": alias, "temp_bytes": temp,
+            "generated_code_bytes": code, "total_bytes": total, "hbm_bytes": hbm,
+            "fraction_of_hbm": total / hbm,
+            "host_temp_bytes": getattr(mem, "host_temp_size_in_bytes", 0),
+            # from the shardings: what the arguments should hold, before TPU layout padding
+            "expected_state_bytes": state_bytes, "expected_param_bytes": param_bytes,
+            "expected_batch_bytes": batch_bytes},
+        "fits": fits,
+        "flops": {"compiled_per_device": cost.get("flops"),
+                  "compiled_bytes_accessed_per_device": cost.get("bytes accessed"),
+                  "analytic_per_token": fpt, "analytic_per_step": fpt * tokens,
+                  "analytic_per_device": fpt * tokens / n,
+                  "analytic_with_recompute_per_device": recompute * fpt * tokens / n,
+                  "compiled_counts_loop_bodies_once": loops},
+        "param_shardings": specs,
+        "replicated_not_divisible": undivided,
+        "seconds": {"lower": round(t_lower, 2), "compile": round(t_compile, 2)},
+    }
+    return report
+
+
+def summary(report: dict) -> str:
+    m, f, t = report["memory_per_device"], report["flops"], report["topology"]
+    compiled = f["compiled_per_device"]
+    lines = [
+        f"compile: {report['model']['params'] / 1e9:.3f}B params ({report['model']['trainable_params'] / 1e9:.3f}B "
+        f"trainable) on {t['name']} ({t['devices']} devices, mesh {report['mesh']})",
+        f"  per device: arguments {_fmt_gib(m['argument_bytes'])}, outputs {_fmt_gib(m['output_bytes'])}, "
+        f"aliased {_fmt_gib(m['alias_bytes'])}, temporaries {_fmt_gib(m['temp_bytes'])}, "
+        f"code {m['generated_code_bytes'] / 2**20:.1f} MiB",
+        f"  total {_fmt_gib(m['total_bytes'])} of {_fmt_gib(m['hbm_bytes'])} HBM "
+        f"({100 * m['fraction_of_hbm']:.1f}%): {'fits' if report['fits'] else 'DOES NOT FIT'}",
+        f"  FLOPs per step per device: analytic {f['analytic_per_device']:.3e} "
+        f"({f['analytic_per_token']:.3e}/token x {report['batch']['tokens_per_step']} tokens / {t['devices']}), "
+        f"{f['analytic_with_recompute_per_device']:.3e} with remat recompute",
+        (f"  compiler's cost analysis: {compiled:.3e}"
+         + (" (counts each scan body once: layers and micro-steps are loops, so not comparable)"
+            if f["compiled_counts_loop_bodies_once"] else "")) if compiled else "  compiler gave no FLOPs",
+        f"  lowered in {report['seconds']['lower']} s, compiled in {report['seconds']['compile']} s",
+    ]
+    if report["replicated_not_divisible"]:
+        lines.append(f"  replicated (not divisible): {'; '.join(report['replicated_not_divisible'])}")
+    return "\n".join(lines)
+
+
+def run(cfg: Config, ctx) -> None:
+    """The `compile` stage: print the per-device report, write `compile.json`, fail if it does not fit."""
+    report = compile_train_step(cfg, log=ctx.logger.info)
+    text = summary(report)
+    print(text, flush=True)
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.stage_dir / "compile.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not report["fits"]:
+        m = report["memory_per_device"]
+        raise DoesNotFit(f"the train step needs {_fmt_gib(m['total_bytes'])} per device but a "
+                         f"{report['topology']['name']} chip has {_fmt_gib(m['hbm_bytes'])}: lower "
+                         f"compile.per_device_batch, raise train.grad_accum, use more chips or model.remat=full "
+                         f"(report in {ctx.stage_dir / 'compile.json'})")
