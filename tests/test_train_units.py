@@ -140,3 +140,23 @@ def test_lora_trains_only_adapters_and_merged_export_matches(tmp_path):
     with torch.no_grad():
         exported = hf(torch.from_numpy(np.asarray(tokens)).long()).logits.numpy()
     assert np.abs(exported - with_lora).max() <= 1e-4
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    cfg = Config()
+    cfg.optimizer.schedule, cfg.optimizer.warmup_fraction = "constant", 0.0
+    mesh = build_mesh(MeshConfig())
+    rng = np.random.default_rng(3)
+    rows = [_example(rng, 3 + i % 4, 9 - i % 4) for i in range(8)]
+    batch = _batch([(t, y, m, np.ones(12, np.int32), np.arange(12, dtype=np.int32)) for t, y, m in rows])
+    results = []
+    for accum in (1, 2, 4):
+        graphdef, params, frozen = split_model(_tiny_model(), lora=False)
+        program = build_program(cfg, graphdef, params, frozen, mesh, RULES, total_steps=3, lora=False)
+        state = program.init_state(params)
+        split = {k: v.reshape(accum, -1, v.shape[-1]) for k, v in batch.items()}
+        state, metrics = program.train_step(state, frozen, split)
+        results.append((float(metrics["loss"]), jax.tree.map(np.asarray, state["params"])))
+    for loss, params in results[1:]:
+        assert loss == pytest.approx(results[0][0], abs=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params, results[0][1])

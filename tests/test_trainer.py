@@ -179,8 +179,8 @@ def test_sft_smollm2_on_real_rows_lowers_loss(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(SHARED.read_text().splitlines(keepends=True)[:200]))
     result = run_launch("sft", "--config", "configs/smollm2.py", "--run-dir", str(tmp_path), f"data.train_path={rows}",
-                        "data.max_length=128", "data.eval_rows=16", "train.global_batch_size=4", "train.steps=6",
-                        "train.eval_every=6", "train.checkpoint_every=100", "train.export_hf=false",
+                        "data.max_length=128", "data.eval_rows=16", "train.global_batch_size=4", "train.steps=4",
+                        "train.eval_every=4", "train.checkpoint_every=100", "train.export_hf=false",
                         "optimizer.lr=1e-4", "optimizer.schedule=constant", "optimizer.warmup_fraction=0",
                         timeout=900)
     assert result.returncode == 0, result.stderr
