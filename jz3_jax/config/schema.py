@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from jz3_jax.model.config import ModelConfig
+from jz3_jax.synth.filter_config import FilterConfig
 
 # Logical axis name -> mesh axes ("+"-joined; empty = replicated). Order matters only for display.
 DEFAULT_RULES = [
@@ -170,4 +171,5 @@ class Config:
     compile: CompileConfig = dataclasses.field(default_factory=CompileConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     convert: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
+    filter: FilterConfig = dataclasses.field(default_factory=FilterConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)

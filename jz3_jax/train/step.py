@@ -41,26 +41,29 @@ def make_steps(graphdef, tx: optax.GradientTransformation, schedule, seed: int, 
     def train_step(state: dict, frozen, batch: dict):
         params, step = state["params"], state["step"]
         base_key = jax.random.fold_in(jax.random.key(seed), step) if lora_dropout else None
-
-        def micro(carry, xs):
-            grads_acc, loss_acc, count_acc = carry
-            micro_batch, index = xs
-            key = None if base_key is None else jax.random.fold_in(base_key, index)
-            (loss_sum, count), grads = jax.value_and_grad(
-                lambda p: token_losses(graphdef, p, frozen, micro_batch, key), has_aux=True)(params)
-            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-            return (grads_acc, loss_acc + loss_sum, count_acc + count), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        accum = batch["tokens"].shape[0]
-        (grads, loss_sum, count), _ = jax.lax.scan(
-            micro, (zeros, jnp.zeros(()), jnp.zeros(())), (batch, jnp.arange(accum)))
+        # Known before any forward pass: dividing each micro-batch's loss by the global count makes
+        # the summed gradients the token-weighted mean directly (no extra pass over the gradients).
+        count = jnp.sum(batch["loss_mask"].astype(jnp.float32))
         denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
+
+        def micro_grads(micro_batch, index):
+            key = None if base_key is None else jax.random.fold_in(base_key, index)
+            loss = lambda p: token_losses(graphdef, p, frozen, micro_batch, key)[0] / denom
+            return jax.value_and_grad(loss)(params)
+
+        accum = batch["tokens"].shape[0]
+        if accum == 1:
+            loss, grads = micro_grads(jax.tree.map(lambda x: x[0], batch), 0)
+        else:
+            def body(carry, xs):
+                loss, grads = micro_grads(*xs)
+                return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+
+            zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, (batch, jnp.arange(accum)))
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": step + 1}
-        metrics = {"loss": loss_sum / denom, "grad_norm": optax.tree.norm(grads), "lr": schedule(step),
-                   "target_tokens": count}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step), "target_tokens": count}
         return new_state, metrics
 
     def eval_step(params, frozen, batch: dict):

@@ -1,0 +1,1 @@
+"""Synthesis-side stages: turning synthesizer completions into training records (parse, dedup, decontaminate)."""

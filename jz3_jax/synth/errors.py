@@ -1,0 +1,7 @@
+"""The synth package's user-facing error."""
+
+from jz3_jax.errors import UserError
+
+
+class FilterError(UserError):
+    """Bad input to the filter stage (config value, missing or malformed file); the message names what and where."""
