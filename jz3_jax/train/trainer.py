@@ -192,28 +192,30 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start, disable=ctx.process_index != 0, unit="step",
                    dynamic_ncols=True)
         data_iter = iter(self.train_data)
+        window_start, window_tokens = time.perf_counter(), 0  # throughput over the steps since the last log
         try:
             for step in range(start, self.total_steps):
                 if term.any_process():
-                    self.save(manager, step)
+                    if manager.latest_step() != step:
+                        self.save(manager, step)
                     manager.wait_until_finished()
                     ctx.logger.info("SIGTERM: checkpoint saved at step %d; rerun the same command to resume", step)
                     raise Preempted(step)
                 local = next(data_iter)
-                real_tokens = int(np.count_nonzero(local["segment_ids"])) * ctx.process_count
-                started = time.perf_counter()
+                window_tokens += int(np.count_nonzero(local["segment_ids"])) * ctx.process_count
                 self.state, metrics = self.program.train_step(self.state, self.frozen, self.global_batch(local, True))
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == self.total_steps:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    seconds = time.perf_counter() - started
-                    values["tokens_per_s"] = real_tokens / seconds
-                    values["mfu"] = (flops_token * real_tokens / seconds / (peak * jax.device_count())
+                    seconds = time.perf_counter() - window_start
+                    values["tokens_per_s"] = window_tokens / seconds
+                    values["mfu"] = (flops_token * window_tokens / seconds / (peak * jax.device_count())
                                      if peak else None)
                     if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == self.total_steps):
                         values["eval_loss"] = self.evaluate()
                     values.update({k: float(v) for k, v in self.train_data.stats().items()})
                     writer.write(done, values)
+                    window_start, window_tokens = time.perf_counter(), 0
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 bar.update(1)
                 if done % cfg.train.checkpoint_every == 0 or done == self.total_steps:
