@@ -112,12 +112,14 @@ class Decoder(nnx.Module):
         return self.final_norm(x), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Vocabulary logits (float32) from final hidden states."""
+        """Vocabulary logits (float32) from final hidden states (a 2-D dot: see MLP.__call__)."""
         dt = dtype_of(self.cfg.dtype)
+        rows = hidden.reshape(-1, hidden.shape[-1])
         if self.cfg.tie_embeddings:
-            out = jnp.einsum("bte,ve->btv", hidden, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
+            out = jnp.einsum("ne,ve->nv", rows, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
         else:
-            out = jnp.einsum("bte,ev->btv", hidden, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+            out = jnp.dot(rows, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+        out = out.reshape(*hidden.shape[:-1], -1)
         return constrain(out, ("batch", "length", "vocab"), self.rules)
 
     def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, dropout_key=None):

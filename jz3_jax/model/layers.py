@@ -68,10 +68,13 @@ class MLP(nnx.Module):
         return out
 
     def __call__(self, x: jax.Array, rules: tuple, dropout_key=None) -> jax.Array:
-        gate = self._matmul(x, "gate", dropout_key)
-        up = self._matmul(x, "up", dropout_key)
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), rules)
-        return self._matmul(hidden, "down", dropout_key)
+        # Rows flattened to 2-D: XLA:CPU's backward of 3-D dots was ~50% slower than the same 2-D dots.
+        rows = x.reshape(-1, x.shape[-1])
+        gate = self._matmul(rows, "gate", dropout_key)
+        up = self._matmul(rows, "up", dropout_key)
+        hidden = jax.nn.silu(gate) * up
+        hidden = constrain(hidden.reshape(*x.shape[:-1], -1), ("batch", "length", "mlp"), rules)
+        return self._matmul(hidden.reshape(rows.shape[0], -1), "down", dropout_key).reshape(x.shape)
 
 
 class Attention(nnx.Module):
@@ -90,11 +93,13 @@ class Attention(nnx.Module):
         self.sliding_window = cfg.sliding_window
         self.dtype = dtype_of(cfg.dtype)
 
-    def _project(self, x: jax.Array, name: str, key) -> jax.Array:
-        out = jnp.einsum("bte,ehd->bthd", x, getattr(self, name)[...].astype(self.dtype))
+    def _project(self, rows: jax.Array, name: str, key) -> jax.Array:
+        """rows [n, embed] -> [n, heads, head_dim] (2-D dots: see MLP.__call__)."""
+        weight = getattr(self, name)[...].astype(self.dtype)
+        out = (rows @ weight.reshape(weight.shape[0], -1)).reshape(rows.shape[0], *weight.shape[1:])
         lora = adapter(self, name)
         if lora is not None:
-            out = out + lora(x, 1, _subkey(key, name))
+            out = out + lora(rows, 1, _subkey(key, name))
         if self.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return out
@@ -104,9 +109,11 @@ class Attention(nnx.Module):
         slot `start` of each row and attention runs over the whole cache, whose per-slot
         validity and positions (already including the new tokens) are `cache_slots =
         (start, valid, pos)`. Returns (out, new kv or None)."""
-        q = apply_rope(self._project(x, "q", dropout_key), cos, sin)
-        k = apply_rope(self._project(x, "k", dropout_key), cos, sin)
-        v = self._project(x, "v", dropout_key)
+        b, t, e = x.shape
+        rows = x.reshape(b * t, e)
+        q = apply_rope(self._project(rows, "q", dropout_key).reshape(b, t, *self.q.shape[1:]), cos, sin)
+        k = apply_rope(self._project(rows, "k", dropout_key).reshape(b, t, *self.k.shape[1:]), cos, sin)
+        v = self._project(rows, "v", dropout_key).reshape(b, t, *self.v.shape[1:])
         q = constrain(q, ("batch", "length", "heads", "head_dim"), rules)
         if kv is None:
             mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
@@ -117,15 +124,14 @@ class Attention(nnx.Module):
             k, v = new_kv
             mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
         out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
-        kv_heads, group = out.shape[1], out.shape[2]
-        o = self.o[...].astype(self.dtype).reshape(kv_heads, group, *self.o.shape[1:])
-        projected = jnp.einsum("bkgtd,kgde->bte", out, o)
+        heads_out = out.transpose(0, 3, 1, 2, 4).reshape(b * t, -1)  # [rows, heads * head_dim]
+        o = self.o[...].astype(self.dtype)
+        projected = heads_out @ o.reshape(-1, o.shape[-1])
         lora = adapter(self, "o")
         if lora is not None:
-            b, t = x.shape[:2]
-            heads_out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, kv_heads * group, -1)
-            projected = projected + lora(heads_out, 2, _subkey(dropout_key, "o"))
-        return projected, new_kv
+            heads = heads_out.reshape(b * t, *o.shape[:2])
+            projected = projected + lora(heads, 2, _subkey(dropout_key, "o"))
+        return projected.reshape(b, t, e), new_kv
 
 
 class DecoderLayer(nnx.Module):
