@@ -15,11 +15,14 @@ The architecture is meta-llama/Meta-Llama-3-8B's config.json written out; for th
 `model.checkpoint` to its Hugging Face directory and `data.train_path`.
 """
 
-from jz3_jax.config import Config
+from pathlib import Path
+
+from jz3_jax.config import Config, load_config
 
 
 def get_config() -> Config:
-    cfg = Config()
+    # The recipe (optimizer, schedule, data, batch, mesh, topology) is Mistral-7B's; only the model differs.
+    cfg = load_config(Path(__file__).with_name("pretrain_mistral7b.py"))
     cfg.run_dir = "runs/pretrain_llama3_8b"
     m = cfg.model
     m.family = "llama"
@@ -33,37 +36,8 @@ def get_config() -> Config:
     m.rms_norm_eps = 1e-5
     m.rope_theta = 500000.0
     m.max_position_embeddings = 8192
+    m.sliding_window = 0
     m.tie_embeddings = False
     m.bos_token_id, m.eos_token_id, m.pad_token_id = 128000, 128001, 128001  # no pad token: reuse eos
     m.checkpoint = ""  # the real run: the HF dir of meta-llama/Meta-Llama-3-8B
-    m.param_dtype = "float32"
-    m.dtype = "bfloat16"
-    m.scan_layers = True
-    m.remat = "full"
-
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
-
-    o = cfg.optimizer
-    o.lr = 1e-5
-    o.schedule = "wsd"
-    o.warmup_fraction = 0.03
-    o.stable_fraction = 0.85
-    o.min_lr_fraction = 0.1
-    o.weight_decay = 0.1
-    o.grad_clip = 1.0
-
-    cfg.data.max_length = 2048  # 2,049-token packed sequences -> 2,048 (input, target) positions
-    cfg.data.pack = True
-    cfg.data.train_on_input = False
-
-    t = cfg.train
-    t.epochs = 1.0
-    t.grad_accum = 1
-    t.global_batch_size = 512
-    t.checkpoint_every = 500
-
-    c = cfg.compile
-    c.topology = "v5p-64"  # 32 chips
-    c.per_device_batch = 16  # 16 x 32 chips = 512 = train.global_batch_size
-    c.num_slices = 1
     return cfg
