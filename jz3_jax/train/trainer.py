@@ -7,14 +7,12 @@ current step and exits with code 143; rerun to continue.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
