@@ -99,4 +99,21 @@ def default_tokenizer_path(cfg: ModelConfig) -> str:
     return cfg.checkpoint
 
 
-__all__ = ["CheckpointError", "checkpoint_kind", "resolve_model_config", "load_model", "default_tokenizer_path"]
+def load_stage_tokenizer(model_cfg, logger):
+    """The tokenizer for a model config: `model.tokenizer` (must load) or the checkpoint's own (if any)."""
+    from jz3_jax.tokenizer import TokenizerError, load_tokenizer
+
+    path = default_tokenizer_path(model_cfg)
+    if not path:
+        return None
+    try:
+        return load_tokenizer(path)
+    except TokenizerError:
+        if model_cfg.tokenizer:
+            raise
+        logger.info("no tokenizer found in %s; continuing without one", path)
+        return None
+
+
+__all__ = ["CheckpointError", "checkpoint_kind", "resolve_model_config", "load_model", "default_tokenizer_path",
+           "load_stage_tokenizer"]

@@ -7,29 +7,13 @@ from pathlib import Path
 
 import jax
 
-from jz3_jax.checkpoint import checkpoint_kind, default_tokenizer_path, load_model
+from jz3_jax.checkpoint import checkpoint_kind, load_model, load_stage_tokenizer
 from jz3_jax.checkpoint.errors import CheckpointError
 from jz3_jax.config import Config, ConfigError
 from jz3_jax.runtime.mesh import mesh_and_rules
 from jz3_jax.stages import StageContext
 
 FORMATS = ("orbax", "hf")
-
-
-def load_stage_tokenizer(model_cfg, logger):
-    """The tokenizer for a model config: `model.tokenizer` (must load) or the checkpoint's own (if any)."""
-    from jz3_jax.tokenizer import TokenizerError, load_tokenizer
-
-    path = default_tokenizer_path(model_cfg)
-    if not path:
-        return None
-    try:
-        return load_tokenizer(path)
-    except TokenizerError:
-        if model_cfg.tokenizer:
-            raise
-        logger.info("no tokenizer found in %s; continuing without one", path)
-        return None
 
 
 def run(cfg: Config, ctx: StageContext) -> None:

@@ -7,6 +7,7 @@ shards and host memory holds one tensor at a time, never a second copy of the mo
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import jax
@@ -29,14 +30,15 @@ def _state_key(path: tuple[str, ...], layer: int | None, scan: bool) -> tuple:
     return ("layers",) + path if scan else ("layers", layer) + path
 
 
-@jax.jit
-def _zeros_like(x):
-    return jnp.zeros(x.shape, x.dtype)
+def _zeros(abstract, sharding) -> jax.Array:
+    return jax.jit(lambda: jnp.zeros(abstract.shape, abstract.dtype), out_shardings=sharding)()
 
 
-def _set_layer(buffer: jax.Array, value: np.ndarray, layer: int) -> jax.Array:
-    update = jax.jit(lambda buf, v: buf.at[layer].set(v), donate_argnums=0, out_shardings=buffer.sharding)
-    return update(buffer, value)
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(buffer: jax.Array, value: jax.Array, layer: jax.Array) -> jax.Array:
+    """Write one layer's slice of a stacked parameter in place (the layer index is traced: one
+    compile per parameter shape, not per layer). The output keeps the buffer's sharding."""
+    return jax.lax.dynamic_update_index_in_dim(buffer, value.astype(buffer.dtype), layer, axis=0)
 
 
 def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]], mesh: Mesh, rules: Rules) -> Decoder:
@@ -64,8 +66,8 @@ def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]
         sharding = flat_shardings[key].get_value()
         if cfg.scan_layers and layer is not None:
             if key not in values:
-                values[key] = jax.jit(_zeros_like, out_shardings=sharding)(flat_abstract[key].get_value())
-            values[key] = _set_layer(values[key], value, layer)
+                values[key] = _zeros(flat_abstract[key].get_value(), sharding)
+            values[key] = _set_layer(values[key], value, np.int32(layer))
         else:
             values[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
         seen.add(name)

@@ -71,26 +71,23 @@ def export_hf(model: Decoder, dst: str | Path, tokenizer=None, dtype: str | None
     dst, tmp = prepare_destination(dst) if writer else (Path(dst), None)
     out_dtype = np.dtype(jax.numpy.dtype(dtype or cfg.param_dtype))
     try:
-        shards: list[dict[str, np.ndarray]] = [{}]
-        size = 0
+        shard: dict[str, np.ndarray] = {}  # the file being filled; at most max_shard_bytes on the host
         files: list[str] = []
-        weight_map: dict[str, int] = {}
+        weight_map: dict[str, int] = {}  # tensor name -> index of its file
 
         def flush():
-            nonlocal size
-            if shards[-1] and writer:
+            nonlocal shard
+            if shard and writer:
                 files.append(f"shard-{len(files):05d}.safetensors")
-                save_file(shards[-1], str(tmp / files[-1]), metadata={"format": "pt"})
-            shards[-1] = {}
-            size = 0
+                save_file(shard, str(tmp / files[-1]), metadata={"format": "pt"})
+            shard = {}
 
-        for name, array in iter_model_tensors(model):
+        for name, array in iter_model_tensors(model):  # every process gathers (a collective)
             array = np.ascontiguousarray(array.astype(out_dtype))
-            if size and size + array.nbytes > max_shard_bytes:
+            if shard and sum(a.nbytes for a in shard.values()) + array.nbytes > max_shard_bytes:
                 flush()
-            shards[-1][name] = array
+            shard[name] = array
             weight_map[name] = len(files)
-            size += array.nbytes
         flush()
         if not writer:
             return dst

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jz3_jax.checkpoint import load_model
+from jz3_jax.checkpoint import load_model, load_stage_tokenizer
 from jz3_jax.config import Config, ConfigError
 from jz3_jax.model.lora import add_lora, merge_lora
 from jz3_jax.runtime.mesh import mesh_and_rules
@@ -104,8 +104,6 @@ class Trainer:
     """Holds the sharded model state and runs steps; `run()` is the whole stage."""
 
     def __init__(self, cfg: Config, ctx: StageContext):
-        from jz3_jax.checkpoint.convert import load_stage_tokenizer
-
         self.cfg, self.ctx = cfg, ctx
         self.mesh, self.rules = mesh_and_rules(cfg)
         rows_per_process = _check_batch(cfg, ctx.process_count)
