@@ -134,6 +134,48 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass
+class EngineConfig:
+    """The decoding engine shared by synthesize/serve/eval: rows decoded together and cache length.
+
+    `max_seq_len` bounds prompt + new tokens per request; `steps_per_dispatch` tokens are decoded on
+    device per host round trip; prompt lengths are padded up to a multiple of `prompt_bucket`.
+    """
+
+    max_batch: int = 16
+    max_seq_len: int = 2048
+    steps_per_dispatch: int = 8
+    prompt_bucket: int = 64
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """`serve` stage: an OpenAI-compatible HTTP server over the engine.
+
+    `model_name` is the id clients send as `model` (default: the checkpoint's file or directory
+    name); more than `max_queue` waiting requests get HTTP 429.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = ""
+    max_queue: int = 256
+    request_timeout_s: float = 600.0
+
+
+@dataclasses.dataclass
+class SynthesizeConfig:
+    """`synthesize` stage: prompts jsonl (`id`, `prompt`) in, completion shards out.
+
+    With `chat_template` the prompt is sent as one user message through the tokenizer's chat
+    template; `shard_size` completions are written per shard file (atomically).
+    """
+
+    prompts: str = ""
+    chat_template: bool = True
+    shard_size: int = 256
+
+
+@dataclasses.dataclass
 class ConvertConfig:
     """`convert` stage: src is a HF dir, an orbax checkpoint dir or a .gguf file."""
 
@@ -149,7 +191,8 @@ class BenchConfig:
     kind: str = "forward"  # forward | train | decode | influence
     batch: int = 8
     seq_len: int = 256
-    new_tokens: int = 128
+    new_tokens: int = 128  # decode: tokens generated per request
+    prompt_len: int = 32  # decode: prompt tokens per request
     warmup: int = 2
     repeats: int = 5
     reference: bool = True  # also time the transformers/PyTorch reference where one exists
@@ -170,6 +213,9 @@ class Config:
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     compile: CompileConfig = dataclasses.field(default_factory=CompileConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
+    synthesize: SynthesizeConfig = dataclasses.field(default_factory=SynthesizeConfig)
     convert: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
     filter: FilterConfig = dataclasses.field(default_factory=FilterConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)

@@ -1,5 +1,7 @@
-"""Decoding: prefill + on-device token loop over the model's KV cache."""
+"""Decoding: the continuous-batching engine, per-request sampling and a greedy helper."""
 
-from jz3_jax.decoding.greedy import greedy_generate, pad_prompts
+from jz3_jax.decoding.engine import Engine, Event, Generation, Request, RequestError
+from jz3_jax.decoding.greedy import greedy_generate
+from jz3_jax.decoding.sampling import SamplingParams
 
-__all__ = ["greedy_generate", "pad_prompts"]
+__all__ = ["Engine", "Event", "Generation", "Request", "RequestError", "SamplingParams", "greedy_generate"]

@@ -15,21 +15,33 @@ import jax.numpy as jnp
 
 
 class KVCache(NamedTuple):
-    """Keys/values of every layer ([layers, batch, slots, kv_heads, head_dim]) plus, per slot,
-    whether it holds a token and that token's position; `index` is each row's next free slot."""
+    """Keys/values of every layer plus, per slot, whether it holds a token and that token's
+    position; `index` is each row's next free slot.
 
-    k: jax.Array
-    v: jax.Array
+    `k`/`v` are one array [layers, batch, slots, kv_heads, head_dim] when the layers are scanned
+    (stacked parameters), else a tuple of per-layer arrays [batch, slots, kv_heads, head_dim]:
+    decoding then updates each layer's buffer in place instead of restacking all layers per token.
+    """
+
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     valid: jax.Array  # [batch, slots] int32 (1 = real token)
     pos: jax.Array  # [batch, slots] int32
     index: jax.Array  # [batch] int32
 
     @classmethod
-    def init(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype) -> "KVCache":
-        shape = (num_layers, batch, slots, kv_heads, head_dim)
+    def init(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
+             stacked: bool = True) -> "KVCache":
+        shape = (batch, slots, kv_heads, head_dim)
+        if stacked:
+            k = jnp.zeros((num_layers, *shape), dtype)
+            v = jnp.zeros((num_layers, *shape), dtype)
+        else:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
         return cls(
-            jnp.zeros(shape, dtype),
-            jnp.zeros(shape, dtype),
+            k,
+            v,
             jnp.zeros((batch, slots), jnp.int32),
             jnp.zeros((batch, slots), jnp.int32),
             jnp.zeros((batch,), jnp.int32),

@@ -3,7 +3,7 @@
 `Decoder(tokens, positions, segment_ids, cache=None)` returns logits and the updated cache.
 With `scan_layers`, the layers' parameters are stacked on a leading "layers" axis and the layer
 stack runs under `jax.lax.scan` (one compiled layer, fast compiles for deep models); otherwise
-each layer has its own arrays (faster decode on CPU, where stacking costs extra copies).
+each layer has its own arrays and its own KV-cache buffer (faster decode: stacking costs copies).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Decoder(nnx.Module):
                 if cache is not None:
                     new_k.append(new_kv[0])
                     new_v.append(new_kv[1])
-            new_kvs = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+            new_kvs = None if cache is None else (tuple(new_k), tuple(new_v))
         if cache is not None:
             cache = new_cache._replace(k=new_kvs[0], v=new_kvs[1])
         return self.final_norm(x), cache
@@ -135,7 +135,9 @@ class Decoder(nnx.Module):
         return self.logits(hidden), cache
 
     def init_cache(self, batch: int, slots: int, dtype=None) -> KVCache:
-        """An empty KV cache for `batch` rows of `slots` tokens each."""
+        """An empty KV cache for `batch` rows of `slots` tokens each (per-layer arrays unless the
+        layers are scanned)."""
         cfg = self.cfg
         dtype = dtype or dtype_of(cfg.dtype)
-        return KVCache.init(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.resolved_head_dim, dtype)
+        return KVCache.init(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.resolved_head_dim, dtype,
+                            stacked=cfg.scan_layers)

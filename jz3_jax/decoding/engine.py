@@ -1,0 +1,275 @@
+"""The decoding engine: continuous batching of many requests over one fixed-shape decode state.
+
+The host keeps a queue of waiting requests and a table of rows (slots). Each `step()`:
+1. fills free rows with waiting requests (one jitted prefill per prompt-length bucket),
+2. runs one jitted decode dispatch of up to `steps_per_dispatch` tokens for all rows,
+3. hands the new tokens to each request: text deltas, EOS / stop-string / length endings.
+
+A finished request frees its row at once, so the next waiting request takes it at the next step:
+a bulk job never waits for the longest sequence of a batch. Stop strings are checked on the host
+(they are text, not tokens); tokens sampled after a stop inside the same dispatch are dropped.
+
+Under `jax.set_mesh` the rows are split over the data axes and the cache's kv heads over the
+tensor axis (the `mesh.rules` table), like the model's parameters.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jz3_jax.decoding import steps as device
+from jz3_jax.decoding.sampling import SamplingParams, seed_words
+from jz3_jax.model.decoder import Decoder
+
+
+class RequestError(ValueError):
+    """A request the engine cannot run (empty prompt, too long for the cache, bad settings)."""
+
+
+@dataclasses.dataclass
+class Request:
+    """One prompt to continue. `on_event`, if set, is called (from the engine's thread) with
+    every `Event` of this request as it happens."""
+
+    prompt_ids: Sequence[int]
+    params: SamplingParams = dataclasses.field(default_factory=SamplingParams)
+    id: Any = None
+    on_event: Callable[["Event"], None] | None = None
+
+
+@dataclasses.dataclass
+class Generation:
+    """A finished request: the new tokens (up to and including EOS or the stop-completing token),
+    their text (cut before a stop string; None without a tokenizer) and why it ended: "stop"
+    (EOS or a stop string) or "length" (max_new_tokens)."""
+
+    id: Any
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str | None
+    finish_reason: str
+    seed: int
+
+
+@dataclasses.dataclass
+class Event:
+    """Progress of one request: newly sampled tokens, the new text, and the result once finished."""
+
+    request: Request
+    new_token_ids: list[int]
+    text_delta: str
+    finished: Generation | None = None
+
+
+@dataclasses.dataclass
+class _Live:
+    request: Request
+    seed: int
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    sent_chars: int = 0
+    finish_reason: str | None = None
+
+
+def _current_mesh() -> jax.sharding.Mesh | None:
+    """The concrete mesh set with `jax.set_mesh`, if any."""
+    mesh = jax.sharding.get_mesh() if hasattr(jax.sharding, "get_mesh") else None
+    return None if mesh is None or getattr(mesh, "empty", True) else mesh
+
+
+def bucket_length(n: int, multiple: int = 16) -> int:
+    """Round a prompt length up so that similar lengths share one compiled shape."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class Engine:
+    """Continuous-batching generation with a model loaded on the current mesh.
+
+    Args:
+        model: the decoder (parameters already placed on the mesh).
+        max_batch: rows decoded together (the KV cache holds this many sequences).
+        max_seq_len: cache positions per row: prompt plus new tokens must fit.
+        eos_ids: token ids that end a sequence (empty: run to max_new_tokens).
+        tokenizer: needed for text output, streaming deltas and stop strings.
+        steps_per_dispatch: tokens decoded on device per host round trip.
+        prompt_bucket: prompt lengths are padded up to a multiple of this.
+        mesh: the mesh the model lives on; every dispatch runs under it (any thread may call
+            `step`), so the rows and cache follow the model's rules table. Default: the mesh set
+            with `jax.set_mesh` when the engine is built, if any.
+    """
+
+    def __init__(self, model: Decoder, *, max_batch: int, max_seq_len: int, eos_ids: Iterable[int] = (),
+                 tokenizer=None, steps_per_dispatch: int = 8, prompt_bucket: int = 16,
+                 mesh: jax.sharding.Mesh | None = None):
+        if max_batch < 1 or max_seq_len < 2 or steps_per_dispatch < 1:
+            raise ValueError("max_batch >= 1, max_seq_len >= 2 and steps_per_dispatch >= 1 are required")
+        self.graphdef, self.params = nnx.split(model)
+        self.pad_id = model.cfg.pad_token_id
+        self.max_batch = max_batch
+        self.max_seq_len = max_seq_len
+        self.eos_ids = tuple(sorted({int(i) for i in eos_ids}))
+        self.tokenizer = tokenizer
+        self.steps_per_dispatch = steps_per_dispatch
+        self.prompt_bucket = prompt_bucket
+        self.mesh = mesh if mesh is not None else _current_mesh()
+        with self._on_mesh():
+            self._state = device.init_state(self.graphdef, self.params, max_batch, max_seq_len)
+        self._rows: list[_Live | None] = [None] * max_batch
+        self._waiting: collections.deque[_Live] = collections.deque()
+        self.generated_tokens = 0  # tokens sampled since construction (for throughput figures)
+
+    # --- submitting -----------------------------------------------------------------------------
+
+    def validate(self, request: Request) -> None:
+        """Raise RequestError if `request` cannot run on this engine."""
+        n = len(request.prompt_ids)
+        if n == 0:
+            raise RequestError("the prompt is empty")
+        total = n + request.params.max_new_tokens
+        if total > self.max_seq_len:
+            raise RequestError(
+                f"prompt ({n} tokens) + max_new_tokens ({request.params.max_new_tokens}) = {total} exceeds "
+                f"the engine's context of {self.max_seq_len} tokens")
+        if request.params.stop and self.tokenizer is None:
+            raise RequestError("stop strings need an engine with a tokenizer")
+
+    def submit(self, request: Request) -> None:
+        """Queue a request (validated first); it starts at the next `step()` with a free row."""
+        self.validate(request)
+        seed = request.params.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self._waiting.append(_Live(request, seed))
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting or running."""
+        return len(self._waiting) + sum(r is not None for r in self._rows)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """Admit waiting requests into free rows and decode one dispatch; the events of this step."""
+        events: list[Event] = []
+        with self._on_mesh():
+            self._admit(events)
+            if not any(r is not None for r in self._rows):
+                return events
+            keep = np.asarray([r is not None for r in self._rows])
+            self._state, out = device.decode(self.graphdef, self.params, self._state, jnp.asarray(keep),
+                                             self.steps_per_dispatch, self.eos_ids)
+            out = np.asarray(out)
+        for row, live in enumerate(self._rows):
+            if live is not None:
+                self._advance(row, [int(t) for t in out[row] if t >= 0], events)
+        return events
+
+    def generate(self, requests: Iterable[Request], progress: Callable[[Generation], None] | None = None
+                 ) -> list[Generation]:
+        """Run `requests` to completion; results in the order given. `progress` sees each result."""
+        requests = list(requests)
+        for request in requests:
+            self.submit(request)
+        done: dict[int, Generation] = {}
+        while self.pending:
+            for event in self.step():
+                if event.finished is not None:
+                    done[id(event.request)] = event.finished
+                    if progress is not None:
+                        progress(event.finished)
+        return [done[id(r)] for r in requests]
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _on_mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def _admit(self, events: list[Event]) -> None:
+        free = [i for i, r in enumerate(self._rows) if r is None]
+        admitted: list[tuple[int, _Live]] = []
+        while free and self._waiting:
+            admitted.append((free.pop(0), self._waiting.popleft()))
+        by_bucket: dict[int, list[tuple[int, _Live]]] = collections.defaultdict(list)
+        for row, live in admitted:
+            width = min(bucket_length(len(live.request.prompt_ids), self.prompt_bucket), self.max_seq_len)
+            by_bucket[width].append((row, live))
+        for width, group in sorted(by_bucket.items()):
+            self._prefill(width, group, events)
+
+    def _prefill(self, width: int, group: list[tuple[int, _Live]], events: list[Event]) -> None:
+        n = min(_power_of_two_at_least(len(group)), self.max_batch)  # few distinct compiled shapes
+        tokens = np.full((n, width), self.pad_id, np.int32)
+        columns = {name: np.zeros((n,), dtype) for name, dtype in
+                   [("slot", np.int32), ("length", np.int32), ("max_new", np.int32), ("temperature", np.float32),
+                    ("top_k", np.int32), ("top_p", np.float32), ("seed_lo", np.uint32), ("seed_hi", np.uint32)]}
+        columns["slot"][:] = self.max_batch  # padding rows: dropped by the scatter
+        columns["length"][:] = 1
+        columns["top_p"][:] = 1.0
+        for i, (row, live) in enumerate(group):
+            prompt, params = live.request.prompt_ids, live.request.params
+            tokens[i, : len(prompt)] = prompt
+            lo, hi = seed_words(live.seed)
+            for name, value in [("slot", row), ("length", len(prompt)), ("max_new", params.max_new_tokens),
+                                ("temperature", params.temperature), ("top_k", params.top_k),
+                                ("top_p", params.top_p), ("seed_lo", lo), ("seed_hi", hi)]:
+                columns[name][i] = value
+            self._rows[row] = live
+        batch = device.PrefillBatch(tokens=jnp.asarray(tokens), **{k: jnp.asarray(v) for k, v in columns.items()})
+        self._state, first, _ = device.prefill(self.graphdef, self.params, self._state, batch, self.eos_ids)
+        first = np.asarray(first)
+        for i, (row, _) in enumerate(group):
+            self._advance(row, [int(first[i])], events)
+
+    def _advance(self, row: int, new_tokens: list[int], events: list[Event]) -> None:
+        """Hand a row's new tokens to its request; finish and free the row when it is done."""
+        live = self._rows[row]
+        params = live.request.params
+        kept = []
+        for token in new_tokens:
+            kept.append(token)
+            live.tokens.append(token)
+            if token in self.eos_ids:
+                live.finish_reason = "stop"
+                break
+            if len(live.tokens) >= params.max_new_tokens:
+                live.finish_reason = "length"
+                break
+        self.generated_tokens += len(kept)
+        delta = ""
+        if self.tokenizer is not None:
+            live.text = self.tokenizer.decode(live.tokens, skip_special_tokens=True)
+            if params.stop:
+                cut = min((i for i in (live.text.find(s) for s in params.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    live.text = live.text[:cut]
+                    live.finish_reason = "stop"
+            # Hold back text that may still grow into a stop string or an incomplete character.
+            hold = 0 if live.finish_reason else max([len(s) - 1 for s in params.stop] + [0])
+            if live.text.endswith("\ufffd") and not live.finish_reason:
+                hold = max(hold, 1)
+            upto = max(live.sent_chars, len(live.text) - hold)
+            delta = live.text[live.sent_chars: upto]
+            live.sent_chars = upto
+        finished = None
+        if live.finish_reason is not None:
+            finished = Generation(id=live.request.id, prompt_ids=list(live.request.prompt_ids), token_ids=live.tokens,
+                                  text=live.text if self.tokenizer is not None else None,
+                                  finish_reason=live.finish_reason, seed=live.seed)
+            self._rows[row] = None
+        event = Event(live.request, kept, delta, finished)
+        if live.request.on_event is not None:
+            live.request.on_event(event)
+        events.append(event)

@@ -1,0 +1,185 @@
+"""The engine's device side: a fixed-shape decode state and the two jitted functions on it.
+
+`DecodeState` holds `slots` rows, each either free or decoding one request: a preallocated KV
+cache of `length` positions per row, the row's last token and position, and its sampling
+settings. `prefill` runs a bucketed batch of new prompts and writes them into chosen rows;
+`decode` advances every active row by up to `steps` tokens in one dispatch (a `while_loop` on
+device that stops early once no row is active). Shapes never depend on the requests, so each
+(prompt bucket, insert count) pair compiles once.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jz3_jax.decoding.sampling import row_keys, sample_tokens
+from jz3_jax.model.attention import KVCache
+from jz3_jax.model.layers import constrain
+
+CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
+ROW_AXES = ("batch",)
+
+
+class DecodeState(NamedTuple):
+    """Everything a decode step reads and writes, one entry per row (slot)."""
+
+    cache: KVCache
+    token: jax.Array  # [slots] int32: the last sampled token, not yet in the cache
+    position: jax.Array  # [slots] int32: that token's position
+    active: jax.Array  # [slots] bool
+    generated: jax.Array  # [slots] int32: tokens sampled so far
+    max_new: jax.Array  # [slots] int32
+    temperature: jax.Array  # [slots] float32
+    top_k: jax.Array  # [slots] int32
+    top_p: jax.Array  # [slots] float32
+    key: jax.Array  # [slots, 2] uint32
+
+
+class PrefillBatch(NamedTuple):
+    """New requests for some rows: right-padded prompts [n, bucket] and per-request settings [n].
+
+    Rows of `slot` equal to the number of slots are padding (their writes are dropped)."""
+
+    slot: jax.Array
+    tokens: jax.Array
+    length: jax.Array
+    max_new: jax.Array
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+    seed_lo: jax.Array
+    seed_hi: jax.Array
+
+
+def _constrain_state(state: DecodeState, rules: tuple) -> DecodeState:
+    """Rows over the data axes, cache kv-heads over the tensor axis (as the rules table says)."""
+
+    def cache_part(x):
+        names = CACHE_AXES if x.ndim == 4 else ("layers", *CACHE_AXES)
+        return constrain(x, names, rules)
+
+    cache = state.cache._replace(k=jax.tree.map(cache_part, state.cache.k), v=jax.tree.map(cache_part, state.cache.v))
+    rows = {name: constrain(getattr(state, name), ROW_AXES + (None,) * (getattr(state, name).ndim - 1), rules)
+            for name in DecodeState._fields if name != "cache"}
+    return DecodeState(cache=cache, **rows)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "length"))
+def init_state(graphdef, params, slots: int, length: int) -> DecodeState:
+    """An all-free decode state of `slots` rows with `length` cache positions each."""
+    model = nnx.merge(graphdef, params)
+    zeros_i = jnp.zeros((slots,), jnp.int32)
+    state = DecodeState(
+        cache=model.init_cache(slots, length),
+        token=zeros_i,
+        position=zeros_i,
+        active=jnp.zeros((slots,), bool),
+        generated=zeros_i,
+        max_new=zeros_i,
+        temperature=jnp.zeros((slots,), jnp.float32),
+        top_k=zeros_i,
+        top_p=jnp.ones((slots,), jnp.float32),
+        key=jnp.zeros((slots, 2), jnp.uint32),
+    )
+    return _constrain_state(state, model.rules)
+
+
+def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
+    if not eos_ids:
+        return jnp.zeros(tokens.shape, bool)
+    return jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
+
+
+def _scatter_rows(buffer: jax.Array, rows: jax.Array, new: jax.Array, row_axis: int) -> jax.Array:
+    """`buffer` with `new` written at `rows` along `row_axis` (from slot 0 of the next axis);
+    out-of-range rows are dropped."""
+    width = new.shape[row_axis + 1]
+    index = (slice(None),) * row_axis + (rows, slice(0, width))
+    return buffer.at[index].set(new.astype(buffer.dtype), mode="drop")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "eos_ids"), donate_argnames=("state",))
+def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch, eos_ids: tuple[int, ...]):
+    """Run new prompts, write their keys/values into rows `batch.slot`, sample each first token.
+
+    Returns (state, first tokens [n], whether each request is still active after it)."""
+    model = nnx.merge(graphdef, params)
+    n, width = batch.tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), batch.tokens.shape)
+    segments = (positions < batch.length[:, None]).astype(jnp.int32)
+    fresh = model.init_cache(n, width)
+    logits, fresh = model(batch.tokens, positions, segments, fresh)
+    last = logits[jnp.arange(n), batch.length - 1]
+    keys = row_keys(batch.seed_lo, batch.seed_hi)
+    first = sample_tokens(last, batch.temperature, batch.top_k, batch.top_p, keys, jnp.zeros((n,), jnp.int32))
+    still = ~_is_eos(first, eos_ids) & (batch.max_new > 1)
+
+    layer_axis = 0 if isinstance(state.cache.k, tuple) else 1
+    scatter = functools.partial(_scatter_rows, rows=batch.slot, row_axis=layer_axis)
+    cache = state.cache
+    cleared = jnp.zeros((n, cache.valid.shape[1]), jnp.int32)  # forget the row's previous request
+    cache = KVCache(
+        k=jax.tree.map(lambda buf, new: scatter(buf, new=new), cache.k, fresh.k),
+        v=jax.tree.map(lambda buf, new: scatter(buf, new=new), cache.v, fresh.v),
+        valid=_scatter_rows(_scatter_rows(cache.valid, batch.slot, cleared, 0), batch.slot, fresh.valid, 0),
+        pos=_scatter_rows(cache.pos, batch.slot, fresh.pos, 0),
+        index=cache.index.at[batch.slot].set(batch.length, mode="drop"),
+    )
+
+    def put(values, new):
+        return values.at[batch.slot].set(new.astype(values.dtype), mode="drop")
+
+    state = DecodeState(
+        cache=cache,
+        token=put(state.token, first),
+        position=put(state.position, batch.length),
+        active=put(state.active, still),
+        generated=put(state.generated, jnp.ones((n,), jnp.int32)),
+        max_new=put(state.max_new, batch.max_new),
+        temperature=put(state.temperature, batch.temperature),
+        top_k=put(state.top_k, batch.top_k),
+        top_p=put(state.top_p, batch.top_p),
+        key=put(state.key, keys),
+    )
+    return _constrain_state(state, model.rules), first, still
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids"), donate_argnames=("state",))
+def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...]):
+    """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
+
+    Returns (state, tokens [slots, steps] with -1 where a row emitted nothing)."""
+    model = nnx.merge(graphdef, params)
+    slots = state.token.shape[0]
+    state = state._replace(active=state.active & keep)
+
+    def cond(carry):
+        i, state, _ = carry
+        return (i < steps) & jnp.any(state.active)
+
+    def body(carry):
+        i, state, out = carry
+        live = state.active
+        logits, cache = model(state.token[:, None], state.position[:, None], live[:, None].astype(jnp.int32),
+                              state.cache)
+        nxt = sample_tokens(logits[:, 0], state.temperature, state.top_k, state.top_p, state.key, state.generated)
+        generated = state.generated + live
+        finished = _is_eos(nxt, eos_ids) | (generated >= state.max_new)
+        state = state._replace(
+            cache=cache,
+            token=jnp.where(live, nxt, state.token),
+            position=state.position + live,
+            active=live & ~finished,
+            generated=generated,
+        )
+        out = out.at[:, i].set(jnp.where(live, nxt, -1))
+        return i + 1, _constrain_state(state, model.rules), out
+
+    out = jnp.full((slots, steps), -1, jnp.int32)
+    _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
+    return state, out

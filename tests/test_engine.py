@@ -1,0 +1,169 @@
+"""The decoding engine: parity with transformers `generate`, continuous batching, sampling, stops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hf_models import make_hf_model
+from jz3_jax.checkpoint import load_model
+from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
+from jz3_jax.decoding import Engine, Request, RequestError, SamplingParams
+from jz3_jax.model.config import ModelConfig
+from jz3_jax.runtime.mesh import build_mesh
+from jz3_jax.runtime.sharding import parse_rules
+from jz3_jax.tokenizer import load_tokenizer
+
+RULES = parse_rules(DEFAULT_RULES)
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return build_mesh(MeshConfig())
+
+
+@pytest.fixture(scope="module")
+def tiny(mesh):
+    """A random tiny Llama with the byte tokenizer (vocab 260, EOS 258)."""
+    cfg = ModelConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, pad_token_id=256, bos_token_id=257, eos_token_id=258)
+    model, _ = load_model(cfg, mesh, RULES, seed=3)
+    return model, load_tokenizer("bytes")
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral_window", "qwen2"])
+def test_greedy_equals_transformers_generate(name, mesh, tmp_path):
+    hf = make_hf_model(name)
+    hf.save_pretrained(tmp_path)
+    model, cfg = load_model(ModelConfig(checkpoint=str(tmp_path)), mesh, RULES)
+    prompts = [[5, 9, 33, 7], list(range(10, 31)), [3]]
+    eos = hf.generation_config.eos_token_id  # tiny Qwen2 configs have none
+    engine = Engine(model, max_batch=2, max_seq_len=96, eos_ids=[] if eos is None else [eos])
+    results = engine.generate([Request(p, GREEDY) for p in prompts])
+    for prompt, result in zip(prompts, results):
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, pad_token_id=0)
+        expected = ref[0, len(prompt):].tolist()
+        assert result.token_ids == expected
+        assert result.finish_reason == ("stop" if expected[-1] == eos else "length")
+
+
+def _mixed_requests(seed_base: int) -> list[Request]:
+    rng = np.random.default_rng(0)
+    lengths, new = [3, 20, 7, 40, 1, 17], [5, 30, 12, 3, 20, 9]
+    requests = []
+    for i, (n, m) in enumerate(zip(lengths, new)):
+        prompt = rng.integers(0, 256, n).tolist()
+        if i % 2:
+            params = SamplingParams(temperature=0.0, max_new_tokens=m)
+        else:
+            params = SamplingParams(temperature=1.0, top_k=50 if i == 2 else 0, top_p=0.9 if i == 4 else 1.0,
+                                    max_new_tokens=m, seed=seed_base + i)
+        requests.append(Request(prompt, params, id=i))
+    return requests
+
+
+def test_continuous_batching_equals_each_request_alone(tiny):
+    model, _ = tiny
+    batched = Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4).generate(_mixed_requests(7))
+    alone = Engine(model, max_batch=1, max_seq_len=80, steps_per_dispatch=3)
+    for request, result in zip(_mixed_requests(7), batched):
+        assert alone.generate([request])[0].token_ids == result.token_ids
+        assert len(result.token_ids) == request.params.max_new_tokens  # no EOS id given: run to the limit
+        assert result.finish_reason == "length"
+
+
+def test_sampling_depends_on_the_seed_not_the_batch(tiny):
+    model, _ = tiny
+    engine = Engine(model, max_batch=8, max_seq_len=64)
+    prompt = [1, 2, 3, 4, 5]
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=24, seed=11)
+    again = engine.generate([Request(prompt, sampled), Request([9, 9], GREEDY), Request(prompt, sampled)])
+    assert again[0].token_ids == again[2].token_ids
+    other_seed = engine.generate([Request(prompt, SamplingParams(temperature=1.0, max_new_tokens=24, seed=12))])
+    assert other_seed[0].token_ids != again[0].token_ids
+    greedy = engine.generate([Request(prompt, SamplingParams(temperature=0.0, max_new_tokens=24))])[0].token_ids
+    assert greedy != again[0].token_ids
+    top1 = engine.generate([Request(prompt, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=24, seed=5))])
+    assert top1[0].token_ids == greedy  # top-k 1 leaves only the argmax
+    narrow = engine.generate([Request(prompt, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=24, seed=5))])
+    assert narrow[0].token_ids == greedy  # a tiny nucleus keeps only the most likely token
+
+
+def test_eos_and_stop_strings(tiny):
+    model, tokenizer = tiny
+    engine = Engine(model, max_batch=2, max_seq_len=64, eos_ids=[258], tokenizer=tokenizer)
+    prompt = tokenizer.encode("Problem: 2+2")
+    full = engine.generate([Request(prompt, SamplingParams(temperature=0.0, max_new_tokens=40))])[0]
+    text = full.text
+    printable = [i for i in range(2, len(text) - 1) if text[i:i + 2].isprintable() and "\ufffd" not in text[i:i + 2]]
+    assert printable, f"no printable stop candidate in {text!r}"
+    stop = text[printable[0]:printable[0] + 2]
+    cut = engine.generate([Request(prompt, SamplingParams(temperature=0.0, max_new_tokens=40, stop=(stop,)))])[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == text[: text.find(stop)]
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)]
+
+    # Streaming: the text deltas of a request add up to its final text.
+    deltas = []
+    request = Request(prompt, SamplingParams(temperature=0.0, max_new_tokens=40, stop=(stop,)),
+                      on_event=lambda e: deltas.append(e.text_delta))
+    assert engine.generate([request])[0].text == "".join(deltas)
+
+    # EOS: an engine told that the first greedy token is EOS stops right there.
+    eos_engine = Engine(model, max_batch=1, max_seq_len=64, eos_ids=[full.token_ids[0]], tokenizer=tokenizer)
+    ended = eos_engine.generate([Request(prompt, SamplingParams(temperature=0.0, max_new_tokens=40))])[0]
+    assert (ended.token_ids, ended.finish_reason) == ([full.token_ids[0]], "stop")
+
+
+def test_bad_requests(tiny):
+    model, _ = tiny
+    engine = Engine(model, max_batch=2, max_seq_len=32)
+    with pytest.raises(RequestError, match="empty"):
+        engine.submit(Request([], GREEDY))
+    with pytest.raises(RequestError, match="exceeds the engine's context of 32"):
+        engine.submit(Request([1] * 10, SamplingParams(max_new_tokens=23)))
+    with pytest.raises(RequestError, match="tokenizer"):
+        engine.submit(Request([1], SamplingParams(max_new_tokens=2, stop=("x",))))
+    for bad in [dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-2), dict(max_new_tokens=0)]:
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+    assert engine.pending == 0
+
+
+SHARDED = """
+import json, sys
+import jax
+from jz3_jax.checkpoint import load_model
+from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
+from jz3_jax.decoding import Engine, Request, SamplingParams
+from jz3_jax.model.config import ModelConfig
+from jz3_jax.runtime.mesh import build_mesh
+from jz3_jax.runtime.sharding import parse_rules
+
+data, fsdp, tensor = map(int, sys.argv[1:4])
+mesh, rules = build_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor)), parse_rules(DEFAULT_RULES)
+cfg = ModelConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+with jax.set_mesh(mesh):
+    model, _ = load_model(cfg, mesh, rules, seed=3)
+    engine = Engine(model, max_batch=4, max_seq_len=48)
+    requests = [Request([i + 1] * (3 + 5 * i), SamplingParams(temperature=float(i % 2), max_new_tokens=12 + i, seed=i))
+                for i in range(6)]
+    out = [r.token_ids for r in engine.generate(requests)]
+    k = engine._state.cache.k[0]
+print(json.dumps({"tokens": out, "cache_spec": str(k.sharding.spec)}))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_engine_equals_unsharded(run_in_subprocess):
+    from helpers import last_json_line
+
+    single = last_json_line(run_in_subprocess(SHARDED, devices=1, args=["1", "1", "1"]))
+    sharded = last_json_line(run_in_subprocess(SHARDED, devices=8, args=["2", "2", "2"]))
+    assert sharded["tokens"] == single["tokens"]
+    # rows over data+fsdp, kv heads over tensor
+    assert sharded["cache_spec"] == "P(('data', 'fsdp'), None, 'tensor')"
