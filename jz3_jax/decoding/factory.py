@@ -27,12 +27,18 @@ def eos_ids_of(model_cfg, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None and 0 <= i < model_cfg.vocab_size)
 
 
-def load_engine(cfg, logger: logging.Logger, max_batch: int | None = None) -> LoadedEngine:
-    """The engine for `cfg.model` on `cfg.mesh` with `cfg.engine` sizes (`max_batch` overrides)."""
-    from jz3_jax.checkpoint import load_model, load_stage_tokenizer
-    from jz3_jax.runtime.mesh import mesh_and_rules
+def load_engine(cfg, logger: logging.Logger, max_batch: int | None = None, local: bool = False) -> LoadedEngine:
+    """The engine for `cfg.model` on `cfg.mesh` with `cfg.engine` sizes (`max_batch` overrides).
 
-    mesh, rules = mesh_and_rules(cfg)
+    `local` builds the mesh from this process's devices only: each process then runs its own
+    engine replica on its own requests (bulk synthesis), with no cross-process collectives.
+    """
+    from jz3_jax.checkpoint import load_model, load_stage_tokenizer
+    from jz3_jax.runtime.mesh import build_mesh
+    from jz3_jax.runtime.sharding import parse_rules
+
+    mesh = build_mesh(cfg.mesh, jax.local_devices() if local else None)
+    rules = parse_rules(cfg.mesh.rules)
     tokenizer = load_stage_tokenizer(cfg.model, logger)
     with jax.set_mesh(mesh):
         model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)

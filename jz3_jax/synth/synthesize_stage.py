@@ -1,0 +1,153 @@
+"""`synthesize` stage: the synthesizer writes a completion for every prompt, resumably.
+
+Reads `synthesize.prompts` (see `prompts.py`), generates with the decoding engine (continuous
+batching; `sampling.*` settings, `engine.*` sizes, `model.checkpoint`) and writes completion shards
+to `RUN_DIR/synthesize/completions/` (see `shards.py`; the record format is the `filter` stage's
+input contract in `completions.py`). One record per prompt:
+
+    id, prompt, completion, kind, finish_reason ("stop" | "length"), prompt_tokens,
+    completion_tokens, sampling (temperature, top_p, top_k, max_new_tokens, seed), model, meta
+
+Each prompt's seed is derived from `sampling.seed` and its id, so its completion does not depend
+on the batch it ran in, the number of processes, or how often the run was interrupted.
+With several processes, process i takes the prompts at positions i, i + n, i + 2n, ... of the
+file and runs its own engine on its local devices. Killed at any moment and rerun, the output
+holds every prompt exactly once (finished shards are kept; their ids are skipped). SIGTERM writes
+the completions finished so far, then exits 143.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import signal
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jz3_jax.decoding import Request
+from jz3_jax.decoding.factory import load_engine, sampling_from_config
+from jz3_jax.synth.errors import SynthesizeError
+from jz3_jax.synth.prompts import PromptRecord, read_prompts
+from jz3_jax.synth.shards import ShardWriter, done_ids
+
+PREEMPTED_EXIT_CODE = 143
+
+
+def prompt_seed(base_seed: int, prompt_id) -> int:
+    """A 63-bit seed for one prompt from the run's seed and the prompt's id (1 and "1" differ)."""
+    digest = hashlib.sha256(f"{base_seed}\0{prompt_id!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def my_prompts(prompts: list[PromptRecord], done: set, process_index: int, process_count: int) -> list[PromptRecord]:
+    """This process's share of the prompts not yet done (a fixed slice of the file's order, so
+    processes never overlap even when they start at different times)."""
+    return [p for i, p in enumerate(prompts) if i % process_count == process_index and p.id not in done]
+
+
+class _Terminate:
+    """Remembers SIGTERM so the loop can write its finished completions before exiting."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
+    if use_chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": record.prompt}])
+        return tokenizer.encode(text)
+    return tokenizer.encode(record.prompt, add_bos=tokenizer.bos_id is not None)
+
+
+def run(cfg, ctx) -> dict:
+    """Generate completions for this process's remaining prompts; returns counts and throughput."""
+    sc = cfg.synthesize
+    if not sc.prompts:
+        raise SynthesizeError("synthesize needs synthesize.prompts (a jsonl file of {id, prompt} records)")
+    prompts = read_prompts(sc.prompts)
+    out_dir = Path(ctx.stage_dir) / "completions"
+    done = done_ids(out_dir)
+    mine = my_prompts(prompts, done, ctx.process_index, ctx.process_count)
+    ctx.logger.info("synthesize: %d prompts, %d already done, %d for process %d", len(prompts),
+                    len(done & {p.id for p in prompts}), len(mine), ctx.process_index)
+    base = sampling_from_config(cfg)  # validates the sampling section
+    if not mine:
+        return {"prompts": len(prompts), "generated": 0}
+    loaded = load_engine(cfg, ctx.logger, local=True)
+    engine, tokenizer = loaded.engine, loaded.tokenizer
+    if tokenizer is None:
+        raise SynthesizeError("synthesize needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
+    use_chat = sc.chat_template and tokenizer.chat_template is not None
+    model_name = cfg.model.checkpoint or "random-init"
+    writer = ShardWriter(out_dir, ctx.process_index, sc.shard_size)
+    metrics_name = "metrics.jsonl" if ctx.process_index == 0 else f"metrics-p{ctx.process_index:05d}.jsonl"
+    metrics_path = Path(ctx.stage_dir) / metrics_name
+
+    def request_for(record: PromptRecord) -> Request:
+        ids = _prompt_ids(tokenizer, record, use_chat)
+        room = engine.max_seq_len - len(ids)
+        if room < 1:
+            raise SynthesizeError(f"prompt {record.id!r} has {len(ids)} tokens; engine.max_seq_len is "
+                                  f"{engine.max_seq_len}: raise it or shorten the prompt")
+        params = dataclasses.replace(base, seed=prompt_seed(base.seed, record.id),
+                                     max_new_tokens=min(base.max_new_tokens, room))
+        return Request(ids, params, id=record)
+
+    def record_of(request: Request, result) -> dict:
+        source: PromptRecord = request.id
+        p = request.params
+        sampling = {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
+                    "max_new_tokens": p.max_new_tokens, "seed": p.seed}
+        return {"id": source.id, "prompt": source.prompt, "completion": result.text, "kind": source.kind,
+                "finish_reason": result.finish_reason, "prompt_tokens": len(result.prompt_ids),
+                "completion_tokens": len(result.token_ids), "sampling": sampling, "model": model_name,
+                "meta": {**(source.meta or {}), "synthesizer": model_name, "sampling": sampling}}
+
+    queue = list(reversed(mine))
+    term = _Terminate()
+    start, tokens, finished = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(mine), desc="synthesize", unit="prompt", disable=ctx.process_index != 0)
+    try:
+        while queue or engine.pending:
+            while queue and engine.pending < 2 * engine.max_batch:  # keep rows busy, the queue short
+                engine.submit(request_for(queue.pop()))
+            for event in engine.step():
+                tokens += len(event.new_token_ids)
+                if event.finished is None:
+                    continue
+                writer.add(record_of(event.request, event.finished))
+                finished += 1
+                bar.update(1)
+                if not writer.buffer:  # a shard was just written
+                    _write_metrics(metrics_path, finished, tokens, start)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}", refresh=False)
+            if term.raised:
+                writer.flush()
+                ctx.logger.info("SIGTERM: %d completions written; rerun the same command to resume", finished)
+                raise SystemExit(PREEMPTED_EXIT_CODE)
+        writer.flush()
+    finally:
+        bar.close()
+        term.restore()
+    elapsed = time.perf_counter() - start
+    _write_metrics(metrics_path, finished, tokens, start)
+    ctx.logger.info("synthesize: %d completions, %d tokens in %.1fs (%.1f tokens/s)", finished, tokens, elapsed,
+                    tokens / elapsed)
+    return {"prompts": len(prompts), "generated": finished, "tokens": tokens, "tokens_per_s": tokens / elapsed}
+
+
+def _write_metrics(path: Path, finished: int, tokens: int, start: float) -> None:
+    elapsed = time.perf_counter() - start
+    with path.open("a") as f:
+        f.write(json.dumps({"prompts_done": finished, "tokens": tokens, "elapsed_s": round(elapsed, 3),
+                            "tokens_per_s": round(tokens / max(elapsed, 1e-9), 3)}) + "\n")

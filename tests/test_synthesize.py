@@ -1,0 +1,145 @@
+"""The `synthesize` stage: completion shards, exactly-once resume, process slices, bad prompts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO_ROOT, subprocess_env
+from jz3_jax.synth.completions import iter_completions, resolve_inputs
+from jz3_jax.synth.errors import SynthesizeError
+from jz3_jax.synth.prompts import PromptRecord, read_prompts
+from jz3_jax.synth.synthesize_stage import my_prompts, prompt_seed
+
+COMMON = ["sampling.max_new_tokens=24", "engine.max_batch=2", "engine.max_seq_len=96", "engine.prompt_bucket=32"]
+
+
+def _prompts(path: Path, n: int) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"Write a problem about {i} apples." + " +1" * (i % 5),
+                                "meta": {"snippet": i}}) + "\n")
+    return path
+
+
+def _command(run_dir: Path, prompts: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jz3_jax.launch", "synthesize", "--config", "configs/tiny.py", "--run-dir",
+            str(run_dir), f"synthesize.prompts={prompts}", *COMMON, *extra]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    files = resolve_inputs(str(run_dir / "synthesize" / "completions"))
+    list(iter_completions(files))  # the filter stage accepts every shard
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+
+
+def test_sigkill_then_rerun_gives_each_prompt_exactly_once(tmp_path):
+    prompts = _prompts(tmp_path / "prompts.jsonl", 40)
+    shards = tmp_path / "killed" / "synthesize" / "completions"
+    proc = subprocess.Popen(_command(tmp_path / "killed", prompts, "synthesize.shard_size=2"), cwd=REPO_ROOT,
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(shards.glob("part-*.jsonl")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, stderr
+    partial = _records(tmp_path / "killed")
+    assert 0 < len(partial) < 40, "the kill should land mid-way"
+
+    rerun = subprocess.run(_command(tmp_path / "killed", prompts, "synthesize.shard_size=2"), cwd=REPO_ROOT,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len({r['id'] for r in partial})} already done" in rerun.stderr
+    records = _records(tmp_path / "killed")
+    assert Counter(r["id"] for r in records) == Counter(f"q{i}" for i in range(40))
+
+    # Completions do not depend on interruptions or shard sizes: an uninterrupted run agrees.
+    whole = subprocess.run(_command(tmp_path / "whole", prompts, "synthesize.shard_size=64"), cwd=REPO_ROOT,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    by_id = {r["id"]: r for r in _records(tmp_path / "whole")}
+    for record in records:
+        assert record["completion"] == by_id[record["id"]]["completion"]
+        assert record["completion_tokens"] == by_id[record["id"]]["completion_tokens"]
+    sample = by_id["q3"]
+    assert sample["prompt"].startswith("Write a problem about 3 apples")
+    assert sample["finish_reason"] in ("stop", "length") and 0 < sample["completion_tokens"] <= 24
+    assert sample["sampling"]["temperature"] == 1.0 and sample["sampling"]["max_new_tokens"] == 24
+    assert sample["meta"]["snippet"] == 3
+    metrics = (tmp_path / "whole" / "synthesize" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["prompts_done"] == 40
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_prompts(tmp_path):
+    prompts = _prompts(tmp_path / "prompts.jsonl", 12)
+    port = _free_port()
+    procs = [subprocess.Popen(_command(tmp_path / "run", prompts, f"distributed.coordinator_address=127.0.0.1:{port}",
+                                       "distributed.num_processes=2", f"distributed.process_id={pid}"),
+                              cwd=REPO_ROOT, env=subprocess_env(devices=2), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], errors
+    files = sorted(p.name for p in (tmp_path / "run" / "synthesize" / "completions").glob("*.jsonl"))
+    assert files == ["part-00000-000000.jsonl", "part-00001-000000.jsonl"]
+    assert Counter(r["id"] for r in _records(tmp_path / "run")) == Counter(f"q{i}" for i in range(12))
+
+
+def test_process_slices_are_disjoint_and_skip_done():
+    prompts = [PromptRecord(i, f"p{i}") for i in range(10)]
+    done = {3, 4}
+    slices = [my_prompts(prompts, done, i, 3) for i in range(3)]
+    ids = [p.id for s in slices for p in s]
+    assert sorted(ids) == [0, 1, 2, 5, 6, 7, 8, 9]
+    assert [p.id for p in slices[1]] == [1, 7]
+
+
+def test_prompt_seed_depends_on_seed_and_id():
+    assert prompt_seed(0, "a") == prompt_seed(0, "a")
+    assert len({prompt_seed(0, "a"), prompt_seed(1, "a"), prompt_seed(0, "b"), prompt_seed(0, 1),
+                prompt_seed(0, "1")}) == 5
+    assert 0 <= prompt_seed(123, "x") < 2**63
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}', ":2: duplicate id 'a' (first on line 1)"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": ', ":2: not valid JSON"),
+    ('{"id": "a"}', ":1: field 'prompt' must be a non-empty string"),
+    ('{"id": true, "prompt": "x"}', ":1: field 'id' must be"),
+    ('{"id": 1, "prompt": "x", "kind": "essay"}', "field 'kind' must be one of"),
+    ("\n\n", "has no records"),
+])
+def test_bad_prompt_files_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(line)
+    with pytest.raises(SynthesizeError, match="prompts.jsonl") as info:
+        read_prompts(path)
+    assert message in str(info.value)
+
+
+def test_missing_prompts_file_exits_2(tmp_path, run_launch):
+    result = run_launch("synthesize", "--config", "configs/tiny.py", "--run-dir", tmp_path,
+                        f"synthesize.prompts={tmp_path / 'nope.jsonl'}")
+    assert result.returncode == 2
+    assert "nope.jsonl" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "synthesize" / "completions").exists()
