@@ -37,15 +37,38 @@ def prompt_ids() -> list[int]:
     return ids[:64]
 
 
-def test_forward_matches_transformers_gguf_load(prompt_ids):
+@pytest.fixture(scope="module")
+def reference():
     from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return load_model(ModelConfig(checkpoint=str(GGUF)), build_mesh(MeshConfig()), parse_rules(DEFAULT_RULES))
+
+
+def test_forward_matches_transformers_gguf_load(prompt_ids, reference, ours):
     with torch.no_grad():
         ref = reference(torch.tensor([prompt_ids])).logits[0].numpy()
-    del reference
-    model, cfg = load_model(ModelConfig(checkpoint=str(GGUF)), build_mesh(MeshConfig()), parse_rules(DEFAULT_RULES))
+    model, cfg = ours
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.tie_embeddings) == (30, 576, 9, 3, True)
     ours = np.asarray(nnx.jit(lambda m, t: m(t)[0])(model, jnp.asarray([prompt_ids], jnp.int32)))[0]
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() == 1.0
     assert np.abs(ours - ref).max() <= 1e-3
+
+
+def test_engine_greedy_equals_generate(prompt_ids, reference, ours):
+    from jz3_jax.decoding import Engine, Request, SamplingParams
+    from jz3_jax.decoding.factory import eos_ids_of
+
+    model, cfg = ours
+    tokenizer = load_tokenizer(str(GGUF))
+    engine = Engine(model, max_batch=2, max_seq_len=128, eos_ids=eos_ids_of(cfg, tokenizer), tokenizer=tokenizer)
+    short = prompt_ids[:40]  # a second, shorter prompt decoded in the same batch
+    results = engine.generate([Request(p, SamplingParams(temperature=0.0, max_new_tokens=32)) for p in (prompt_ids, short)])
+    for prompt, result in zip((prompt_ids, short), results):
+        with torch.no_grad():
+            ref = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
+        assert result.token_ids == ref[0, len(prompt):].tolist()
