@@ -41,42 +41,43 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
-def test_sigkill_then_rerun_gives_each_prompt_exactly_once(tmp_path):
-    prompts = _prompts(tmp_path / "prompts.jsonl", 40)
-    shards = tmp_path / "killed" / "synthesize" / "completions"
-    proc = subprocess.Popen(_command(tmp_path / "killed", prompts, "synthesize.shard_size=2"), cwd=REPO_ROOT,
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    return _prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", 40)
+
+
+@pytest.fixture(scope="module")
+def resumed(prompts_file, tmp_path_factory) -> tuple[list[dict], list[dict], Path]:
+    """A run SIGKILLed after its first shard, then rerun: (records before the rerun, after, run dir)."""
+    run_dir = tmp_path_factory.mktemp("killed")
+    command = _command(run_dir, prompts_file, "synthesize.shard_size=2")
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    shards = run_dir / "synthesize" / "completions"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not list(shards.glob("part-*.jsonl")):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, stderr
-    partial = _records(tmp_path / "killed")
-    assert 0 < len(partial) < 40, "the kill should land mid-way"
-
-    rerun = subprocess.run(_command(tmp_path / "killed", prompts, "synthesize.shard_size=2"), cwd=REPO_ROOT,
-                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    partial = _records(run_dir)
+    rerun = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len({r['id'] for r in partial})} already done" in rerun.stderr
-    records = _records(tmp_path / "killed")
-    assert Counter(r["id"] for r in records) == Counter(f"q{i}" for i in range(40))
+    return partial, _records(run_dir), run_dir
 
-    # Completions do not depend on interruptions or shard sizes: an uninterrupted run agrees.
-    whole = subprocess.run(_command(tmp_path / "whole", prompts, "synthesize.shard_size=64"), cwd=REPO_ROOT,
-                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr
-    by_id = {r["id"]: r for r in _records(tmp_path / "whole")}
-    for record in records:
-        assert record["completion"] == by_id[record["id"]]["completion"]
-        assert record["completion_tokens"] == by_id[record["id"]]["completion_tokens"]
-    sample = by_id["q3"]
+
+def test_sigkill_then_rerun_gives_each_prompt_exactly_once(resumed):
+    partial, records, run_dir = resumed
+    assert 0 < len(partial) < 40, "the kill should land mid-way"
+    assert Counter(r["id"] for r in records) == Counter(f"q{i}" for i in range(40))
+    sample = next(r for r in records if r["id"] == "q3")
     assert sample["prompt"].startswith("Write a problem about 3 apples")
     assert sample["finish_reason"] in ("stop", "length") and 0 < sample["completion_tokens"] <= 24
     assert sample["sampling"]["temperature"] == 1.0 and sample["sampling"]["max_new_tokens"] == 24
     assert sample["meta"]["snippet"] == 3
-    metrics = (tmp_path / "whole" / "synthesize" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(metrics[-1])["prompts_done"] == 40
+    metrics = (run_dir / "synthesize" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["prompts_done"] == 40 - len(partial)
 
 
 def _free_port() -> int:
@@ -86,10 +87,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_split_the_prompts(tmp_path):
-    prompts = _prompts(tmp_path / "prompts.jsonl", 12)
+def test_two_processes_split_the_prompts_and_agree_with_one(prompts_file, resumed, tmp_path):
+    """Two processes share the prompts; each prompt's completion is the same as in the killed and
+    resumed single-process run (seeds are per prompt, not per batch, shard or process)."""
     port = _free_port()
-    procs = [subprocess.Popen(_command(tmp_path / "run", prompts, f"distributed.coordinator_address=127.0.0.1:{port}",
+    procs = [subprocess.Popen(_command(tmp_path / "run", prompts_file, f"distributed.coordinator_address=127.0.0.1:{port}",
                                        "distributed.num_processes=2", f"distributed.process_id={pid}"),
                               cwd=REPO_ROOT, env=subprocess_env(devices=2), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for pid in range(2)]
@@ -102,7 +104,12 @@ def test_two_processes_split_the_prompts(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errors
     files = sorted(p.name for p in (tmp_path / "run" / "synthesize" / "completions").glob("*.jsonl"))
     assert files == ["part-00000-000000.jsonl", "part-00001-000000.jsonl"]
-    assert Counter(r["id"] for r in _records(tmp_path / "run")) == Counter(f"q{i}" for i in range(12))
+    records = _records(tmp_path / "run")
+    assert Counter(r["id"] for r in records) == Counter(f"q{i}" for i in range(40))
+    single = {r["id"]: r for r in resumed[1]}
+    for record in records:
+        assert record["completion"] == single[record["id"]]["completion"]
+        assert record["completion_tokens"] == single[record["id"]]["completion_tokens"]
 
 
 def test_process_slices_are_disjoint_and_skip_done():
