@@ -167,3 +167,17 @@ def test_sharded_engine_equals_unsharded(run_in_subprocess):
     assert sharded["tokens"] == single["tokens"]
     # rows over data+fsdp, kv heads over tensor
     assert sharded["cache_spec"] == "P(('data', 'fsdp'), None, 'tensor')"
+
+
+def test_cancel_frees_the_row(tiny):
+    model, _ = tiny
+    engine = Engine(model, max_batch=1, max_seq_len=64)
+    long = Request([1, 2, 3], SamplingParams(temperature=0.0, max_new_tokens=50))
+    short = Request([4, 5], SamplingParams(temperature=0.0, max_new_tokens=6))
+    engine.submit(long)
+    engine.submit(short)
+    engine.step()  # `long` holds the only row
+    assert engine.cancel(long) and not engine.cancel(long)
+    finished = [e.finished for _ in range(10) for e in engine.step() if e.finished is not None]
+    assert [f.token_ids for f in finished] == [engine.generate([Request([4, 5], short.params)])[0].token_ids]
+    assert engine.pending == 0

@@ -154,6 +154,24 @@ class Engine:
             seed = int.from_bytes(os.urandom(8), "little")
         self._waiting.append(_Live(request, seed))
 
+    def cancel(self, request: Request) -> bool:
+        """Drop `request` whether waiting or running (its row is free for the next step); no event
+        follows. False if the engine does not hold it (already finished or never submitted)."""
+        for row, live in enumerate(self._rows):
+            if live is not None and live.request is request:
+                self._rows[row] = None
+                return True
+        for live in self._waiting:
+            if live.request is request:
+                self._waiting.remove(live)
+                return True
+        return False
+
+    def cancel_all(self) -> None:
+        """Drop every waiting and running request."""
+        self._rows = [None] * self.max_batch
+        self._waiting.clear()
+
     @property
     def pending(self) -> int:
         """Requests waiting or running."""
