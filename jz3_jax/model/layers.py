@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jz3_jax.model.attention import attention_mask, dot_product_attention, write_kv
+from jz3_jax.model.attention import attention_mask, decode_attention, dot_product_attention, write_kv
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.lora import TARGETS, adapter
 from jz3_jax.model.rope import apply_rope
@@ -123,7 +123,8 @@ class Attention(nnx.Module):
             new_kv = write_kv(kv[0], kv[1], k, v, start)
             k, v = new_kv
             mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
-        out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+        attend = decode_attention if kv is not None and t == 1 else dot_product_attention
+        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
         heads_out = out.transpose(0, 3, 1, 2, 4).reshape(b * t, -1)  # [rows, heads * head_dim]
         o = self.o[...].astype(self.dtype)
         projected = heads_out @ o.reshape(-1, o.shape[-1])
