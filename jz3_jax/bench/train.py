@@ -82,7 +82,7 @@ def run(cfg: Config, ctx: StageContext) -> dict:
     tokens = cfg.bench.batch * cfg.bench.seq_len
     ours = tokens / median(times)
     ctx.logger.info("ours: median %.4f s per step over %d repeats", median(times), len(times))
-    peak = peak_flops_per_device()
+    peak = peak_flops_per_device(cfg.train.peak_tflops)
     mfu = flops_per_token(resolved, cfg.bench.seq_len) * ours / (peak * jax.device_count()) if peak else None
     return report("train", "tokens/s", ours, tokens / reference_s if reference_s else None, mfu=mfu,
                   batch=cfg.bench.batch, seq_len=cfg.bench.seq_len, dtype=resolved.dtype)

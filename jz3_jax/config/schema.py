@@ -101,6 +101,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 1
     export_hf: bool = True
+    peak_tflops: float = 0.0  # peak TFLOP/s per device for MFU where the chip is not in the table (CPU); 0 = table
 
 
 @dataclasses.dataclass

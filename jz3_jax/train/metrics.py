@@ -13,7 +13,11 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
               "NVIDIA A100": 312e12}
 
 
-def peak_flops_per_device() -> float | None:
+def peak_flops_per_device(override_tflops: float = 0.0) -> float | None:
+    """Peak FLOP/s of one device for MFU: `override_tflops` (config `train.peak_tflops`) when set,
+    else the chip's entry in PEAK_FLOPS, else None (MFU is then not reported)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
     kind = jax.devices()[0].device_kind
     for name, flops in PEAK_FLOPS.items():
         if kind.startswith(name):

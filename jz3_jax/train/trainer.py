@@ -181,7 +181,7 @@ class Trainer:
         start = self.restore_latest(manager)
         writer = MetricsWriter(ctx.stage_dir, start, enabled=ctx.process_index == 0)
         term = _TermFlag()
-        peak = peak_flops_per_device()
+        peak = peak_flops_per_device(cfg.train.peak_tflops)
         flops_token = flops_per_token(self.model_cfg, cfg.data.max_length)
         ctx.logger.info("training %d steps (from %d), global batch %d x %d tokens, %s", self.total_steps, start,
                         cfg.train.global_batch_size, cfg.data.max_length, "LoRA" if self.lora else "full")
