@@ -150,15 +150,11 @@ def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch, eos_ids: 
     return _constrain_state(state, model.rules), first, still
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids"), donate_argnames=("state",))
 def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...]):
     """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
 
     Returns (state, tokens [slots, steps] with -1 where a row emitted nothing)."""
-    run = _decode_cpu if jax.default_backend() == "cpu" else _decode
-    return run(graphdef, params, state, keep, steps, eos_ids)
-
-
-def _decode_steps(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...]):
     model = nnx.merge(graphdef, params)
     slots = state.token.shape[0]
     state = state._replace(active=state.active & keep)
@@ -189,12 +185,3 @@ def _decode_steps(graphdef, params, state: DecodeState, keep: jax.Array, steps: 
     _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
     return state, out
 
-
-_jit_decode = functools.partial(jax.jit, _decode_steps, static_argnames=("graphdef", "steps", "eos_ids"),
-                                donate_argnames=("state",))
-_decode = _jit_decode()
-# XLA:CPU hands f32 matmuls of several rows to YNNPACK by default. For decode steps (a few rows
-# against every weight, and the small per-row attention matmuls) its Eigen kernels were faster:
-# SmolLM2 at batch 16, 87 vs 117 ms per token; equal at batch 1; batch 64 about 10% slower.
-# A compile option of this one function: prefill and training keep XLA's defaults.
-_decode_cpu = _jit_decode(compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})
