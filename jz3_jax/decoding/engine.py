@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jz3_jax.decoding import steps as device
+from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.sampling import SamplingParams, seed_words
 from jz3_jax.model.decoder import Decoder
 
@@ -75,6 +76,7 @@ class _Live:
     request: Request
     seed: int
     tokens: list[int] = dataclasses.field(default_factory=list)
+    detok: IncrementalText | None = None  # None without a tokenizer
     text: str = ""
     sent_chars: int = 0
     finish_reason: str | None = None
@@ -152,7 +154,8 @@ class Engine:
         seed = request.params.seed
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        self._waiting.append(_Live(request, seed))
+        detok = IncrementalText(self.tokenizer) if self.tokenizer is not None else None
+        self._waiting.append(_Live(request, seed, detok=detok))
 
     def cancel(self, request: Request) -> bool:
         """Drop `request` whether waiting or running (its row is free for the next step); no event
@@ -267,24 +270,25 @@ class Engine:
                 break
         self.generated_tokens += len(kept)
         delta = ""
-        if self.tokenizer is not None:
-            live.text = self.tokenizer.decode(live.tokens, skip_special_tokens=True)
+        if live.detok is not None:
+            searched = len(live.text)
+            live.text = live.detok.add(kept, final=live.finish_reason is not None)
             if params.stop:
-                cut = min((i for i in (live.text.find(s) for s in params.stop) if i >= 0), default=-1)
+                # Text before the previous update held no stop string; a new one ends in the new text.
+                start = max(0, searched - max(len(s) for s in params.stop) + 1)
+                cut = min((i for i in (live.text.find(s, start) for s in params.stop) if i >= 0), default=-1)
                 if cut >= 0:
                     live.text = live.text[:cut]
                     live.finish_reason = "stop"
-            # Hold back text that may still grow into a stop string or an incomplete character.
+            # Hold back text that may still grow into a stop string.
             hold = 0 if live.finish_reason else max([len(s) - 1 for s in params.stop] + [0])
-            if live.text.endswith("\ufffd") and not live.finish_reason:
-                hold = max(hold, 1)
             upto = max(live.sent_chars, len(live.text) - hold)
             delta = live.text[live.sent_chars: upto]
             live.sent_chars = upto
         finished = None
         if live.finish_reason is not None:
             finished = Generation(id=live.request.id, prompt_ids=list(live.request.prompt_ids), token_ids=live.tokens,
-                                  text=live.text if self.tokenizer is not None else None,
+                                  text=live.text if live.detok is not None else None,
                                   finish_reason=live.finish_reason, seed=live.seed)
             self._rows[row] = None
         event = Event(live.request, kept, delta, finished)
