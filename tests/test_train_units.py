@@ -138,7 +138,7 @@ def test_lora_trains_only_adapters_and_merged_export_matches(tmp_path):
     export_hf(trained, tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
-        exported = hf(torch.from_numpy(np.asarray(tokens)).long()).logits.numpy()
+        exported = hf(torch.from_numpy(np.array(tokens)).long()).logits.numpy()
     assert np.abs(exported - with_lora).max() <= 1e-4
 
 
