@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from hf_models import make_hf_model
 from jz3_jax.checkpoint import load_model
 from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
 from jz3_jax.decoding import Engine, Request, RequestError, SamplingParams
+from jz3_jax.decoding.sampling import _filter_top_k_top_p
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.runtime.mesh import build_mesh
 from jz3_jax.runtime.sharding import parse_rules
@@ -91,6 +94,21 @@ def test_sampling_depends_on_the_seed_not_the_batch(tiny):
     assert top1[0].token_ids == greedy  # top-k 1 leaves only the argmax
     narrow = engine.generate([Request(prompt, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=24, seed=5))])
     assert narrow[0].token_ids == greedy  # a tiny nucleus keeps only the most likely token
+    huge_k = engine.generate([Request(prompt, SamplingParams(temperature=1.0, top_k=2**40, max_new_tokens=24, seed=11))])
+    assert huge_k[0].token_ids == again[0].token_ids  # top_k beyond the vocabulary = no filter
+
+
+def test_top_p_one_keeps_every_token_beside_filtered_rows():
+    """Rows asking for no filter lose nothing when a batch-mate's filter runs (float32 cumsums
+    of a large vocabulary reach 1.0 before its tail)."""
+    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 49152)) * 3
+    top_k, top_p = jnp.asarray([0, 40, 0, 0]), jnp.asarray([1.0, 1.0, 0.9, 1.0])
+    filtered = np.asarray(_filter_top_k_top_p(logits, top_k, top_p))
+    assert np.isfinite(filtered[[0, 3]]).all()
+    assert np.isfinite(filtered[1]).sum() == 40
+    kept = np.isfinite(filtered[2])
+    probs = np.asarray(jax.nn.softmax(logits[2]))
+    assert probs[kept].sum() >= 0.9 and probs[kept].sum() - probs[kept].min() < 0.9  # the smallest nucleus
 
 
 def test_eos_and_stop_strings(tiny):
@@ -105,7 +123,9 @@ def test_eos_and_stop_strings(tiny):
     cut = engine.generate([Request(prompt, SamplingParams(temperature=0.0, max_new_tokens=40, stop=(stop,)))])[0]
     assert cut.finish_reason == "stop"
     assert cut.text == text[: text.find(stop)]
-    assert cut.token_ids == full.token_ids[: len(cut.token_ids)]
+    # the tokens end with the one that completes the stop string (later ones of the dispatch are dropped)
+    upto = next(k for k in range(1, len(full.token_ids) + 1) if stop in tokenizer.decode(full.token_ids[:k]))
+    assert cut.token_ids == full.token_ids[:upto]
 
     # Streaming: the text deltas of a request add up to its final text.
     deltas = []

@@ -136,6 +136,35 @@ def test_bad_requests_get_400_and_the_server_carries_on(tiny_server):
     assert body["object"] == "text_completion" and body["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def test_a_get_with_a_body_keeps_the_connection_usable(tiny_server):
+    connection = http.client.HTTPConnection(*tiny_server.server_address[:2], timeout=30)
+    try:
+        for _ in range(2):  # the body of the first GET must not be read as the second request
+            connection.request("GET", "/v1/models", body=b"{}", headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read())["object"] == "list"
+    finally:
+        connection.close()
+
+
+def test_close_ends_idle_keep_alive_connections():
+    """A client that keeps its connection open (as the openai client does) must not keep a
+    handler thread alive past `close()`: one blocked at interpreter exit aborts the process."""
+    before = set(threading.enumerate())
+    with serving("tiny.py", TINY_OVERRIDES) as (server, _):
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        connection.request("GET", "/v1/models")
+        assert connection.getresponse().read()
+        handlers = [t for t in set(threading.enumerate()) - before if "process_request" in t.name]
+        assert handlers  # the handler waits for the connection's next request
+    try:
+        for thread in handlers:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in handlers)
+    finally:
+        connection.close()
+
+
 def test_models_and_completion_fields(tiny_server):
     with urllib.request.urlopen(tiny_server.url + "/v1/models", timeout=30) as response:
         models = json.loads(response.read())
@@ -171,7 +200,11 @@ class FlakyEngine:
     max_batch = 2
 
     def __init__(self):
-        self._rows, self._waiting, self.steps = [None, None], collections.deque(), 0
+        self._rows, self._waiting, self.steps, self.resets = [None, None], collections.deque(), 0, 0
+
+    def reset(self) -> None:
+        self._waiting.clear()
+        self.resets += 1
 
     @property
     def pending(self) -> int:
@@ -204,6 +237,7 @@ def test_worker_survives_a_failed_engine_step():
         with pytest.raises(ApiError) as failure:
             first.next_event(timeout=10)
         assert failure.value.status == 500 and "device lost" in failure.value.message
+        assert worker.engine.resets == 1  # a fresh device state: the failed step's may be gone
         worker.submit(second)
         events = [second.next_event(timeout=10) for _ in range(2)]
         assert sorted(e.request.id for e in events) == [0, 1] and all(e.finished for e in events)

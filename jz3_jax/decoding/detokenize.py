@@ -7,7 +7,10 @@ the manner of vLLM's incremental detokenizer: `_prefix` marks where the last com
 text began, and the new text is decode(ids[_prefix:]) minus decode(ids[_prefix:_read]). Both
 decodes start at the same token, so whatever a tokenizer does at the start of a decode (e.g.
 SentencePiece dropping the first token's leading space) cancels out; text that ends in an
-incomplete UTF-8 character ("\ufffd") waits for the tokens that complete it.
+incomplete UTF-8 character ("\ufffd") waits for the tokens that complete it. This needs a
+decode that is stable at a complete-character boundary (decode(a + b) starts with decode(a)),
+which byte-level BPE, SentencePiece and the byte tokenizer are (tests/test_detokenize.py); the
+text only ever grows, so streamed deltas are never taken back.
 """
 
 from __future__ import annotations
@@ -40,9 +43,6 @@ class IncrementalText:
         after = decode(self.ids[self._prefix:], self.skip_special_tokens)
         if after.endswith(INCOMPLETE) and not final:
             return self.text
-        if after.startswith(before):
-            self.text += after[len(before):]
-        else:  # a tokenizer whose text of a stretch depends on what follows it: decode everything
-            self.text = decode(self.ids, self.skip_special_tokens)
+        self.text += after[len(before):]
         self._prefix, self._read = self._read, len(self.ids)
         return self.text

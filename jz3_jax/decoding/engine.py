@@ -120,6 +120,7 @@ class Engine:
             raise ValueError("max_batch >= 1, max_seq_len >= 2 and steps_per_dispatch >= 1 are required")
         self.graphdef, self.params = nnx.split(model)
         self.pad_id = model.cfg.pad_token_id
+        self.vocab_size = model.cfg.vocab_size
         self.max_batch = max_batch
         self.max_seq_len = max_seq_len
         self.eos_ids = tuple(sorted({int(i) for i in eos_ids}))
@@ -127,10 +128,9 @@ class Engine:
         self.steps_per_dispatch = steps_per_dispatch
         self.prompt_bucket = prompt_bucket
         self.mesh = mesh if mesh is not None else _current_mesh()
-        with self._on_mesh():
-            self._state = device.init_state(self.graphdef, self.params, max_batch, max_seq_len)
-        self._rows: list[_Live | None] = [None] * max_batch
+        self._rows: list[_Live | None] = []
         self._waiting: collections.deque[_Live] = collections.deque()
+        self.reset()
         self.generated_tokens = 0  # tokens sampled since construction (for throughput figures)
 
     # --- submitting -----------------------------------------------------------------------------
@@ -170,10 +170,13 @@ class Engine:
                 return True
         return False
 
-    def cancel_all(self) -> None:
-        """Drop every waiting and running request."""
+    def reset(self) -> None:
+        """Drop every waiting and running request and rebuild the device state: after a failed
+        step the donated state's buffers may be gone."""
         self._rows = [None] * self.max_batch
         self._waiting.clear()
+        with self._on_mesh():
+            self._state = device.init_state(self.graphdef, self.params, self.max_batch, self.max_seq_len)
 
     @property
     def pending(self) -> int:
@@ -244,7 +247,7 @@ class Engine:
             tokens[i, : len(prompt)] = prompt
             lo, hi = seed_words(live.seed)
             for name, value in [("slot", row), ("length", len(prompt)), ("max_new", params.max_new_tokens),
-                                ("temperature", params.temperature), ("top_k", params.top_k),
+                                ("temperature", params.temperature), ("top_k", min(params.top_k, self.vocab_size)),
                                 ("top_p", params.top_p), ("seed_lo", lo), ("seed_hi", hi)]:
                 columns[name][i] = value
             self._rows[row] = live
@@ -254,32 +257,44 @@ class Engine:
         for i, (row, _) in enumerate(group):
             self._advance(row, [int(first[i])], events)
 
+    @staticmethod
+    def _extend_text(live: _Live, tokens: list[int]) -> None:
+        """Add `tokens` to the request's text; cut it before a stop string and finish if one appears."""
+        params = live.request.params
+        searched = len(live.text)
+        live.text = live.detok.add(tokens, final=live.finish_reason is not None)
+        if params.stop:
+            # Text before this update held no stop string: a new one ends in the new text.
+            start = max(0, searched - max(len(s) for s in params.stop) + 1)
+            cut = min((i for i in (live.text.find(s, start) for s in params.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                live.text = live.text[:cut]
+                live.finish_reason = "stop"
+
     def _advance(self, row: int, new_tokens: list[int], events: list[Event]) -> None:
         """Hand a row's new tokens to its request; finish and free the row when it is done."""
         live = self._rows[row]
         params = live.request.params
+        # With stop strings the text grows token by token, so the token that completes a stop
+        # is the last one kept (tokens sampled after it in the same dispatch are dropped).
+        by_token = live.detok is not None and bool(params.stop)
         kept = []
         for token in new_tokens:
             kept.append(token)
             live.tokens.append(token)
             if token in self.eos_ids:
                 live.finish_reason = "stop"
-                break
-            if len(live.tokens) >= params.max_new_tokens:
+            elif len(live.tokens) >= params.max_new_tokens:
                 live.finish_reason = "length"
+            if by_token:
+                self._extend_text(live, [token])
+            if live.finish_reason is not None:
                 break
         self.generated_tokens += len(kept)
         delta = ""
         if live.detok is not None:
-            searched = len(live.text)
-            live.text = live.detok.add(kept, final=live.finish_reason is not None)
-            if params.stop:
-                # Text before the previous update held no stop string; a new one ends in the new text.
-                start = max(0, searched - max(len(s) for s in params.stop) + 1)
-                cut = min((i for i in (live.text.find(s, start) for s in params.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    live.text = live.text[:cut]
-                    live.finish_reason = "stop"
+            if not by_token:
+                self._extend_text(live, kept)
             # Hold back text that may still grow into a stop string.
             hold = 0 if live.finish_reason else max([len(s) - 1 for s in params.stop] + [0])
             upto = max(live.sent_chars, len(live.text) - hold)

@@ -64,7 +64,9 @@ def _filter_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -
     ordered = jnp.where(ordered >= kth, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = mass_before < top_p[:, None]  # the smallest prefix whose mass reaches top_p
+    # The smallest prefix whose mass reaches top_p; top_p >= 1 keeps all (float32 cumsums reach
+    # 1.0 before the tail, which would otherwise drop tokens of rows that asked for no filter).
+    keep = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0)
     cut = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits >= jnp.maximum(kth, cut), logits, -jnp.inf)
 

@@ -47,7 +47,8 @@ class OpenAIHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         try:
-            body = self._read_body() if method == "POST" else None
+            # A GET may carry a body too: read it, or its bytes would be taken for the next request.
+            body = self._read_body() if method == "POST" or self.headers.get("Content-Length") else None
             path = urlsplit(self.path).path.rstrip("/")
             if path in ("/v1/chat/completions", "/v1/completions"):
                 self._require(method, "POST")

@@ -7,6 +7,7 @@ serve until SIGTERM/SIGINT, shut down cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -41,7 +42,19 @@ class OpenAIServer(ThreadingHTTPServer):
         self.logger = logger
         self.started = int(time.time())
         self._serving = threading.Event()
+        self._connections: set[socket.socket] = set()  # open client sockets (kept alive between requests)
+        self._connections_lock = threading.Lock()
         super().__init__(address, OpenAIHandler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
 
     @property
     def url(self) -> str:
@@ -54,11 +67,21 @@ class OpenAIServer(ThreadingHTTPServer):
         self._serving.set()
         super().serve_forever(poll_interval)
 
-    def close(self) -> None:
-        """Stop accepting, stop the worker (waiting and running requests get 503), close the socket."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, stop the worker (waiting and running requests get 503), end the idle
+        keep-alive connections (their handler threads would otherwise outlive the server) and
+        close the listening socket."""
         if self._serving.is_set():
             self.shutdown()
         self.worker.stop()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RD)  # a handler waiting for the next request reads EOF
+        deadline = time.monotonic() + timeout
+        while self._connections and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.server_close()
 
 

@@ -78,6 +78,7 @@ class Worker(threading.Thread):
         self._inbox: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._live: dict[int, Job] = {}  # id(job) -> job, for jobs inside the engine
         self._stopping = threading.Event()
+        self._inbox_lock = threading.Lock()  # no job enters the inbox after the final drain
         self.completed = 0  # engine requests finished (for the shutdown summary)
         self.failed_steps = 0
 
@@ -85,13 +86,14 @@ class Worker(threading.Thread):
 
     def submit(self, job: Job) -> None:
         """Queue `job`; ApiError 429 when `max_queue` jobs are already waiting, 503 when stopping."""
-        if self._stopping.is_set() or not self.is_alive():
-            raise ApiError(503, "the server is shutting down", "server_error", code="unavailable")
-        try:
-            self._inbox.put_nowait(job)
-        except queue.Full:
-            raise ApiError(429, f"too many requests waiting (serve.max_queue={self._inbox.maxsize}); retry later",
-                           "rate_limit_error", code="rate_limit_exceeded") from None
+        with self._inbox_lock:
+            if self._stopping.is_set() or not self.is_alive():
+                raise ApiError(503, "the server is shutting down", "server_error", code="unavailable")
+            try:
+                self._inbox.put_nowait(job)
+            except queue.Full:
+                raise ApiError(429, f"too many requests waiting (serve.max_queue={self._inbox.maxsize}); retry later",
+                               "rate_limit_error", code="rate_limit_exceeded") from None
 
     @property
     def waiting(self) -> int:
@@ -119,11 +121,12 @@ class Worker(threading.Thread):
         shutting_down = ApiError(503, "the server is shutting down", "server_error", code="unavailable")
         for job in list(self._live.values()):
             job.fail(shutting_down)
-        while True:
-            try:
-                self._inbox.get_nowait().fail(shutting_down)
-            except queue.Empty:
-                break
+        with self._inbox_lock:
+            while True:
+                try:
+                    self._inbox.get_nowait().fail(shutting_down)
+                except queue.Empty:
+                    break
 
     def _admit(self) -> None:
         """Move waiting jobs into the engine while it has free rows (block briefly when idle)."""
@@ -175,5 +178,6 @@ class Worker(threading.Thread):
             del self._live[key]
 
     def _drain_engine(self) -> None:
-        """After a failed step, forget the engine's requests (their jobs were already failed)."""
-        self.engine.cancel_all()
+        """After a failed step, forget the engine's requests (their jobs were already failed) and
+        give it a fresh device state."""
+        self.engine.reset()
