@@ -7,7 +7,8 @@ import importlib
 from jz3_jax.config import Config, ConfigError
 from jz3_jax.stages import StageContext, StageNotImplemented
 
-KINDS = {"forward": "jz3_jax.bench.forward", "train": "jz3_jax.bench.train", "decode": "jz3_jax.bench.decode", "influence": None}
+KINDS = {"forward": "jz3_jax.bench.forward", "train": "jz3_jax.bench.train", "decode": "jz3_jax.bench.decode",
+         "influence": None}
 
 
 def run(cfg: Config, ctx: StageContext) -> dict:

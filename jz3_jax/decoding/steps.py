@@ -184,4 +184,3 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
     out = jnp.full((slots, steps), -1, jnp.int32)
     _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
     return state, out
-
