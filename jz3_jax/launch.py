@@ -10,10 +10,10 @@ import argparse
 import json
 import random
 import sys
-from pathlib import Path
 
 from jz3_jax.config import Config, apply_overrides, config_to_dict, load_config, save_config
 from jz3_jax.errors import UserError
+from jz3_jax.runtime import paths
 from jz3_jax.stages import STAGES, StageContext, get_stage
 
 
@@ -46,27 +46,51 @@ def resolve_config(config_path: str, overrides: list[str], run_dir: str | None) 
 
 
 def run_stage(stage_name: str, cfg: Config) -> None:
-    """Start the runtime (distributed, logging, seeds), write the resolved config, run the stage."""
+    """Start the runtime (distributed, logging, seeds), write the resolved config, run the stage.
+
+    In a multi-process job a process that fails tells the others and exits at once (see
+    `runtime/peers.py`), so no process waits in a collective for a peer that is gone.
+    """
     import numpy as np
 
-    from jz3_jax.runtime import distributed
+    from jz3_jax.runtime import distributed, peers, rundir
     from jz3_jax.runtime.logs import setup_logging
+    from jz3_jax.runtime.preemption import Preempted
 
     function = get_stage(stage_name).load()
     distributed.maybe_initialize(cfg.distributed)
     import jax
 
-    stage_dir = Path(cfg.run_dir) / stage_name
-    process = jax.process_index()
+    stage_dir = paths.stage_dir(cfg.run_dir, stage_name)
+    process, count = jax.process_index(), jax.process_count()
     logger = setup_logging(stage_dir / "logs", process)
-    if process == 0:
-        save_config(cfg, stage_dir / "config.json")
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    ctx = StageContext(stage_name, stage_dir, logger, process, jax.process_count())
-    logger.info("stage %s: run dir %s, %d process(es), %d device(s)", stage_name, cfg.run_dir,
-                jax.process_count(), jax.device_count())
-    function(cfg, ctx)
+    peers.start_watchdog()
+    try:
+        rundir.check_shared(stage_dir, cfg.run_dir)
+        if process == 0:
+            save_config(cfg, stage_dir / "config.json")
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        ctx = StageContext(stage_name, stage_dir, logger, process, count)
+        logger.info("stage %s: run dir %s, %d process(es), %d device(s)", stage_name, cfg.run_dir, count,
+                    jax.device_count())
+        if not paths.is_local(stage_dir):
+            logger.info("log files of this process: %s", paths.local_mirror(stage_dir / "logs"))
+        try:
+            function(cfg, ctx)
+        except Preempted as stop:
+            peers.agree(f"{stage_name} finished", stop)
+        # The processes leave together: one that finished early waits here for the others (e.g. for
+        # process 0's `filter`), with no timeout, rather than in jax's shutdown barrier (5 minutes).
+        peers.agree(f"{stage_name} finished", None)
+    except BaseException as error:
+        if count > 1 and not isinstance(error, Preempted):  # a preemption stops every process together
+            code = peers.exit_code_of(error)
+            if code == 1:
+                logger.exception("stage %s failed", stage_name)
+            print(f"error: {error}", file=sys.stderr)
+            peers.abort(code, f"{type(error).__name__}: {error}")
+        raise
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -84,7 +108,7 @@ def _sweep(args: argparse.Namespace) -> int:
             print(shlex.join(run.command))
         return 0
     failed = sweep.execute(runs, base.run_dir, lambda msg: print(msg, file=sys.stderr))
-    print(f"sweep: {len(runs) - failed} of {len(runs)} runs done, manifest {Path(base.run_dir) / 'sweep.jsonl'}",
+    print(f"sweep: {len(runs) - failed} of {len(runs)} runs done, manifest {paths.as_path(base.run_dir) / 'sweep.jsonl'}",
           file=sys.stderr)
     return 1 if failed else 0
 
@@ -101,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.dry_run:
             status = "ready" if stage.target else "not implemented yet"
-            print(f"dry run: stage {stage.name} ({status}), config valid, outputs to {Path(cfg.run_dir) / stage.name}")
+            print(f"dry run: stage {stage.name} ({status}), config valid, outputs to "
+                  f"{paths.stage_dir(cfg.run_dir, stage.name)}")
             return 0
         run_stage(stage.name, cfg)
         return 0

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from jz3_jax.config.overrides import ConfigError, parse_override
+from jz3_jax.runtime.paths import as_path
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ def plan(stage: str, config_path: str, base_run_dir: str, base_overrides: list[s
     """One `SweepRun` (with its launch command) per sweep entry."""
     runs = []
     for overrides in sweep_overrides:
-        run_dir = str(Path(base_run_dir) / run_name(overrides))
+        run_dir = str(as_path(base_run_dir) / run_name(overrides))
         command = [sys.executable, "-m", "jz3_jax.launch", stage, "--config", config_path,
                    "--run-dir", run_dir, *extra_flags, *base_overrides, *overrides]
         runs.append(SweepRun(overrides, run_dir, command))
@@ -100,7 +101,7 @@ def _done_run_dirs(manifest: Path) -> set[str]:
 
 def execute(runs: list[SweepRun], base_run_dir: str, log) -> int:
     """Run each sweep run in sequence (skipping ones already done); return the number that failed."""
-    manifest = Path(base_run_dir) / "sweep.jsonl"
+    manifest = as_path(base_run_dir) / "sweep.jsonl"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     done = _done_run_dirs(manifest)
     failed = 0

@@ -12,7 +12,7 @@ import torch
 
 from hf_models import make_hf_model
 from jz3_jax.checkpoint import load_model
-from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
+from jz3_jax.runtime.config import DEFAULT_RULES, MeshConfig
 from jz3_jax.decoding import Engine, Request, RequestError, SamplingParams
 from jz3_jax.decoding.sampling import _filter_top_k_top_p
 from jz3_jax.model.config import ModelConfig
@@ -158,7 +158,7 @@ SHARDED = """
 import json, sys
 import jax
 from jz3_jax.checkpoint import load_model
-from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
+from jz3_jax.runtime.config import DEFAULT_RULES, MeshConfig
 from jz3_jax.decoding import Engine, Request, SamplingParams
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.runtime.mesh import build_mesh

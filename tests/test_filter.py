@@ -17,9 +17,9 @@ import pytest
 from jz3_jax.config import Config
 from jz3_jax.errors import UserError
 from jz3_jax.stages.registry import StageContext
-from jz3_jax.synth.atomic import atomic_write
+from jz3_jax.runtime.paths import atomic_write
 from jz3_jax.synth.dedup import NearDedup, lsh_params
-from jz3_jax.synth.filter_config import FilterConfig
+from jz3_jax.synth.config import FilterConfig
 from jz3_jax.synth.filter_stage import run
 from jz3_jax.synth.parse import Malformed, Parsed, has_boxed, parse_completion
 from jz3_jax.synth.text import WordHasher, normalize, words

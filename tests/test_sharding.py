@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from helpers import last_json_line
-from jz3_jax.config import ConfigError
-from jz3_jax.config.schema import DEFAULT_RULES, DistributedConfig
+from jz3_jax.errors import ConfigError
 from jz3_jax.runtime import distributed
+from jz3_jax.runtime.config import DEFAULT_RULES, DistributedConfig
 from jz3_jax.runtime.sharding import parse_rules
 
 # Everything that needs 8 devices runs in one fresh interpreter; it prints one JSON object whose
@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jz3_jax.config import ConfigError
-from jz3_jax.config.schema import DEFAULT_RULES, MeshConfig
+from jz3_jax.errors import ConfigError
+from jz3_jax.runtime.config import DEFAULT_RULES, MeshConfig
 from jz3_jax.runtime.mesh import build_mesh
-from jz3_jax.runtime.sharding import logical_to_spec, parse_rules, shard_tree, state_shardings
+from jz3_jax.runtime.sharding import logical_to_spec, parse_rules, state_shardings
 
 assert jax.device_count() == 8, jax.devices()
 
@@ -97,7 +97,7 @@ for name, sizes in {"d1f4t2": (1, 4, 2), "d2f4t1": (2, 4, 1)}.items():
             errors[label] = str(e)
     res["errors"] = errors
 
-    placed = shard_tree(state, state_shardings(abstract, rules, mesh))
+    placed = jax.device_put(state, state_shardings(abstract, rules, mesh))
     placed_flat = flat(placed)
     res["placed"] = {k: spec_json(v.get_value().sharding.spec) for k, v in placed_flat.items()}
     res["shard_shapes"] = {k: list(v.get_value().addressable_shards[0].data.shape) for k, v in placed_flat.items()}
@@ -228,7 +228,7 @@ def test_logical_to_spec_errors(results, mesh):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-def test_shard_tree_places_arrays(results, mesh):
+def test_device_put_places_arrays_on_state_shardings(results, mesh):
     res = results["meshes"][mesh]
     assert res["placed"] == EXPECTED_STATE[mesh]
     assert res["shard_shapes"] == EXPECTED_SHARD_SHAPES[mesh]

@@ -3,7 +3,8 @@
 `bench.batch` random prompts of `bench.prompt_len` tokens each generate exactly `bench.new_tokens`
 tokens (no EOS), timed end to end (prefill + decode) through `Engine.generate` after a warm-up
 that compiles every shape. On CPU, transformers `generate` (greedy, KV cache on) runs on the same
-prompts in the same process as the reference.
+prompts in the same process as the reference. The model decodes on the engine mesh (`engine.mesh`
+over this host's devices), the mesh `serve` and `synthesize` use.
 
 Decoding one token at batch 1 is bound by memory bandwidth: every weight is read once per step.
 The benchmark measures this machine's bandwidth with a large array copy, counted like STREAM copy
@@ -18,17 +19,20 @@ step also reads the KV cache and does more arithmetic per weight byte.
 from __future__ import annotations
 
 import tempfile
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from jz3_jax.bench.harness import median, peak_memory_bytes, report, time_call
 from jz3_jax.checkpoint import load_model
-from jz3_jax.config import Config
 from jz3_jax.decoding.engine import Engine, Request
+from jz3_jax.decoding.factory import engine_mesh
 from jz3_jax.decoding.sampling import SamplingParams
-from jz3_jax.runtime.mesh import mesh_and_rules
 from jz3_jax.stages import StageContext
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 COPY_BYTES = 512 * 1024 * 1024  # each of source and destination
 
@@ -74,7 +78,7 @@ def run(cfg: Config, ctx: StageContext) -> dict:
     b = cfg.bench
     if b.new_tokens < 2 or b.prompt_len < 1 or b.batch < 1:
         raise ValueError("bench.kind=decode needs bench.new_tokens >= 2, bench.prompt_len >= 1, bench.batch >= 1")
-    mesh, rules = mesh_and_rules(cfg)
+    mesh, rules = engine_mesh(cfg)  # the mesh serve and synthesize decode on (`engine.mesh`)
     with jax.set_mesh(mesh):
         model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
     prompts = np.random.default_rng(cfg.seed).integers(0, resolved.vocab_size, (b.batch, b.prompt_len),
@@ -108,7 +112,7 @@ def run(cfg: Config, ctx: StageContext) -> dict:
     if b.reference and jax.default_backend() == "cpu":
         reference = b.batch * b.new_tokens / _reference_seconds(model, prompts, b.new_tokens, cfg, ctx.logger)
     return report("decode", "tokens/s", ours, reference, batch=b.batch, prompt_len=b.prompt_len,
-                  new_tokens=b.new_tokens, steps_per_dispatch=engine.steps_per_dispatch,
+                  new_tokens=b.new_tokens, steps_per_dispatch=engine.steps_per_dispatch, mesh=dict(mesh.shape),
                   seconds_per_decode_token=per_token, weight_bytes=weight_bytes,
                   memory_bandwidth_gbs=round(bandwidth, 2),
                   bandwidth_convention="STREAM copy: (bytes read + bytes written) / s of a 512 MiB float32 copy",

@@ -7,6 +7,7 @@ same run (the weights are exported to a temporary HF directory and loaded by tra
 from __future__ import annotations
 
 import tempfile
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +16,11 @@ from flax import nnx
 
 from jz3_jax.bench.harness import median, report, time_call
 from jz3_jax.checkpoint import load_model
-from jz3_jax.config import Config
 from jz3_jax.runtime.mesh import mesh_and_rules
 from jz3_jax.stages import StageContext
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 
 def _reference_tokens_per_s(model, tokens: np.ndarray, cfg: Config, logger) -> float:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from jz3_jax.config import Config, ConfigError
+from jz3_jax.errors import ConfigError
 from jz3_jax.stages import StageContext, StageNotImplemented
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 KINDS = {"forward": "jz3_jax.bench.forward", "train": "jz3_jax.bench.train", "decode": "jz3_jax.bench.decode",
          "influence": None}

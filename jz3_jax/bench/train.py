@@ -7,18 +7,21 @@ gradient clipping) is timed in the same run as the reference.
 from __future__ import annotations
 
 import tempfile
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from jz3_jax.bench.harness import median, report, time_call
 from jz3_jax.checkpoint import load_model
-from jz3_jax.config import Config
 from jz3_jax.runtime.mesh import mesh_and_rules
 from jz3_jax.stages import StageContext
 from jz3_jax.train.metrics import peak_flops_per_device
 from jz3_jax.train.program import build_program, split_model
 from jz3_jax.train.step import flops_per_token
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int) -> dict[str, np.ndarray]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-
-from jax.sharding import Mesh
+from typing import TYPE_CHECKING
 
 from jz3_jax.checkpoint.errors import CheckpointError
 from jz3_jax.model.config import ModelConfig
-from jz3_jax.runtime.sharding import Rules
+
+if TYPE_CHECKING:  # kept out of the import so `jz3_jax.checkpoint.config` stays cheap for the config layer
+    from jax.sharding import Mesh
+
+    from jz3_jax.runtime.sharding import Rules
 
 # Fields of ModelConfig that are not architecture: a checkpoint keeps the user's values for these.
 RUNTIME_FIELDS = ("checkpoint", "tokenizer", "param_dtype", "dtype", "remat", "scan_layers")

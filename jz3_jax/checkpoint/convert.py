@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 
 from jz3_jax.checkpoint import checkpoint_kind, load_model, load_stage_tokenizer
 from jz3_jax.checkpoint.errors import CheckpointError
-from jz3_jax.config import Config, ConfigError
+from jz3_jax.errors import ConfigError
 from jz3_jax.runtime.mesh import mesh_and_rules
-from jz3_jax.stages import StageContext
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
+    from jz3_jax.stages import StageContext
 
 FORMATS = ("orbax", "hf")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from jz3_jax.config.overrides import ConfigError, _field_types, _unknown_key
 from jz3_jax.config.schema import Config
+from jz3_jax.runtime.paths import atomic_write
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -85,9 +86,6 @@ def load_config(path: str | os.PathLike) -> Config:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config as JSON (atomically: a temp file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    tmp.replace(path)
+    """Write the resolved config as JSON (atomically: a temp file renamed into place; gs:// works)."""
+    with atomic_write(path) as f:
+        f.write(json.dumps(config_to_dict(cfg), indent=2) + "\n")

@@ -7,11 +7,9 @@ import difflib
 import typing
 from typing import Any
 
-from jz3_jax.errors import UserError
+from jz3_jax.errors import ConfigError
 
-
-class ConfigError(UserError):
-    """A config problem the user must fix (unknown key, wrong type, bad file). The launcher exits 2."""
+__all__ = ["ConfigError", "apply_overrides", "flat_keys", "parse_override", "parse_value", "set_key"]
 
 
 def _field_types(cls: type) -> dict[str, Any]:

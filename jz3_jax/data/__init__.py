@@ -7,10 +7,27 @@
     state = data.get_state()                               # JSON; TrainData(...).set_state(state) resumes
 """
 
-from .errors import DataError
-from .examples import Example, encode_example
-from .pipeline import TrainData, process_positions
-from .sources import RecordSource, hold_out, read_records
+from typing import TYPE_CHECKING
+
+from jz3_jax.lazy import lazy_exports
+
+# Public name -> the module that defines it (imported lazily, see `__getattr__`).
+_EXPORTS = {
+    "DataError": ".errors",
+    "Example": ".examples",
+    "encode_example": ".examples",
+    "TrainData": ".pipeline",
+    "process_positions": ".pipeline",
+    "RecordSource": ".sources",
+    "hold_out": ".sources",
+    "read_records": ".sources",
+}
+
+if TYPE_CHECKING:
+    from .errors import DataError
+    from .examples import Example, encode_example
+    from .pipeline import TrainData, process_positions
+    from .sources import RecordSource, hold_out, read_records
 
 __all__ = [
     "DataError",
@@ -22,3 +39,6 @@ __all__ = [
     "read_records",
     "process_positions",
 ]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

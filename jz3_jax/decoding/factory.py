@@ -1,14 +1,23 @@
-"""Build an `Engine` from the root config: model on the mesh, tokenizer, EOS ids, engine sizes."""
+"""Build an `Engine` from the root config: model on the engine mesh, tokenizer, EOS ids, engine sizes."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+from typing import TYPE_CHECKING
 
 import jax
 
+from jz3_jax.checkpoint import load_model, load_stage_tokenizer
 from jz3_jax.decoding.engine import Engine
 from jz3_jax.decoding.sampling import SamplingParams
+from jz3_jax.runtime.config import MeshConfig
+from jz3_jax.runtime.mesh import build_mesh
+from jz3_jax.runtime.sharding import Rules, parse_rules
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 
 @dataclasses.dataclass
@@ -27,18 +36,33 @@ def eos_ids_of(model_cfg, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None and 0 <= i < model_cfg.vocab_size)
 
 
-def load_engine(cfg, logger: logging.Logger, max_batch: int | None = None, local: bool = False) -> LoadedEngine:
-    """The engine for `cfg.model` on `cfg.mesh` with `cfg.engine` sizes (`max_batch` overrides).
+def engine_devices(mesh_cfg: MeshConfig, devices: list) -> list:
+    """The devices an engine mesh spans: all of `devices`, or the first ones when every size of
+    `mesh_cfg` is fixed and their product is smaller (e.g. `engine.mesh.tensor=1` on an 8-chip host)."""
+    sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+    if all(s > 0 for s in sizes) and math.prod(sizes) < len(devices):
+        return devices[: math.prod(sizes)]
+    return devices
 
-    `local` builds the mesh from this process's devices only: each process then runs its own
-    engine replica on its own requests (bulk synthesis), with no cross-process collectives.
+
+def engine_mesh(cfg: Config) -> tuple[jax.sharding.Mesh, Rules]:
+    """The inference mesh (`cfg.engine.mesh` over this process's own devices) and its parsed rules.
+
+    One engine replica per host: the mesh never spans processes, so a decode step has no
+    cross-host collectives. It is separate from the training `cfg.mesh` (whose default fsdp=-1 would
+    all-gather every weight at every decode step); the default is tensor-parallel over all local devices.
     """
-    from jz3_jax.checkpoint import load_model, load_stage_tokenizer
-    from jz3_jax.runtime.mesh import build_mesh
-    from jz3_jax.runtime.sharding import parse_rules
+    mesh_cfg = cfg.engine.mesh
+    mesh = build_mesh(mesh_cfg, engine_devices(mesh_cfg, jax.local_devices()))
+    return mesh, parse_rules(mesh_cfg.rules)
 
-    mesh = build_mesh(cfg.mesh, jax.local_devices() if local else None)
-    rules = parse_rules(cfg.mesh.rules)
+
+def load_engine(cfg: Config, logger: logging.Logger, max_batch: int | None = None) -> LoadedEngine:
+    """The engine for `cfg.model` on the engine mesh (`engine_mesh`) with `cfg.engine` sizes
+    (`max_batch` overrides). Every process that calls it runs its own replica on its own requests."""
+    mesh, rules = engine_mesh(cfg)
+    logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
+                jax.local_device_count())
     tokenizer = load_stage_tokenizer(cfg.model, logger)
     with jax.set_mesh(mesh):
         model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
@@ -49,7 +73,7 @@ def load_engine(cfg, logger: logging.Logger, max_batch: int | None = None, local
     return LoadedEngine(engine, tokenizer, resolved, mesh)
 
 
-def sampling_from_config(cfg, **changes) -> SamplingParams:
+def sampling_from_config(cfg: Config, **changes) -> SamplingParams:
     """`SamplingParams` from the `sampling` section (seed as given; `changes` override fields)."""
     s = cfg.sampling
     values = dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,

@@ -18,6 +18,7 @@ from jz3_jax.model.attention import KVCache, write_slot_info
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.layers import DecoderLayer, RMSNorm, _param, constrain, dtype_of
 from jz3_jax.model.rope import inverse_frequencies, rope_tables
+from jz3_jax.runtime.sharding import parse_rules
 
 REMAT_POLICIES = {
     "none": None,
@@ -33,8 +34,6 @@ def rules_tuple(rules: dict[str, tuple[str, ...]] | Sequence[str] | None) -> tup
     if rules is None:
         return ()
     if not isinstance(rules, dict):
-        from jz3_jax.runtime.sharding import parse_rules
-
         rules = parse_rules(rules)
     return tuple(sorted(rules.items()))
 

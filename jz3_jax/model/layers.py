@@ -14,6 +14,7 @@ from jz3_jax.model.attention import attention_mask, decode_attention, dot_produc
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.lora import TARGETS, adapter
 from jz3_jax.model.rope import apply_rope
+from jz3_jax.runtime.sharding import logical_to_spec
 
 
 def dtype_of(name: str):
@@ -31,8 +32,6 @@ def constrain(x: jax.Array, names: tuple, rules: tuple) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or not rules:
         return x
-    from jz3_jax.runtime.sharding import logical_to_spec
-
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, dict(rules), mesh, x.shape))
 
 

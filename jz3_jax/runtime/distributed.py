@@ -10,8 +10,8 @@ import os
 
 import jax
 
-from jz3_jax.config.overrides import ConfigError
-from jz3_jax.config.schema import DistributedConfig
+from jz3_jax.errors import ConfigError
+from jz3_jax.runtime.config import DistributedConfig
 
 _initialized = False
 
@@ -56,7 +56,9 @@ def maybe_initialize(cfg: DistributedConfig) -> bool:
     kwargs = resolve(cfg)
     if kwargs is None:
         return False
+    if cfg.heartbeat_timeout_s < 1:
+        raise ConfigError(f"distributed.heartbeat_timeout_s must be at least 1, got {cfg.heartbeat_timeout_s}")
     if not _initialized:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=cfg.heartbeat_timeout_s)
         _initialized = True
     return True

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh
 
-from jz3_jax.config.overrides import ConfigError
-from jz3_jax.config.schema import MeshConfig
+from jz3_jax.errors import ConfigError
+from jz3_jax.runtime.config import MeshConfig
+from jz3_jax.runtime.sharding import parse_rules
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -42,8 +46,6 @@ def build_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> 
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def mesh_and_rules(cfg) -> tuple[Mesh, dict[str, tuple[str, ...]]]:
-    """The mesh and the parsed logical-axis rules of a root `Config`."""
-    from jz3_jax.runtime.sharding import parse_rules
-
+def mesh_and_rules(cfg: Config) -> tuple[Mesh, dict[str, tuple[str, ...]]]:
+    """The (global) training mesh and the parsed logical-axis rules of a root `Config` (`cfg.mesh`)."""
     return build_mesh(cfg.mesh), parse_rules(cfg.mesh.rules)

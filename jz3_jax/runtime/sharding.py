@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jz3_jax.config.overrides import ConfigError
+from jz3_jax.errors import ConfigError
 
 Rules = Mapping[str, tuple[str, ...]]
 LogicalAxes = Sequence[str | None]
@@ -86,24 +86,3 @@ def state_shardings(state: Any, rules: Rules, mesh: Mesh) -> Any:
         return var.replace(named_sharding(names, rules, mesh, shape))
 
     return jax.tree.map(one, state, is_leaf=_is_variable)
-
-
-def tree_shardings(tree: Any, logical: Any, rules: Rules, mesh: Mesh) -> Any:
-    """NamedShardings for a plain pytree of arrays and a matching pytree of logical-name tuples."""
-    return jax.tree.map(
-        lambda x, names: named_sharding(names, rules, mesh, x.shape),
-        tree,
-        logical,  # its tuples sit where `tree` has arrays, so `tree` is a prefix of it
-    )
-
-
-def shard_tree(tree: Any, shardings: Any) -> Any:
-    """Place (or reshard) every array of `tree` on its sharding."""
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
-
-
-def constrain(x: jax.Array, names: LogicalAxes, rules: Rules | None, mesh: Mesh | None) -> jax.Array:
-    """`with_sharding_constraint` by logical names inside jit; a no-op without a mesh."""
-    if mesh is None or rules is None or mesh.size == 1:
-        return x
-    return jax.lax.with_sharding_constraint(x, named_sharding(names, rules, mesh, x.shape))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-from pathlib import Path
 from typing import Callable
+
+from etils import epath
 
 from jz3_jax.errors import UserError
 
@@ -24,7 +25,7 @@ class StageContext:
     """What a running stage gets besides its config."""
 
     name: str
-    stage_dir: Path
+    stage_dir: epath.Path  # run_dir/STAGE, local or a URL (gs://...)
     logger: logging.Logger
     process_index: int = 0
     process_count: int = 1

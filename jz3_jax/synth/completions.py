@@ -20,9 +20,12 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-from pathlib import Path
+import os
 from typing import Iterator
 
+from etils import epath
+
+from jz3_jax.runtime.paths import as_path, is_local
 from jz3_jax.synth.errors import FilterError
 from jz3_jax.synth.parse import KINDS
 
@@ -41,14 +44,15 @@ class Completion:
     where: str  # "path:line"
 
 
-def default_inputs(run_dir: str | Path) -> str:
-    """Where the synthesize stage writes its shards."""
-    return str(Path(run_dir) / "synthesize" / "completions" / "*.jsonl")
+def default_inputs(run_dir: str | os.PathLike) -> str:
+    """Where the synthesize stage writes its shards (every process's, in one shared directory)."""
+    return str(as_path(run_dir) / "synthesize" / "completions" / "*.jsonl")
 
 
-def resolve_inputs(spec: str) -> list[Path]:
-    """The completion files named by `spec` (a file, a directory of *.jsonl, or a glob), sorted."""
-    path = Path(spec)
+def resolve_inputs(spec: str) -> list[epath.Path]:
+    """The completion files named by `spec` (a file, a directory of *.jsonl, or a glob; local or
+    gs://), sorted."""
+    path = as_path(spec)
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -56,17 +60,20 @@ def resolve_inputs(spec: str) -> list[Path]:
         if not files:
             raise FilterError(f"no completion files: directory {spec!r} has no *.jsonl files")
         return files
-    files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if is_local(spec):
+        files = sorted(as_path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    else:  # a URL: the pattern's last part globs its directory
+        files = sorted(p for p in path.parent.glob(path.name) if p.is_file()) if path.parent.is_dir() else []
     if not files:
         raise FilterError(f"no completion files: {spec!r} does not exist or matches no files "
                           "(set filter.inputs, or run the synthesize stage first)")
     return files
 
 
-def iter_completions(files: list[Path]) -> Iterator[Completion]:
+def iter_completions(files: list[epath.Path]) -> Iterator[Completion]:
     """Validated completions of `files`, in file then line order."""
     for path in files:
-        with open(path, encoding="utf-8") as f:
+        with path.open(encoding="utf-8") as f:
             lineno = 0
             try:
                 for lineno, line in enumerate(f, 1):

@@ -1,7 +1,7 @@
 """Test-set decontamination: word n-gram overlap with evaluation questions.
 
 Every evaluation set is a `NAME/test.jsonl` under one directory. Its question text is the join of
-the configured fields a row has (see `filter_config.DEFAULT_EVAL_FIELDS`). Texts are normalised with
+the configured fields a row has (see `synth.config.DEFAULT_EVAL_FIELDS`). Texts are normalised with
 `text.normalize` (the same function applied to the synthetic records), and every n-gram of words is
 hashed into one table mapping hash -> the sets that contain it. A question shorter than n words has
 no n-gram: it matches a synthetic problem that equals it after normalisation.

@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 
-from jz3_jax.synth.atomic import atomic_write
+from jz3_jax.runtime.paths import atomic_write
 from jz3_jax.synth.completions import default_inputs, iter_completions, resolve_inputs
 from jz3_jax.synth.contamination import EvalIndex
 from jz3_jax.synth.dedup import ExactDedup, NearDedup
-from jz3_jax.synth.filter_config import FilterConfig
+from jz3_jax.synth.config import FilterConfig
 from jz3_jax.synth.parse import KINDS, MALFORMED_REASONS, Malformed, parse_completion
 from jz3_jax.synth.text import WordHasher, words
 
@@ -63,7 +62,7 @@ def run(cfg, ctx) -> dict:
     exact = {kind: ExactDedup() for kind in KINDS}
     near = {kind: NearDedup(fc.near_dup_threshold, fc.num_perm, fc.shingle, fc.minhash_seed) for kind in KINDS}
     counts = _Counts()
-    stage_dir = Path(ctx.stage_dir)
+    stage_dir = ctx.stage_dir
     loop_start = time.perf_counter()
     with atomic_write(stage_dir / "records.jsonl") as out, atomic_write(stage_dir / "removed.jsonl") as removed:
         kept_hash, removed_hash = hashlib.sha256(), hashlib.sha256()

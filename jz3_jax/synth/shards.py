@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-from jz3_jax.synth.atomic import atomic_write
+from etils import epath
+
+from jz3_jax.runtime.paths import atomic_write
 from jz3_jax.synth.errors import SynthesizeError
 
 SHARD = re.compile(r"part-(\d{5})-(\d{6})\.jsonl$")
 
 
-def shard_files(directory: Path) -> list[Path]:
+def shard_files(directory: epath.Path) -> list[epath.Path]:
     """The finished shard files in `directory` (temp files of a killed writer are ignored)."""
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if SHARD.match(p.name))
 
 
-def done_ids(directory: Path) -> set:
+def done_ids(directory: epath.Path) -> set:
     """Ids of every record in the finished shards."""
     ids = set()
     for path in shard_files(directory):
@@ -42,7 +43,7 @@ def done_ids(directory: Path) -> set:
 class ShardWriter:
     """Buffers one process's records and writes a shard every `shard_size` of them."""
 
-    def __init__(self, directory: Path, process_index: int, shard_size: int):
+    def __init__(self, directory: epath.Path, process_index: int, shard_size: int):
         if shard_size < 1:
             raise SynthesizeError(f"synthesize.shard_size must be at least 1, got {shard_size}")
         self.directory = directory

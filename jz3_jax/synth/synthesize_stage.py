@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -29,12 +28,10 @@ from tqdm import tqdm
 
 from jz3_jax.decoding import Request
 from jz3_jax.decoding.factory import load_engine, sampling_from_config
+from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.synth.errors import SynthesizeError
 from jz3_jax.synth.prompts import PromptRecord, read_prompts
 from jz3_jax.synth.shards import ShardWriter, done_ids
-
-PREEMPTED_EXIT_CODE = 143
-
 
 def prompt_seed(base_seed: int, prompt_id) -> int:
     """A 63-bit seed for one prompt from the run's seed and the prompt's id (1 and "1" differ)."""
@@ -46,20 +43,6 @@ def my_prompts(prompts: list[PromptRecord], done: set, process_index: int, proce
     """This process's share of the prompts not yet done (a fixed slice of the file's order, so
     processes never overlap even when they start at different times)."""
     return [p for i, p in enumerate(prompts) if i % process_count == process_index and p.id not in done]
-
-
-class _Terminate:
-    """Remembers SIGTERM so the loop can write its finished completions before exiting."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
@@ -75,7 +58,7 @@ def run(cfg, ctx) -> dict:
     if not sc.prompts:
         raise SynthesizeError("synthesize needs synthesize.prompts (a jsonl file of {id, prompt} records)")
     prompts = read_prompts(sc.prompts)
-    out_dir = Path(ctx.stage_dir) / "completions"
+    out_dir = ctx.stage_dir / "completions"
     done = done_ids(out_dir)
     mine = my_prompts(prompts, done, ctx.process_index, ctx.process_count)
     ctx.logger.info("synthesize: %d prompts, %d already done, %d for process %d", len(prompts),
@@ -83,7 +66,7 @@ def run(cfg, ctx) -> dict:
     base = sampling_from_config(cfg)  # validates the sampling section
     if not mine:
         return {"prompts": len(prompts), "generated": 0}
-    loaded = load_engine(cfg, ctx.logger, local=True)
+    loaded = load_engine(cfg, ctx.logger)
     engine, tokenizer = loaded.engine, loaded.tokenizer
     if tokenizer is None:
         raise SynthesizeError("synthesize needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
@@ -91,7 +74,7 @@ def run(cfg, ctx) -> dict:
     model_name = cfg.model.checkpoint or "random-init"
     writer = ShardWriter(out_dir, ctx.process_index, sc.shard_size)
     metrics_name = "metrics.jsonl" if ctx.process_index == 0 else f"metrics-p{ctx.process_index:05d}.jsonl"
-    metrics_path = Path(ctx.stage_dir) / metrics_name
+    metrics_path = ctx.stage_dir / metrics_name
 
     def request_for(record: PromptRecord) -> Request:
         ids = _prompt_ids(tokenizer, record, use_chat)
@@ -114,7 +97,7 @@ def run(cfg, ctx) -> dict:
                 "meta": {**(source.meta or {}), "synthesizer": model_name, "sampling": sampling}}
 
     queue = list(reversed(mine))
-    term = _Terminate()
+    term = TermFlag()  # each process stops on its own signal: no collectives between engine replicas
     start, tokens, finished = time.perf_counter(), 0, 0
     bar = tqdm(total=len(mine), desc="synthesize", unit="prompt", disable=ctx.process_index != 0)
     try:
@@ -134,7 +117,7 @@ def run(cfg, ctx) -> dict:
             if term.raised:
                 writer.flush()
                 ctx.logger.info("SIGTERM: %d completions written; rerun the same command to resume", finished)
-                raise SystemExit(PREEMPTED_EXIT_CODE)
+                raise Preempted()
         writer.flush()
     finally:
         bar.close()

@@ -23,10 +23,12 @@ import json
 import math
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jz3_jax.config import Config, ConfigError
-from jz3_jax.errors import UserError
+from jz3_jax.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 GiB = 1024**3
 
@@ -238,8 +240,25 @@ def _fmt_gib(n: float) -> str:
 # --- the stage ---------------------------------------------------------------------------------
 
 
-def compile_train_step(cfg: Config, log=print) -> dict:
-    """Lower and compile the train step for `cfg.compile.topology`; the report (also when it does not fit)."""
+@dataclasses.dataclass
+class AbstractTrainStep:
+    """Everything needed to lower the train step, as shapes with shardings (nothing allocated)."""
+
+    program: Any
+    params: Any  # abstract trainable params
+    frozen: Any  # abstract frozen variables
+    state: dict  # ShapeDtypeStructs of the train state, with shardings
+    frozen_state: Any  # ShapeDtypeStructs of the frozen variables, with shardings
+    batch: dict  # ShapeDtypeStructs of one global batch [accum, rows, length]
+    model_cfg: Any
+
+
+def abstract_train_step(cfg: Config, mesh, rules, rows: int) -> AbstractTrainStep:
+    """The trainer's train program for `cfg` on `mesh`, built from an abstract model.
+
+    `rows` is the number of rows per micro-step over all devices. With a concrete mesh of this
+    machine's devices, `program.lower_train_step` gives the same program the trainer lowers.
+    """
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -247,10 +266,40 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     from jz3_jax.checkpoint import resolve_model_config
     from jz3_jax.model.factory import abstract_model
     from jz3_jax.model.lora import add_lora
+    from jz3_jax.train.program import build_program, split_model
+    from jz3_jax.train.step import BATCH_KEYS
+
+    model_cfg = resolve_model_config(cfg.model)
+    lora = cfg.lora.rank > 0
+    # Only tracing runs under the TPU mesh: eager ops (optax's state init inside build_program)
+    # would otherwise be placed on the compile-only devices, which cannot execute anything.
+    model = abstract_model(model_cfg, rules)
+    if lora:
+        def attach(m):
+            add_lora(m, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.seed)
+            return m
+
+        model = nnx.eval_shape(attach, model)
+    graphdef, params, frozen = split_model(model, lora)
+    steps = cfg.train.steps if cfg.train.steps > 0 else 1000  # the schedule's length; shapes do not change
+    program = build_program(cfg, graphdef, params, frozen, mesh, rules, steps, lora)
+    state = program.abstract_state(params)
+    frozen_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, program.frozen_shardings)
+    batch_sharding = program.batch_sharding(3)
+    shape = (cfg.train.grad_accum, rows, cfg.data.max_length)
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=batch_sharding)
+             for k in BATCH_KEYS}
+    return AbstractTrainStep(program, params, frozen, state, frozen_state, batch, model_cfg)
+
+
+def compile_train_step(cfg: Config, log=print) -> dict:
+    """Lower and compile the train step for `cfg.compile.topology`; the report (also when it does not fit)."""
+    import jax
+
     from jz3_jax.runtime.mesh import MESH_AXES
     from jz3_jax.runtime.sharding import parse_rules
-    from jz3_jax.train.program import build_program, split_model
-    from jz3_jax.train.step import BATCH_KEYS, flops_per_token
+    from jz3_jax.train.step import flops_per_token
 
     c = cfg.compile
     spec = parse_topology(c.topology)
@@ -273,29 +322,11 @@ def compile_train_step(cfg: Config, log=print) -> dict:
         log(f"compile: note: per_device_batch x devices x grad_accum = {global_rows} rows, "
             f"train.global_batch_size = {cfg.train.global_batch_size}")
 
-    model_cfg = resolve_model_config(cfg.model)
-    lora = cfg.lora.rank > 0
     t0 = time.perf_counter()
-    # Only tracing runs under the TPU mesh: eager ops (optax's state init inside build_program)
-    # would otherwise be placed on the compile-only devices, which cannot execute anything.
-    model = abstract_model(model_cfg, rules)
-    if lora:
-        def attach(m):
-            add_lora(m, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.seed)
-            return m
-
-        model = nnx.eval_shape(attach, model)
-    graphdef, params, frozen = split_model(model, lora)
-    steps = cfg.train.steps if cfg.train.steps > 0 else 1000  # the schedule's length; shapes do not change
-    program = build_program(cfg, graphdef, params, frozen, mesh, rules, steps, lora)
-    state = program.abstract_state(params)
-    frozen_abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen, program.frozen_shardings)
-    batch_sharding = program.batch_sharding(3)
-    batch = {k: jax.ShapeDtypeStruct((accum, rows, length), jnp.float32 if k == "loss_mask" else jnp.int32,
-                                     sharding=batch_sharding) for k in BATCH_KEYS}
-    with jax.set_mesh(mesh):
-        lowered = program.train_step.lower(state, frozen_abstract, batch)
+    abstract = abstract_train_step(cfg, mesh, rules, rows)
+    program, params, frozen = abstract.program, abstract.params, abstract.frozen
+    state, frozen_abstract, batch, model_cfg = abstract.state, abstract.frozen_state, abstract.batch, abstract.model_cfg
+    lowered = program.lower_train_step(state, frozen_abstract, batch)
     t_lower = time.perf_counter() - t0
     t1 = time.perf_counter()
     compiled = lowered.compile()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from jz3_jax.config.schema import OptimizerConfig
+from jz3_jax.train.config import OptimizerConfig
 from jz3_jax.train.schedules import make_schedule
 
 

@@ -7,7 +7,7 @@ and compiles the same step for a TPU topology it does not hold).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +15,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jz3_jax.config import Config
 from jz3_jax.model.lora import LoRAParam
 from jz3_jax.runtime.sharding import Rules, logical_to_spec, state_shardings
 from jz3_jax.train.optimizer import make_optimizer
 from jz3_jax.train.step import BATCH_KEYS, make_steps
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 
 @dataclasses.dataclass
@@ -37,6 +39,14 @@ class TrainProgram:
     def batch_sharding(self, ndim: int) -> NamedSharding:
         names = (None,) * (ndim - 2) + ("batch", "length")
         return NamedSharding(self.mesh, logical_to_spec(names, self.rules, self.mesh))
+
+    def lower_train_step(self, state, frozen, batch):
+        """The train step lowered under this program's mesh (the program the trainer runs).
+
+        Tracing under `jax.set_mesh` is what makes the model's `constrain` calls real sharding
+        constraints; outside a mesh they are no-ops."""
+        with jax.set_mesh(self.mesh):
+            return self.train_step.lower(state, frozen, batch)
 
     def init_state(self, params) -> dict:
         """The train state {params, opt_state, step}, created in its shardings."""

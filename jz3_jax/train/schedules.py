@@ -13,8 +13,8 @@ import math
 import jax.numpy as jnp
 import optax
 
-from jz3_jax.config.overrides import ConfigError
-from jz3_jax.config.schema import OptimizerConfig
+from jz3_jax.errors import ConfigError
+from jz3_jax.train.config import OptimizerConfig
 
 SCHEDULES = ("constant", "linear", "cosine", "wsd")
 

@@ -63,7 +63,9 @@ def make_steps(graphdef, tx: optax.GradientTransformation, schedule, seed: int, 
             (loss, grads), _ = jax.lax.scan(body, zeros, (batch, jnp.arange(accum)))
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": step + 1}
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step), "target_tokens": count}
+        tokens = jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32))  # all tokens of the global batch
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step), "target_tokens": count,
+                   "tokens": tokens}
         return new_state, metrics
 
     def eval_step(params, frozen, batch: dict):

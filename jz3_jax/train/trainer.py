@@ -1,61 +1,44 @@
 """The trainer loop shared by `sft` and `pretrain`.
 
 Rerunning the same command resumes from the latest checkpoint (model or LoRA adapters,
-optimizer, data-iterator state, step). SIGTERM (a preempted TPU VM) saves a checkpoint at the
-current step and exits with code 143; rerun to continue.
+optimizer, every process's data-iterator state, step). SIGTERM (a preempted TPU VM) saves a
+checkpoint at an agreed step and exits with code 143 in every process; rerun to continue.
+
+The loop never waits on the device per step: metrics stay on the device until a logging step
+(`train.log_every`), when every step's values since the last one are fetched and written, and the
+processes agree on SIGTERM every `train.sync_every` steps. Steps are traced and run under the mesh
+(`jax.set_mesh`), so the model's activation sharding constraints are part of the program.
 """
 
 from __future__ import annotations
 
 import math
-import signal
+import shutil
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jz3_jax.checkpoint import load_model, load_stage_tokenizer
-from jz3_jax.config import Config, ConfigError
+from jz3_jax.errors import ConfigError
 from jz3_jax.model.lora import add_lora, merge_lora
+from jz3_jax.runtime import peers
 from jz3_jax.runtime.mesh import mesh_and_rules
+from jz3_jax.runtime.paths import is_local, local_mirror
+from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.stages import StageContext
+from jz3_jax.train.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from jz3_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from jz3_jax.train.program import build_program, split_model
 from jz3_jax.train.step import BATCH_KEYS, flops_per_token
 
-PREEMPTED_EXIT_CODE = 143
-
-
-class Preempted(SystemExit):
-    """Raised after the SIGTERM checkpoint is written."""
-
-    def __init__(self, step: int):
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.step = step
-
-
-class _TermFlag:
-    """Remembers a SIGTERM so that the loop can checkpoint at a step boundary."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def any_process(self) -> bool:
-        if jax.process_count() == 1:
-            return self.raised
-        return bool(multihost_utils.process_allgather(np.asarray(self.raised)).any())
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
 
 
 def _data(cfg: Config, tokenizer, ctx: StageContext, rows_per_process: int):
@@ -85,11 +68,20 @@ def _data(cfg: Config, tokenizer, ctx: StageContext, rows_per_process: int):
     return train, evaluation
 
 
-def total_steps(cfg: Config, train_data, process_count: int) -> int:
+def global_rows_per_epoch(train_data, process_count: int) -> int:
+    """Rows one epoch yields over all processes: each process packs its own share, so the shares'
+    row counts differ; their sum (one collective) is the same number in every process."""
+    local = np.asarray(train_data.rows_per_epoch(), np.int64)
+    if process_count == 1:
+        return int(local)
+    return int(multihost_utils.process_allgather(local).sum())
+
+
+def total_steps(cfg: Config, rows_per_epoch: int) -> int:
+    """`train.steps`, else enough steps for `train.epochs` passes over `rows_per_epoch` global rows."""
     if cfg.train.steps > 0:
         return cfg.train.steps
-    rows = train_data.rows_per_epoch() * process_count
-    return max(1, math.ceil(cfg.train.epochs * rows / cfg.train.global_batch_size))
+    return max(1, math.ceil(cfg.train.epochs * rows_per_epoch / cfg.train.global_batch_size))
 
 
 def _check_batch(cfg: Config, process_count: int) -> int:
@@ -97,6 +89,9 @@ def _check_batch(cfg: Config, process_count: int) -> int:
     if t.global_batch_size % (process_count * t.grad_accum):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} must divide by processes ({process_count}) "
                           f"x train.grad_accum ({t.grad_accum})")
+    for key in ("log_every", "sync_every", "checkpoint_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
     return t.global_batch_size // process_count
 
 
@@ -105,14 +100,23 @@ class Trainer:
 
     def __init__(self, cfg: Config, ctx: StageContext):
         self.cfg, self.ctx = cfg, ctx
-        self.mesh, self.rules = mesh_and_rules(cfg)
-        rows_per_process = _check_batch(cfg, ctx.process_count)
-        self.tokenizer = load_stage_tokenizer(cfg.model, ctx.logger)
-        if self.tokenizer is None:
-            raise ConfigError("training needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
-        # Data first: a bad or empty dataset fails before anything is compiled.
-        self.train_data, self.eval_data = _data(cfg, self.tokenizer, ctx, rows_per_process)
-        self.total_steps = total_steps(cfg, self.train_data, ctx.process_count)
+        # What can fail in one process alone (config, tokenizer, this process's data) runs before any
+        # collective, and the processes agree on the outcome: all go on, or all stop with the error.
+        error = None
+        try:
+            self.mesh, self.rules = mesh_and_rules(cfg)
+            rows_per_process = _check_batch(cfg, ctx.process_count)
+            self.tokenizer = load_stage_tokenizer(cfg.model, ctx.logger)
+            if self.tokenizer is None:
+                raise ConfigError("training needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
+            self.train_data, self.eval_data = _data(cfg, self.tokenizer, ctx, rows_per_process)
+            if cfg.train.steps == 0:
+                self.train_data.rows_per_epoch()  # tokenizes this process's share once (a bad record fails here)
+        except Exception as e:  # noqa: BLE001 - re-raised by agree, in this process and as PeerFailed elsewhere
+            error = e
+        peers.agree("training setup", error)
+        self.rows_per_epoch = global_rows_per_epoch(self.train_data, ctx.process_count) if cfg.train.steps == 0 else 0
+        self.total_steps = total_steps(cfg, self.rows_per_epoch)
         with jax.set_mesh(self.mesh):
             model, self.model_cfg = load_model(cfg.model, self.mesh, self.rules, cfg.seed)
             if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
@@ -140,24 +144,16 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def _manager(self) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(max_to_keep=self.cfg.train.keep_checkpoints,
-                                               enable_async_checkpointing=True)
-        return ocp.CheckpointManager((self.ctx.stage_dir / "checkpoints").absolute(), options=options)
+    def save(self, manager, step: int) -> None:
+        save_checkpoint(manager, step, self.state, self.train_data.get_state())
 
-    def save(self, manager: ocp.CheckpointManager, step: int) -> None:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
-                                                   data=ocp.args.JsonSave(self.train_data.get_state())))
-
-    def restore_latest(self, manager: ocp.CheckpointManager) -> int:
+    def restore_latest(self, manager) -> int:
         step = manager.latest_step()
         if step is None:
             return 0
         abstract = self.program.abstract_state(self.state["params"])
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 data=ocp.args.JsonRestore()))
-        self.state = restored["state"]
-        self.train_data.set_state(restored["data"])
+        self.state, data_state = restore_checkpoint(manager, step, abstract)
+        self.train_data.set_state(data_state)
         self.ctx.logger.info("resumed from checkpoint at step %d", step)
         return step
 
@@ -177,56 +173,53 @@ class Trainer:
 
     def run(self) -> None:
         cfg, ctx = self.cfg, self.ctx
-        manager = self._manager()
+        manager = checkpoint_manager(ctx.stage_dir / "checkpoints", cfg.train.keep_checkpoints)
         start = self.restore_latest(manager)
-        writer = MetricsWriter(ctx.stage_dir, start, enabled=ctx.process_index == 0)
-        term = _TermFlag()
-        peak = peak_flops_per_device(cfg.train.peak_tflops)
-        flops_token = flops_per_token(self.model_cfg, cfg.data.max_length)
+        log = _MetricsLog(self, MetricsWriter(ctx.stage_dir, start, enabled=ctx.process_index == 0))
         ctx.logger.info("training %d steps (from %d), global batch %d x %d tokens, %s", self.total_steps, start,
                         cfg.train.global_batch_size, cfg.data.max_length, "LoRA" if self.lora else "full")
         bar = tqdm(total=self.total_steps, initial=start, disable=ctx.process_index != 0, unit="step",
                    dynamic_ncols=True)
         data_iter = iter(self.train_data)
-        window_start, window_tokens = time.perf_counter(), 0  # throughput over the steps since the last log
         try:
-            for step in range(start, self.total_steps):
-                if term.any_process():
-                    if manager.latest_step() != step:
-                        self.save(manager, step)
-                    manager.wait_until_finished()
-                    ctx.logger.info("SIGTERM: checkpoint saved at step %d; rerun the same command to resume", step)
-                    raise Preempted(step)
-                local = next(data_iter)
-                window_tokens += int(np.count_nonzero(local["segment_ids"])) * ctx.process_count
-                self.state, metrics = self.program.train_step(self.state, self.frozen, self.global_batch(local, True))
-                done = step + 1
-                if done % cfg.train.log_every == 0 or done == self.total_steps:
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    seconds = time.perf_counter() - window_start
-                    values["tokens_per_s"] = window_tokens / seconds
-                    values["mfu"] = (flops_token * window_tokens / seconds / (peak * jax.device_count())
-                                     if peak else None)
-                    if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == self.total_steps):
-                        values["eval_loss"] = self.evaluate()
-                    values.update({k: float(v) for k, v in self.train_data.stats().items()})
-                    writer.write(done, values)
-                    window_start, window_tokens = time.perf_counter(), 0
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                bar.update(1)
-                if done % cfg.train.checkpoint_every == 0 or done == self.total_steps:
-                    self.save(manager, done)
+            with jax.set_mesh(self.mesh), TermFlag(cfg.train.sync_every) as term:
+                for step in range(start, self.total_steps):
+                    if term.should_stop(step):
+                        log.flush()
+                        if manager.latest_step() != step:
+                            self.save(manager, step)
+                        manager.wait_until_finished()
+                        ctx.logger.info("SIGTERM: checkpoint saved at step %d; rerun the same command to resume",
+                                        step)
+                        raise Preempted(step)
+                    local = next(data_iter)
+                    self.state, metrics = self.program.train_step(self.state, self.frozen,
+                                                                  self.global_batch(local, True))
+                    done = step + 1
+                    last = done == self.total_steps
+                    log.add(done, metrics)
+                    if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or last):
+                        log.add_eval(done, self.evaluate())
+                    if done % cfg.train.log_every == 0 or last:
+                        values = log.flush()
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", refresh=False)
+                    bar.update(1)
+                    if done % cfg.train.checkpoint_every == 0 or last:
+                        log.flush()  # a resumed run must find every step up to its checkpoint logged
+                        self.save(manager, done)
             manager.wait_until_finished()
         finally:
             bar.close()
-            writer.close()
-            term.restore()
+            log.close()
             manager.close()
         if cfg.train.export_hf:
             self.export(ctx.stage_dir / "hf")
 
-    def export(self, dst: Path) -> None:
-        """Write the trained model (LoRA merged into the base) as a HF directory, once."""
+    def export(self, dst: epath.Path) -> None:
+        """Write the trained model (LoRA merged into the base) as a HF directory, once.
+
+        A remote run dir (gs://) gets the directory written locally first, then uploaded file by file.
+        """
         from jz3_jax.checkpoint.hf_export import export_hf
 
         if dst.exists():
@@ -235,8 +228,72 @@ class Trainer:
         model = nnx.merge(self.graphdef, self.state["params"], self.frozen)
         if self.lora:
             merge_lora(model)
-        export_hf(model, dst, self.tokenizer)
+        local = local_mirror(dst)
+        export_hf(model, local, self.tokenizer)
+        if not is_local(dst) and self.ctx.process_index == 0:
+            _upload(local, dst)
+            shutil.rmtree(local, ignore_errors=True)
         self.ctx.logger.info("exported the trained model to %s", dst)
+
+
+class _MetricsLog:
+    """Per-step metrics kept on the device until a logging step, then fetched and written together.
+
+    Every step gets its own line in metrics.jsonl (loss, grad_norm, lr, tokens); the line of the
+    logging step also carries throughput, MFU, the data counters and the global epoch.
+    """
+
+    def __init__(self, trainer: Trainer, writer: MetricsWriter):
+        self.trainer, self.writer = trainer, writer
+        self.pending: list[tuple[int, dict]] = []
+        self.evals: dict[int, float | None] = {}
+        self.window_start = time.perf_counter()
+        self.peak = peak_flops_per_device(trainer.cfg.train.peak_tflops)
+        self.flops_per_token = flops_per_token(trainer.model_cfg, trainer.cfg.data.max_length)
+        self.last: dict = {}
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def add_eval(self, step: int, loss: float | None) -> None:
+        self.evals[step] = loss
+
+    def flush(self) -> dict:
+        """Write the pending steps; the values of the last one (or of the previous flush if none)."""
+        if not self.pending:
+            return self.last
+        fetched = jax.device_get([metrics for _, metrics in self.pending])
+        seconds = time.perf_counter() - self.window_start
+        tokens = sum(float(m["tokens"]) for m in fetched)
+        cfg = self.trainer.cfg
+        for i, ((step, _), metrics) in enumerate(zip(self.pending, fetched)):
+            values = {k: float(v) for k, v in metrics.items()}
+            if step in self.evals:
+                values["eval_loss"] = self.evals.pop(step)
+            if i == len(fetched) - 1:
+                values["tokens_per_s"] = tokens / seconds
+                values["mfu"] = (self.flops_per_token * tokens / seconds / (self.peak * jax.device_count())
+                                 if self.peak else None)
+                values.update({k: float(v) for k, v in self.trainer.train_data.stats().items() if k != "epoch"})
+                rows = self.trainer.rows_per_epoch
+                values["epoch"] = step * cfg.train.global_batch_size / rows if rows else None
+            self.writer.write(step, values)
+            self.last = values
+        self.pending = []
+        self.window_start = time.perf_counter()
+        return self.last
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _upload(local: epath.Path, dst: epath.Path) -> None:
+    """Copy the files of the local directory `local` to `dst` (an object store path)."""
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            target = dst / path.relative_to(local)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
 
 
 def run(cfg: Config, ctx: StageContext) -> None:

@@ -1,10 +1,26 @@
-"""`filter` stage config section (`cfg.filter`)."""
+"""The synth stages' config sections (`cfg.synthesize`, `cfg.filter`): plain dataclasses (a leaf module).
+
+Its only project import is the synth package's error class (itself a leaf), raised by `FilterConfig.validate`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 from jz3_jax.synth.errors import FilterError
+
+
+@dataclasses.dataclass
+class SynthesizeConfig:
+    """`synthesize` stage: prompts jsonl (`id`, `prompt`) in, completion shards out.
+
+    With `chat_template` the prompt is sent as one user message through the tokenizer's chat
+    template; `shard_size` completions are written per shard file (atomically).
+    """
+
+    prompts: str = ""
+    chat_template: bool = True
+    shard_size: int = 256
 
 # Question-text fields of the evaluation sets (see ../shared/data/eval/MANIFEST.json); the ones a row
 # has are joined in this order, so context comes before the question (ASDiv body + question, SVAMP

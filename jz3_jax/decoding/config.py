@@ -1,0 +1,40 @@
+"""The decoding config sections (`cfg.sampling`, `cfg.engine`): plain dataclasses (a leaf module)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jz3_jax.runtime.config import MeshConfig
+
+
+def _engine_mesh() -> MeshConfig:
+    return MeshConfig(data=1, fsdp=1, tensor=-1)
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """Decoding settings used by synthesize/eval/serve."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    """The decoding engine shared by synthesize/serve/eval: rows decoded together and cache length.
+
+    `max_seq_len` bounds prompt + new tokens per request; `steps_per_dispatch` tokens are decoded on
+    device per host round trip; prompt lengths are padded up to a multiple of `prompt_bucket`.
+    `mesh` is the engine's own mesh over this host's devices (one engine replica per host), separate
+    from the training `mesh`: by default tensor-parallel over all local devices, so a decode step
+    never all-gathers weights.
+    """
+
+    max_batch: int = 16
+    max_seq_len: int = 2048
+    steps_per_dispatch: int = 8
+    prompt_bucket: int = 64
+    mesh: MeshConfig = dataclasses.field(default_factory=_engine_mesh)

@@ -1,0 +1,44 @@
+"""The runtime's config sections (`cfg.mesh`, `cfg.distributed`, and `cfg.engine.mesh`): plain dataclasses.
+
+A leaf module: no JAX, no other project imports, so the config layer composes it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Logical axis name -> mesh axes ("+"-joined; empty = replicated). Order matters only for display.
+DEFAULT_RULES = [
+    "batch=data+fsdp",
+    "length=",
+    "embed=fsdp",
+    "mlp=tensor",
+    "heads=tensor",
+    "kv_heads=tensor",
+    "head_dim=",
+    "norm=",
+    "vocab=tensor",
+    "layers=",
+]
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    """Device mesh sizes (one of them may be -1: the remaining devices) and the logical-axis rules."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    rules: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_RULES))
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    """Multi-process setup. Empty/zero values fall back to JZ3_* env vars, then to Cloud TPU auto-detection."""
+
+    enabled: str = "auto"  # auto | true | false
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    # A process that stops heartbeating (killed, host lost) stops the others after this long.
+    heartbeat_timeout_s: int = 30
