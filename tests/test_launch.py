@@ -68,12 +68,12 @@ def test_missing_config_file_and_unknown_stage_exit_2(run_launch, tmp_path):
 
 
 def test_unimplemented_stage_exits_2(run_launch, tmp_path):
-    proc = run_launch("corpus", "--config", TINY, "--run-dir", tmp_path / "run")
+    proc = run_launch("pipeline", "--config", TINY, "--run-dir", tmp_path / "run")
     assert proc.returncode == 2, proc.stderr
     assert "not implemented yet" in proc.stderr
     assert "Traceback" not in proc.stderr
     # the dry run says the same without failing
-    proc = run_launch("corpus", "--config", TINY, "--run-dir", tmp_path / "run", "--dry-run")
+    proc = run_launch("pipeline", "--config", TINY, "--run-dir", tmp_path / "run", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "not implemented yet" in proc.stdout
 

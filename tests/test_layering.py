@@ -21,8 +21,8 @@ from pathlib import Path
 from helpers import REPO_ROOT, last_json_line, run_in_subprocess
 
 PACKAGE_DIR = REPO_ROOT / "jz3_jax"
-CORE = ("runtime", "model", "tokenizer", "data", "checkpoint", "decoding")
-STAGE_PACKAGES = ("train", "synth", "serve", "bench")
+CORE = ("runtime", "model", "tokenizer", "data", "checkpoint", "decoding", "prompts")
+STAGE_PACKAGES = ("train", "synth", "serve", "bench", "corpus", "distill", "influence", "eval")
 # Modules the core must never import at module level: the config layer, the launcher and the
 # stage registry above it, and the stage packages.
 FORBIDDEN_IN_CORE = ("jz3_jax.config", "jz3_jax.launch", "jz3_jax.sweep", "jz3_jax.stages",

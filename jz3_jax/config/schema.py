@@ -14,8 +14,12 @@ import dataclasses
 
 from jz3_jax.bench.config import BenchConfig
 from jz3_jax.checkpoint.config import ConvertConfig
+from jz3_jax.corpus.config import CorpusConfig
 from jz3_jax.data.config import DataConfig
 from jz3_jax.decoding.config import EngineConfig, SamplingConfig
+from jz3_jax.distill.config import DistillConfig, TeacherConfig
+from jz3_jax.eval.config import EvalConfig, GradeConfig
+from jz3_jax.influence.config import SelectConfig
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.runtime.config import DEFAULT_RULES, DistributedConfig, MeshConfig
 from jz3_jax.serve.config import ServeConfig
@@ -28,17 +32,23 @@ __all__ = [
     "CompileConfig",
     "Config",
     "ConvertConfig",
+    "CorpusConfig",
     "DataConfig",
+    "DistillConfig",
     "DistributedConfig",
     "EngineConfig",
+    "EvalConfig",
     "FilterConfig",
+    "GradeConfig",
     "LoraConfig",
     "MeshConfig",
     "ModelConfig",
     "OptimizerConfig",
     "SamplingConfig",
+    "SelectConfig",
     "ServeConfig",
     "SynthesizeConfig",
+    "TeacherConfig",
     "TrainConfig",
 ]
 
@@ -64,3 +74,9 @@ class Config:
     convert: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
     filter: FilterConfig = dataclasses.field(default_factory=FilterConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+    corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    grade: GradeConfig = dataclasses.field(default_factory=GradeConfig)

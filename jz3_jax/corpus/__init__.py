@@ -1,0 +1,1 @@
+"""The `corpus` stage: collect math texts and cut them into snippets."""

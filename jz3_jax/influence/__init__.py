@@ -1,0 +1,1 @@
+"""The `select` stage: gradient-influence (LESS) selection of candidate snippets."""
