@@ -11,7 +11,7 @@ import json
 import random
 import sys
 
-from jz3_jax.config import Config, apply_overrides, config_to_dict, load_config, save_config
+from jz3_jax.config import Config, apply_overrides, config_to_dict, load_config, parse_override, save_config
 from jz3_jax.errors import UserError
 from jz3_jax.runtime import paths
 from jz3_jax.stages import STAGES, StageContext, get_stage
@@ -45,7 +45,24 @@ def resolve_config(config_path: str, overrides: list[str], run_dir: str | None) 
     return cfg
 
 
-def run_stage(stage_name: str, cfg: Config) -> None:
+def prefer_checkpoint_tokenizer(cfg: Config, overrides: list[str]) -> str | None:
+    """A tokenizer named by the config file yields to the checkpoint's own (when it has one), unless
+    `model.tokenizer` was given on the command line; returns a note saying so, or None."""
+    from jz3_jax.checkpoint import own_tokenizer_path
+
+    m = cfg.model
+    if not m.tokenizer or not m.checkpoint or any(parse_override(o)[0] == "model.tokenizer" for o in overrides):
+        return None
+    own = own_tokenizer_path(m.checkpoint)
+    if not own:
+        return None
+    note = (f"model.tokenizer={m.tokenizer!r} from the config file yields to the tokenizer of {m.checkpoint} "
+            "(give model.tokenizer on the command line to force another)")
+    m.tokenizer = ""
+    return note
+
+
+def run_stage(stage_name: str, cfg: Config, notes: tuple[str, ...] = ()) -> None:
     """Start the runtime (distributed, logging, seeds), write the resolved config, run the stage.
 
     In a multi-process job a process that fails tells the others and exits at once (see
@@ -72,8 +89,10 @@ def run_stage(stage_name: str, cfg: Config) -> None:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         ctx = StageContext(stage_name, stage_dir, logger, process, count)
-        logger.info("stage %s: run dir %s, %d process(es), %d device(s)", stage_name, cfg.run_dir, count,
-                    jax.device_count())
+        logger.info("stage %s: run dir %s, %d process(es), %d device(s), backend %s", stage_name, cfg.run_dir,
+                    count, jax.device_count(), jax.default_backend())
+        for note in notes:
+            logger.info("%s", note)
         if not paths.is_local(stage_dir):
             logger.info("log files of this process: %s", paths.local_mirror(stage_dir / "logs"))
         try:
@@ -114,12 +133,16 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jz3_jax.runtime.platform import choose_platforms
+
+    choose_platforms()  # before JAX starts a backend: no TPU probing on machines without one
     args = build_parser().parse_intermixed_args(argv)
     try:
         stage = get_stage(args.stage)
         if args.sweep or args.sweep_file:
             return _sweep(args)
         cfg = resolve_config(args.config, args.overrides, args.run_dir)
+        note = prefer_checkpoint_tokenizer(cfg, args.overrides)
         if args.print_config:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
@@ -128,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dry run: stage {stage.name} ({status}), config valid, outputs to "
                   f"{paths.stage_dir(cfg.run_dir, stage.name)}")
             return 0
-        run_stage(stage.name, cfg)
+        run_stage(stage.name, cfg, (note,) if note else ())
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

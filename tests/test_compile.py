@@ -147,8 +147,10 @@ def _expected_bytes_per_device(m, shards: int) -> int:
 @needs_libtpu
 def test_compile_small_model_for_v5p_16(tmp_path):
     cfg = load_config(REPO_ROOT / "configs" / "tiny_compile.py")
+    env = subprocess_env()
+    env.pop("JAX_PLATFORMS")  # the launcher picks the CPU backend itself; compile still reaches libtpu
     proc = subprocess.run([sys.executable, "-c", LAUNCH, "--config", "configs/tiny_compile.py",
-                           "--run-dir", str(tmp_path)], cwd=REPO_ROOT, env=subprocess_env(),
+                           "--run-dir", str(tmp_path)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fits" in proc.stdout
@@ -178,8 +180,11 @@ def test_compile_small_model_for_v5p_16(tmp_path):
     assert abs(mem["expected_state_bytes"] - expected_state) <= 64
     # the state is donated: the new state reuses the old buffers
     assert mem["alias_bytes"] >= 0.99 * expected_state
-    assert mem["total_bytes"] == (mem["argument_bytes"] + mem["output_bytes"] - mem["alias_bytes"]
-                                  + mem["temp_bytes"] + mem["generated_code_bytes"])
+    # The peak holds at least the program, the state, the batch and one full set of float32 gradients
+    # (the global norm for clipping needs them all at once): a third of the state, counted by hand above.
+    floor = mem["generated_code_bytes"] + expected_state + batch + expected_state // 3
+    assert mem["total_bytes"] >= floor, (mem, expected_state)
+    assert mem["hbm_bytes"] == 95 * 1024**3  # a v5p chip
     assert report["fits"] and mem["total_bytes"] < mem["hbm_bytes"]
 
     flops = report["flops"]

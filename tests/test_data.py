@@ -29,6 +29,7 @@ class CharTokenizer:
     """One id per character (ord % 250 + 3); bos 1, eos 2. Picklable, no files."""
 
     bos_id, eos_id, source = 1, 2, "chars"
+    adds_bos = True  # like Llama/Mistral: examples start with BOS
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         return [self.bos_id] * add_bos + [ord(c) % 250 + 3 for c in text] + [self.eos_id] * add_eos
@@ -407,7 +408,9 @@ def test_finetune_sample_with_smollm2_tokenizer():
         assert np.count_nonzero(batch["segment_ids"]) > 0.8 * batch["tokens"].size
         assert 0 < batch["loss_mask"].sum() < np.count_nonzero(batch["segment_ids"])
         starts = (batch["positions"] == 0) & (batch["segment_ids"] > 0)
-        assert np.all(batch["tokens"][starts] == tok.bos_id)
+        # SmolLM2's GGUF says add_bos_token = false: an example starts with its input ("## Question")
+        assert not tok.adds_bos
+        assert np.all(batch["tokens"][starts] == tok.encode("## Question")[0])
     examples_per_row = np.mean([b["segment_ids"].max(axis=1) for b in batches])
     assert examples_per_row > 2, "short SFT examples share rows"
     stats = data.stats()

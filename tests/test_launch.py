@@ -150,7 +150,7 @@ def _manifest(path: Path) -> list[dict]:
 
 def test_real_sweep_records_failed_runs_and_exits_nonzero(run_launch, tmp_path):
     base = tmp_path / "sweep"
-    proc = run_launch("corpus", "--config", TINY, "--run-dir", base, "--sweep", "seed=1,2")
+    proc = run_launch("pipeline", "--config", TINY, "--run-dir", base, "--sweep", "seed=1,2")
     assert proc.returncode == 1, proc.stderr
     assert "0 of 2 runs done" in proc.stderr
     assert proc.stderr.count("not implemented yet") == 2  # each child ran and failed on its own
@@ -164,7 +164,7 @@ def test_real_sweep_records_failed_runs_and_exits_nonzero(run_launch, tmp_path):
 
 def test_rerun_sweep_skips_runs_already_done(run_launch, tmp_path):
     base = tmp_path / "sweep"
-    dry = run_launch("corpus", "--config", TINY, "--run-dir", base, "--sweep", "seed=1,2", "--dry-run")
+    dry = run_launch("pipeline", "--config", TINY, "--run-dir", base, "--sweep", "seed=1,2", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     run_dirs = [shlex.split(line)[shlex.split(line).index("--run-dir") + 1] for line in dry.stdout.splitlines()]
     assert len(run_dirs) == 2
@@ -173,7 +173,7 @@ def test_rerun_sweep_skips_runs_already_done(run_launch, tmp_path):
     (base / "sweep.jsonl").write_text(
         json.dumps({"overrides": ["seed=1"], "run_dir": run_dirs[0], "status": "done", "returncode": 0}) + "\n"
     )
-    proc = run_launch("corpus", "--config", TINY, "--run-dir", base, "--sweep", "seed=1,2")
+    proc = run_launch("pipeline", "--config", TINY, "--run-dir", base, "--sweep", "seed=1,2")
     assert proc.returncode == 1, proc.stderr
     assert "already done, skipped" in proc.stderr
     assert proc.stderr.count("not implemented yet") == 1

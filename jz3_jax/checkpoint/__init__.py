@@ -90,6 +90,21 @@ def load_model(cfg: ModelConfig, mesh: Mesh, rules: Rules, seed: int = 0):
     return load_tensors(resolved, tensors, mesh, rules), resolved
 
 
+def own_tokenizer_path(checkpoint: str) -> str:
+    """The tokenizer `checkpoint` carries: the GGUF file, a HF dir with tokenizer files, an orbax
+    checkpoint's `tokenizer/` dir; "" when it has none (or does not exist)."""
+    if not checkpoint or not Path(checkpoint).exists():
+        return ""
+    kind = checkpoint_kind(checkpoint)
+    if kind == "gguf":
+        return checkpoint
+    if kind == "orbax":
+        path = Path(checkpoint) / "tokenizer"
+        return str(path) if path.is_dir() else ""
+    has_files = any((Path(checkpoint) / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
+    return checkpoint if has_files else ""
+
+
 def default_tokenizer_path(cfg: ModelConfig) -> str:
     """`model.tokenizer`, else the checkpoint's own tokenizer (HF dir, orbax tokenizer/ dir or GGUF)."""
     if cfg.tokenizer:
@@ -100,6 +115,19 @@ def default_tokenizer_path(cfg: ModelConfig) -> str:
         path = Path(cfg.checkpoint) / "tokenizer"
         return str(path) if path.is_dir() else ""
     return cfg.checkpoint
+
+
+def check_vocab_matches(tokenizer, model_cfg: ModelConfig) -> None:
+    """A tokenizer must fit the model's embeddings: no id past the last row, and no more spare rows
+    than padding the rows up to a round size accounts for (5%, at least 256). ConfigError otherwise."""
+    from jz3_jax.errors import ConfigError
+
+    ids, rows = tokenizer.vocab_size, model_cfg.vocab_size
+    spare = rows - ids
+    if spare < 0 or (model_cfg.checkpoint and spare > max(256, ids // 20)):
+        model = model_cfg.checkpoint or "the random model"
+        raise ConfigError(f"tokenizer {tokenizer.source} has {ids} ids but {model} has {rows} embedding rows: "
+                          "they do not belong together (set model.tokenizer to the model's own tokenizer)")
 
 
 def load_stage_tokenizer(model_cfg, logger):
@@ -119,4 +147,4 @@ def load_stage_tokenizer(model_cfg, logger):
 
 
 __all__ = ["CheckpointError", "checkpoint_kind", "resolve_model_config", "load_model", "default_tokenizer_path",
-           "load_stage_tokenizer"]
+           "own_tokenizer_path", "check_vocab_matches", "load_stage_tokenizer"]

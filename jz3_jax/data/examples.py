@@ -13,7 +13,7 @@ from .readers import Record
 class Example:
     """One training example, already shifted for next-token prediction.
 
-    For ids = [bos] + enc(input) + enc(output) + [eos]: tokens = ids[:-1], targets = ids[1:], and loss_mask
+    For ids = [bos] + enc(input) + enc(output) + [eos] ([bos] where the tokenizer adds one): tokens = ids[:-1], targets = ids[1:], and loss_mask
     is 1 where the target is an output token or the final eos (every target with train_on_input).
     `truncated` tells that ids were cut to max_length + 1 (so tokens fit max_length).
     """
@@ -30,11 +30,12 @@ class Example:
 def encode_example(record: Record, tokenizer, *, max_length: int, train_on_input: bool = False) -> Example:
     """The `Example` for `record` ({"input", "output"} strings); at most `max_length` tokens.
 
-    A tokenizer without BOS starts the ids at the input; an example with fewer than two ids has no tokens.
+    BOS comes first only where the tokenizer itself adds one (`tokenizer.adds_bos`), as for the raw
+    prompts of synthesis, serving and evaluation; an example with fewer than two ids has no tokens.
     """
     prompt = tokenizer.encode(record["input"])
     answer = tokenizer.encode(record["output"])
-    head = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    head = [tokenizer.bos_id] if tokenizer.adds_bos else []
     ids = np.asarray(head + prompt + answer + [tokenizer.eos_id], dtype=np.int32)
     answer_start = len(head) + len(prompt)  # index in ids of the first output id (or the eos)
     truncated = len(ids) > max_length + 1

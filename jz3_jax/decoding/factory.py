@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import jax
 
-from jz3_jax.checkpoint import load_model, load_stage_tokenizer
+from jz3_jax.checkpoint import check_vocab_matches, load_model, load_stage_tokenizer, resolve_model_config
 from jz3_jax.decoding.engine import Engine
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.runtime.config import MeshConfig
@@ -64,6 +64,8 @@ def load_engine(cfg: Config, logger: logging.Logger, max_batch: int | None = Non
     logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
                 jax.local_device_count())
     tokenizer = load_stage_tokenizer(cfg.model, logger)
+    if tokenizer is not None:
+        check_vocab_matches(tokenizer, resolve_model_config(cfg.model))  # before any weight is read
     with jax.set_mesh(mesh):
         model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
         engine = Engine(model, max_batch=max_batch or cfg.engine.max_batch, max_seq_len=cfg.engine.max_seq_len,

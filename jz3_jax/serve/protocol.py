@@ -175,7 +175,7 @@ def _completion_prompt(body: dict, tokenizer) -> list[int]:
         prompt = prompt[0]
     if isinstance(prompt, str):
         # The convention of the synthesize stage: a raw prompt starts with BOS when the tokenizer has one.
-        return tokenizer.encode(prompt, add_bos=tokenizer.bos_id is not None)
+        return tokenizer.encode(prompt, add_bos=tokenizer.adds_bos)
     if isinstance(prompt, list) and prompt and all(_is_int(t) and 0 <= t < tokenizer.vocab_size for t in prompt):
         return list(prompt)  # token ids, as OpenAI's API also accepts
     if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):

@@ -49,7 +49,7 @@ def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
     if use_chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": record.prompt}])
         return tokenizer.encode(text)
-    return tokenizer.encode(record.prompt, add_bos=tokenizer.bos_id is not None)
+    return tokenizer.encode(record.prompt, add_bos=tokenizer.adds_bos)
 
 
 def run(cfg, ctx) -> dict:

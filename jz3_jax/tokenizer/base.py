@@ -23,6 +23,9 @@ class Tokenizer(ABC):
         special_ids: ids that `decode(..., skip_special_tokens=True)` drops.
         chat_template: the jinja chat template, or None.
         source: the path the tokenizer was loaded from.
+        adds_bos: whether the tokenizer itself puts BOS before a raw text (its own rule: the GGUF
+            `tokenizer.ggml.add_bos_token`, a HF post-processor or `add_bos_token`, SentencePiece
+            Llama/Mistral models). Callers encoding a raw prompt pass `add_bos=tokenizer.adds_bos`.
     """
 
     def __init__(
@@ -33,6 +36,7 @@ class Tokenizer(ABC):
         special_tokens: dict[str, str | None],
         special_ids: set[int],
         chat_template: str | None,
+        adds_bos: bool,
     ) -> None:
         self.source = source
         self.vocab_size = vocab_size
@@ -44,6 +48,7 @@ class Tokenizer(ABC):
         self.unk_id = self._id_of(self.special_tokens["unk_token"])
         named_ids = {self.bos_id, self.eos_id, self.pad_id, self.unk_id} - {None}
         self.special_ids = set(special_ids) | named_ids
+        self.adds_bos = bool(adds_bos) and self.bos_id is not None
 
     # --- backend hooks -------------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ def byte_tokenizer() -> HFTokenizer:
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(token, special=True) for token in SPECIALS])
     special = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": None}
-    return HFTokenizer(backend, source=BYTE_TOKENIZER_NAME, special_tokens=special, chat_template=None)
+    # The project's own tokenizer, so its BOS rule is ours: BOS first, as for Llama/Mistral.
+    return HFTokenizer(backend, source=BYTE_TOKENIZER_NAME, special_tokens=special, chat_template=None,
+                       export_config={"add_bos_token": True})
 
 
 def _byte_of(char: str) -> int:

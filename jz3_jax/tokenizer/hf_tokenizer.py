@@ -39,6 +39,7 @@ class HFTokenizer(Tokenizer):
             special_tokens=special_tokens,
             special_ids=special_ids,
             chat_template=chat_template,
+            adds_bos=_adds_bos(backend, special_tokens, self._export_config),
         )
 
     @property
@@ -76,6 +77,16 @@ class HFTokenizer(Tokenizer):
             chat_template=self.chat_template,
             extra_config=self._export_config,
         )
+
+
+def _adds_bos(backend: Backend, special_tokens: dict[str, str | None], config: dict[str, Any]) -> bool:
+    """The tokenizer's own BOS rule: `add_bos_token` in tokenizer_config.json when it says (transformers
+    rebuilds the post-processor from it), else whether the post-processor puts BOS first."""
+    if "add_bos_token" in config:
+        return bool(config["add_bos_token"])
+    bos = special_tokens.get("bos_token")
+    ids = backend.encode("a", add_special_tokens=True).ids
+    return bos is not None and bool(ids) and ids[0] == backend.token_to_id(bos)
 
 
 def load_hf_directory(directory: str) -> HFTokenizer:

@@ -41,6 +41,7 @@ class SentencePieceTokenizer(Tokenizer):
             special_tokens=special_tokens,
             special_ids=set(reserved),
             chat_template=chat_template,
+            adds_bos=True,  # the Llama/Mistral convention for SentencePiece models
         )
 
     def token_to_id(self, token: str) -> int | None:
@@ -86,7 +87,7 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: str) -> None:
         """Write the model as HF files: a BPE tokenizer.json equivalent to this SentencePiece model."""
         backend = _to_tokenizers_bpe(self._path)
-        add_bos = self.bos_id is not None  # the Llama/Mistral convention for SentencePiece models
+        add_bos = self.adds_bos
         set_bos_eos_post_processor(backend, self.special_tokens, add_bos=add_bos, add_eos=False)
         write_hf_files(
             directory,

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jz3_jax.checkpoint import load_model, load_stage_tokenizer
+from jz3_jax.checkpoint import check_vocab_matches, load_model, load_stage_tokenizer, resolve_model_config
 from jz3_jax.errors import ConfigError
 from jz3_jax.model.lora import add_lora, merge_lora
 from jz3_jax.runtime import peers
@@ -109,6 +109,7 @@ class Trainer:
             self.tokenizer = load_stage_tokenizer(cfg.model, ctx.logger)
             if self.tokenizer is None:
                 raise ConfigError("training needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
+            check_vocab_matches(self.tokenizer, resolve_model_config(cfg.model))
             self.train_data, self.eval_data = _data(cfg, self.tokenizer, ctx, rows_per_process)
             if cfg.train.steps == 0:
                 self.train_data.rows_per_epoch()  # tokenizes this process's share once (a bad record fails here)
@@ -119,9 +120,6 @@ class Trainer:
         self.total_steps = total_steps(cfg, self.rows_per_epoch)
         with jax.set_mesh(self.mesh):
             model, self.model_cfg = load_model(cfg.model, self.mesh, self.rules, cfg.seed)
-            if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
-                raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} ids but the model only "
-                                  f"{self.model_cfg.vocab_size} embeddings")
             self.lora = cfg.lora.rank > 0
             if self.lora:
                 add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.seed)
