@@ -174,7 +174,7 @@ def _completion_prompt(body: dict, tokenizer) -> list[int]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        # The convention of the synthesize stage: a raw prompt starts with BOS when the tokenizer has one.
+        # A raw prompt starts with BOS where the tokenizer itself adds one (as transformers does).
         return tokenizer.encode(prompt, add_bos=tokenizer.adds_bos)
     if isinstance(prompt, list) and prompt and all(_is_int(t) and 0 <= t < tokenizer.vocab_size for t in prompt):
         return list(prompt)  # token ids, as OpenAI's API also accepts
