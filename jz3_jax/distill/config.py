@@ -4,12 +4,64 @@ from __future__ import annotations
 
 import dataclasses
 
+ALL_LEVELS = ["grade_school", "middle_school", "high_school", "college", "amc8", "amc10", "amc12", "aime"]
+
 
 @dataclasses.dataclass
 class TeacherConfig:
-    """The teacher: any OpenAI-compatible chat endpoint."""
+    """The teacher: any OpenAI-compatible chat endpoint.
+
+    The API key is read from the environment variable named by `api_key_env` (never from the
+    config). `timeout_s` bounds one HTTP attempt; `max_retries` retries follow a 429, a 5xx, a
+    timeout, a connection error or a malformed body, after an exponential back-off from
+    `backoff_s` (doubling, capped at `max_backoff_s`, with full jitter) or the server's
+    `Retry-After`, whichever is longer. Prices (per million tokens) give `cost_estimate`.
+    """
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_tokens: int = 2500
+    stop: list[str] = dataclasses.field(default_factory=list)
+    timeout_s: float = 120.0
+    max_retries: int = 6
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    price_input_per_1m: float = 0.0
+    price_output_per_1m: float = 0.0
 
 
 @dataclasses.dataclass
 class DistillConfig:
-    """`distill` stage: snippets x education levels x kinds -> teacher requests -> the KD dataset."""
+    """`distill` stage: snippets x education levels x kinds -> teacher requests -> the KD dataset.
+
+    `snippets`: a jsonl of `id`, `source`, `text` ("" = RUN_DIR/select/selected.jsonl when it exists,
+    else RUN_DIR/corpus/snippets.jsonl); the first `num_snippets` are used (0 = all).
+    `levels`, `level_policy` (random: one level per snippet from `seed`; all; fixed: the first
+    level), `kinds` (cot, tool); `source_levels` / `source_kinds` override them per source tag
+    (`SOURCE=a+b`). `concurrency` requests in flight, at most `requests_per_minute` started per
+    minute (0 = no limit). Budgets (0 = none), never exceeded, in-flight requests included:
+    `max_calls` HTTP attempts, `max_tokens` prompt + completion tokens (an attempt reserves the most
+    it could cost). `cache_dir` ("" = RUN_DIR/distill/cache) holds every paid answer by request hash.
+    Validation: `min_chars` / `max_chars` bound the answer's length; `require_answer` asks for a
+    `\\boxed{}` final answer. `include`: earlier kd.jsonl files merged into this one (no duplicates).
+    """
+
+    snippets: str = ""
+    num_snippets: int = 0
+    levels: list[str] = dataclasses.field(default_factory=lambda: list(ALL_LEVELS))
+    level_policy: str = "random"
+    kinds: list[str] = dataclasses.field(default_factory=lambda: ["cot"])
+    source_levels: list[str] = dataclasses.field(default_factory=list)
+    source_kinds: list[str] = dataclasses.field(default_factory=list)
+    concurrency: int = 4
+    requests_per_minute: float = 0.0
+    max_calls: int = 0
+    max_tokens: int = 0
+    cache_dir: str = ""
+    min_chars: int = 40
+    max_chars: int = 20000
+    require_answer: bool = True
+    include: list[str] = dataclasses.field(default_factory=list)

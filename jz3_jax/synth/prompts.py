@@ -64,3 +64,21 @@ def _parse(line: str, where: str) -> PromptRecord:
     if meta is not None and not isinstance(meta, dict):
         raise SynthesizeError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
     return PromptRecord(rid, prompt, kind, meta)
+
+
+def prompts_from_snippets(path: str | Path, sc, seed: int) -> list[PromptRecord]:
+    """Prompt records rendered from the snippet file `path` with the prompt library, under the
+    `synthesize.levels` / `level_policy` / `kinds` settings `sc`: the prompts distill sends the
+    teacher, so the synthesizer sees the format it was fine-tuned on. Ids are
+    `SNIPPET_ID:LEVEL:KIND`; `meta` carries the snippet id, source, level and kind."""
+    from jz3_jax.prompts.plan import PromptPlan
+    from jz3_jax.prompts.snippets import read_snippets
+
+    plan = PromptPlan.build("synthesize", sc.levels, sc.kinds, sc.level_policy, seed, sc.source_levels,
+                            sc.source_kinds)
+    records = []
+    for snippet in read_snippets(path, key="synthesize.snippets"):
+        for p in plan.prompts(snippet.id, snippet.source, snippet.text):
+            meta = {"snippet_id": p.snippet_id, "source": p.source, "level": p.level, "kind": p.kind}
+            records.append(PromptRecord(p.id, p.prompt, p.kind, meta))
+    return records

@@ -1,11 +1,13 @@
 """`synthesize` stage: the synthesizer writes a completion for every prompt, resumably.
 
-Reads `synthesize.prompts` (see `prompts.py`), generates with the decoding engine (continuous
-batching; `sampling.*` settings, `engine.*` sizes, `model.checkpoint`) and writes completion shards
+Reads `synthesize.prompts` (see `prompts.py`) or, when that is empty, renders prompts from
+snippet records (`synthesize.snippets`, default `RUN_DIR/corpus/snippets.jsonl`) with the prompt
+library and the `synthesize.levels` / `level_policy` / `kinds` keys, exactly as distill does
+(`synth/prompts.py`). It generates with the decoding engine (continuous batching; `sampling.*` settings, `engine.*` sizes, `model.checkpoint`) and writes completion shards
 to `RUN_DIR/synthesize/completions/` (see `shards.py`; the record format is the `filter` stage's
 input contract in `completions.py`). One record per prompt:
 
-    id, prompt, completion, kind, finish_reason ("stop" | "length"), prompt_tokens,
+    id, prompt, completion, kind, [level,] finish_reason ("stop" | "length"), prompt_tokens,
     completion_tokens, sampling (temperature, top_p, top_k, max_new_tokens, seed), model, meta
 
 Each prompt's seed is derived from `sampling.seed` and its id, so its completion does not depend
@@ -28,15 +30,27 @@ from tqdm import tqdm
 
 from jz3_jax.decoding import Request
 from jz3_jax.decoding.factory import load_engine, sampling_from_config
+from jz3_jax.runtime.paths import as_path
 from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.synth.errors import SynthesizeError
-from jz3_jax.synth.prompts import PromptRecord, read_prompts
+from jz3_jax.synth.prompts import PromptRecord, prompts_from_snippets, read_prompts
 from jz3_jax.synth.shards import ShardWriter, done_ids
 
 def prompt_seed(base_seed: int, prompt_id) -> int:
     """A 63-bit seed for one prompt from the run's seed and the prompt's id (1 and "1" differ)."""
     digest = hashlib.sha256(f"{base_seed}\0{prompt_id!r}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _snippet_prompts(cfg) -> list[PromptRecord]:
+    """With `synthesize.prompts` empty: prompts rendered from `synthesize.snippets` (default the
+    corpus stage's snippets) by the prompt library, as distill renders them."""
+    sc = cfg.synthesize
+    path = sc.snippets or str(as_path(cfg.run_dir) / "corpus" / "snippets.jsonl")
+    if not sc.snippets and not as_path(path).exists():
+        raise SynthesizeError("synthesize needs synthesize.prompts (a jsonl file of {id, prompt} records) or "
+                              f"snippet records: synthesize.snippets, or {path} from the corpus stage")
+    return prompts_from_snippets(path, sc, cfg.seed)
 
 
 def my_prompts(prompts: list[PromptRecord], done: set, process_index: int, process_count: int) -> list[PromptRecord]:
@@ -55,9 +69,7 @@ def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
 def run(cfg, ctx) -> dict:
     """Generate completions for this process's remaining prompts; returns counts and throughput."""
     sc = cfg.synthesize
-    if not sc.prompts:
-        raise SynthesizeError("synthesize needs synthesize.prompts (a jsonl file of {id, prompt} records)")
-    prompts = read_prompts(sc.prompts)
+    prompts = read_prompts(sc.prompts) if sc.prompts else _snippet_prompts(cfg)
     out_dir = ctx.stage_dir / "completions"
     done = done_ids(out_dir)
     mine = my_prompts(prompts, done, ctx.process_index, ctx.process_count)
@@ -91,7 +103,9 @@ def run(cfg, ctx) -> dict:
         p = request.params
         sampling = {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
                     "max_new_tokens": p.max_new_tokens, "seed": p.seed}
+        level = (source.meta or {}).get("level")
         return {"id": source.id, "prompt": source.prompt, "completion": result.text, "kind": source.kind,
+                **({"level": level} if level is not None else {}),
                 "finish_reason": result.finish_reason, "prompt_tokens": len(result.prompt_ids),
                 "completion_tokens": len(result.token_ids), "sampling": sampling, "model": model_name,
                 "meta": {**(source.meta or {}), "synthesizer": model_name, "sampling": sampling}}

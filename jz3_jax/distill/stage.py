@@ -1,0 +1,219 @@
+"""The `distill` stage: the teacher writes a problem and solution for each (snippet, level, kind).
+
+Reads snippets (`distill.snippets`, default `RUN_DIR/select/selected.jsonl` when it exists, else
+`RUN_DIR/corpus/snippets.jsonl`), renders each with the prompt library (`distill.levels`,
+`level_policy`, `kinds`), and asks the teacher (`teacher.*`) for every request that has no answer
+in the cache (see `cache.py`, `dispatch.py`). Then, from the cache alone, it writes to
+`RUN_DIR/distill/`:
+
+- `kd.jsonl`: one record per accepted answer: `id` (snippet:level:kind), `input` (the synthesis
+  prompt), `output` (problem, solution header, solution), `snippet_id`, `source`, `level`, `kind`,
+  `teacher_model`, `sampling`, `usage`, `finish_reason`, `request_hash`; then the records of the
+  `distill.include` files not already present. It is the `sft` stage's `data.train_path`.
+- `rejected.jsonl`: answers that failed validation, with `reason` and the raw `answer`.
+- `report.json`: `requests`, `calls`, `cache_hits`, `retries`, `failures` by kind, `gave_up`,
+  `rejected` by reason, `records`, `unfinished`, `prompt_tokens`, `completion_tokens`,
+  `cost_estimate`, `stopped_by` (null, "max_calls", "max_tokens" or "sigterm").
+
+The outputs are written (atomically) also when the run stops on a budget or a SIGTERM (exit 143);
+a run that fails on a teacher error (bad key, unknown model, unreachable: exit 2) rewrites them only
+if it was paid for new answers, so a failed run never empties the dataset of an earlier one.
+Only process 0 works; the others return at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+from tqdm import tqdm
+
+from jz3_jax.distill.answers import Answer, MalformedBody, parse_body
+from jz3_jax.distill.budget import Budget
+from jz3_jax.distill.cache import AnswerCache
+from jz3_jax.distill.client import RETRYABLE, TeacherClient
+from jz3_jax.distill.dispatch import Dispatcher, RunStats
+from jz3_jax.distill.errors import DistillError
+from jz3_jax.distill.pacing import Pacer
+from jz3_jax.distill.requests import TeacherRequest, build_requests
+from jz3_jax.prompts.snippets import read_snippets
+from jz3_jax.distill.validate import validate
+from jz3_jax.prompts.plan import PromptPlan
+from jz3_jax.runtime.paths import as_path, atomic_write
+from jz3_jax.runtime.preemption import Preempted, TermFlag
+
+
+def default_snippets(run_dir) -> str:
+    """The selected snippets when the select stage ran, else the corpus stage's."""
+    selected = as_path(run_dir) / "select" / "selected.jsonl"
+    return str(selected if selected.exists() else as_path(run_dir) / "corpus" / "snippets.jsonl")
+
+
+def check_settings(dc, tc) -> None:
+    """Raise DistillError naming the first `distill.*` / `teacher.*` value that cannot work."""
+    checks = [
+        (dc.num_snippets >= 0, f"distill.num_snippets must be >= 0 (0 = all), got {dc.num_snippets}"),
+        (dc.concurrency >= 1, f"distill.concurrency must be >= 1, got {dc.concurrency}"),
+        (dc.requests_per_minute >= 0, f"distill.requests_per_minute must be >= 0, got {dc.requests_per_minute}"),
+        (dc.max_calls >= 0, f"distill.max_calls must be >= 0 (0 = no limit), got {dc.max_calls}"),
+        (dc.max_tokens >= 0, f"distill.max_tokens must be >= 0 (0 = no limit), got {dc.max_tokens}"),
+        (tc.max_tokens >= 1, f"teacher.max_tokens must be >= 1, got {tc.max_tokens}"),
+        (tc.timeout_s > 0, f"teacher.timeout_s must be > 0, got {tc.timeout_s}"),
+        (tc.max_retries >= 0, f"teacher.max_retries must be >= 0, got {tc.max_retries}"),
+        (tc.backoff_s >= 0 and tc.max_backoff_s >= 0, "teacher.backoff_s and teacher.max_backoff_s must be >= 0"),
+        (bool(tc.model), "teacher.model is empty"),
+        (bool(tc.base_url), "teacher.base_url is empty"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DistillError(message)
+
+
+def run(cfg, ctx) -> dict:
+    """Ask the teacher for every uncached request, then write kd.jsonl, rejected.jsonl, report.json."""
+    dc, tc = cfg.distill, cfg.teacher
+    check_settings(dc, tc)
+    plan = PromptPlan.build("distill", dc.levels, dc.kinds, dc.level_policy, cfg.seed, dc.source_levels,
+                            dc.source_kinds)
+    if ctx.process_index != 0:
+        return {}
+    for name in dc.include:  # checked now: the outputs are written even when the run fails later
+        if not as_path(name).exists():
+            raise DistillError(f"distill.include: {name!r} does not exist")
+    snippets_path = as_path(dc.snippets or default_snippets(cfg.run_dir))
+    snippets = read_snippets(snippets_path)
+    if dc.num_snippets:
+        snippets = snippets[:dc.num_snippets]
+    requests = build_requests(snippets, plan, tc)
+    cache = AnswerCache(as_path(dc.cache_dir) if dc.cache_dir else ctx.stage_dir / "cache")
+    answers = _cached_answers(cache, requests)
+    todo = [r for r in requests if r.hash not in answers]
+    stats = RunStats()
+    budget = Budget(dc.max_calls, dc.max_tokens)
+    ctx.logger.info("distill: %d snippets from %s, %d requests, %d answered in the cache, %d to ask %s at %s",
+                    len(snippets), snippets_path, len(requests), len(requests) - len(todo), len(todo), tc.model,
+                    tc.base_url)
+    bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="distill", unit="req",
+               disable=not todo)
+
+    def progress() -> None:
+        bar.update(1)
+        spend = _cost(tc, stats.prompt_tokens, stats.completion_tokens)
+        bar.set_postfix(calls=budget.calls, hits=len(requests) - len(todo), fail=sum(stats.failures.values()),
+                        spend=f"${spend:.4f}" if spend else f"{stats.prompt_tokens + stats.completion_tokens}tok",
+                        refresh=False)
+
+    term = TermFlag()
+    try:
+        if todo:
+            client = TeacherClient(tc.base_url, _api_key(tc.api_key_env), tc.timeout_s)
+            Dispatcher(client, cache, budget, Pacer(dc.requests_per_minute), tc, dc.concurrency, answers, stats,
+                       progress, cfg.seed).run(todo, lambda: term.raised)
+    except BaseException:
+        # A run that failed (bad key, unknown model, unreachable) keeps the outputs of the last run
+        # unless it was paid for new answers: those go into the outputs at once.
+        if stats.answered:
+            _write_outputs(ctx, cfg, requests, answers, stats, budget, len(requests) - len(todo))
+        raise
+    finally:
+        bar.close()
+        term.restore()
+    report = _write_outputs(ctx, cfg, requests, answers, stats, budget, len(requests) - len(todo))
+    ctx.logger.info("distill: %d calls, %d cache hits, %d records, %d rejected, %d unfinished%s -> %s",
+                    report["calls"], report["cache_hits"], report["records"], sum(report["rejected"].values()),
+                    report["unfinished"], f", stopped by {report['stopped_by']}" if report["stopped_by"] else "",
+                    ctx.stage_dir / "kd.jsonl")
+    if report["stopped_by"] == "sigterm":
+        raise Preempted()
+    return report
+
+
+def _api_key(name: str) -> str:
+    key = os.environ.get(name)
+    if not key:
+        raise DistillError(f"the environment variable {name!r} (teacher.api_key_env) holds no API key; set it "
+                           "(any value for a local server that does not check keys)")
+    return key
+
+
+def _cached_answers(cache: AnswerCache, requests: list[TeacherRequest]) -> dict[str, Answer]:
+    """The cached answers of this run's requests; a malformed entry (a run killed between storing and
+    checking it) is moved aside so the request is asked again."""
+    known = cache.hashes()
+    answers = {}
+    for request in requests:
+        if request.hash in known:
+            try:
+                answers[request.hash] = parse_body(cache.get(request.hash))
+            except MalformedBody:
+                cache.discard_malformed(request.hash)
+    return answers
+
+
+def _cost(tc, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * tc.price_input_per_1m + completion_tokens * tc.price_output_per_1m) / 1e6
+
+
+def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget, cache_hits: int) -> dict:
+    dc, tc = cfg.distill, cfg.teacher
+    sampling = {"temperature": tc.temperature, "top_p": tc.top_p, "max_tokens": tc.max_tokens, "stop": list(tc.stop)}
+    records, rejected, reasons = [], [], collections.Counter()
+    for request in requests:
+        answer = answers.get(request.hash)
+        if answer is None:
+            continue
+        p = request.prompt
+        provenance = {"id": p.id, "snippet_id": p.snippet_id, "source": p.source, "level": p.level, "kind": p.kind,
+                      "teacher_model": tc.model, "teacher_response_model": answer.model, "sampling": sampling,
+                      "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
+                      "finish_reason": answer.finish_reason, "request_hash": request.hash}
+        output, reason = validate(answer, p.kind, dc.min_chars, dc.max_chars, dc.require_answer)
+        if output is None:
+            reasons[reason] += 1
+            rejected.append({**provenance, "reason": reason, "input": p.prompt, "answer": answer.content})
+        else:
+            records.append({"input": p.prompt, "output": output, **provenance})
+    included = _included(dc.include, records)
+    with atomic_write(ctx.stage_dir / "kd.jsonl") as f:
+        for record in records + included:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with atomic_write(ctx.stage_dir / "rejected.jsonl") as f:
+        for record in rejected:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    report = {
+        "requests": len(requests), "calls": budget.calls, "cache_hits": cache_hits, "retries": stats.retries,
+        "failures": {kind: stats.failures[kind] for kind in RETRYABLE}, "gave_up": dict(stats.gave_up),
+        "rejected": dict(sorted(reasons.items())), "records": len(records), "included": len(included),
+        "unfinished": sum(1 for r in requests if r.hash not in answers),
+        "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+        "cost_estimate": round(_cost(tc, stats.prompt_tokens, stats.completion_tokens), 6),
+        "stopped_by": stats.stopped_by, "teacher": {"base_url": tc.base_url, "model": tc.model},
+    }
+    with atomic_write(ctx.stage_dir / "report.json") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def _included(paths: list[str], records: list[dict]) -> list[dict]:
+    """Records of earlier kd.jsonl files (e.g. the first distill round) not already in `records`."""
+    seen = {r["request_hash"] for r in records} | {(r["input"], r["output"]) for r in records}
+    extra = []
+    for name in paths:
+        path = as_path(name)
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DistillError(f"{name}:{lineno}: not valid JSON ({error})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("input"), str) or \
+                    not isinstance(record.get("output"), str):
+                raise DistillError(f"{name}:{lineno}: expected an object with string 'input' and 'output'")
+            keys = [k for k in (record.get("request_hash"), (record["input"], record["output"])) if k is not None]
+            if any(k in seen for k in keys):
+                continue
+            seen.update(keys)
+            extra.append(record)
+    return extra

@@ -1,0 +1,69 @@
+"""Snippet records, the input of the prompts: JSON lines with `text` and optional `id` and `source`.
+
+Written by the `corpus` stage (and `select`); read by `distill` and `synthesize`. A snippet id
+seen twice is read once (its first line); a record without one gets its content hash, as the
+corpus stage would give it; other fields (e.g. the select stage's `score`) are ignored. Anything
+malformed is an error naming file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from etils import epath
+
+from jz3_jax.errors import UserError
+
+
+class SnippetError(UserError):
+    """A missing or malformed snippets file; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snippet:
+    id: str
+    source: str
+    text: str
+
+
+def content_id(text: str) -> str:
+    """The id of a snippet without one: the first 16 hex digits of the SHA-256 of its text (as the
+    corpus stage assigns them)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_snippets(path: str | os.PathLike, key: str = "distill.snippets") -> list[Snippet]:
+    """The snippet records of the jsonl file `path`, in file order (`key`: the setting that named it)."""
+    path = epath.Path(path)
+    if not path.exists():
+        raise SnippetError(f"snippets file {str(path)!r} does not exist (run the corpus stage or set {key})")
+    snippets, seen = [], set()
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise SnippetError(f"{where}: not valid JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise SnippetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            text, source = row.get("text"), row.get("source", "")
+            if not isinstance(text, str) or not text.strip():
+                raise SnippetError(f"{where}: field 'text' must be a non-empty string")
+            sid = row.get("id", content_id(text))
+            if isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == "":
+                raise SnippetError(f"{where}: field 'id' must be a non-empty string or an integer, got {sid!r}")
+            if not isinstance(source, str):
+                raise SnippetError(f"{where}: field 'source' must be a string, got {source!r}")
+            if str(sid) in seen:
+                continue  # e.g. a snippet selected twice: one set of prompts
+            seen.add(str(sid))
+            snippets.append(Snippet(str(sid), source, text))
+    if not snippets:
+        raise SnippetError(f"snippets file {str(path)!r} has no records")
+    return snippets
