@@ -10,7 +10,10 @@ class ServeConfig:
     """`serve` stage: an OpenAI-compatible HTTP server over the engine.
 
     `model_name` is the id clients send as `model` (default: the checkpoint's file or directory
-    name); more than `max_queue` waiting requests get HTTP 429.
+    name); more than `max_queue` waiting requests get HTTP 429. `api_key_env` names an environment
+    variable holding the API key every `/v1/*` request must send as `Authorization: Bearer KEY`
+    (empty: no auth). Request bodies over `max_body_bytes` get 413. On SIGTERM the server answers
+    new requests with 503 and gives in-flight ones up to `drain_timeout_s` to finish.
     """
 
     host: str = "127.0.0.1"
@@ -18,3 +21,6 @@ class ServeConfig:
     model_name: str = ""
     max_queue: int = 256
     request_timeout_s: float = 600.0
+    api_key_env: str = ""
+    max_body_bytes: int = 8 << 20
+    drain_timeout_s: float = 30.0

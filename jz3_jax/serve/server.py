@@ -1,60 +1,52 @@
-"""The `serve` stage: an OpenAI-compatible HTTP server (stdlib `http.server`) over the engine.
+"""The `serve` stage: the FastAPI app (`app`) on uvicorn, over the engine worker, and its lifecycle.
 
-`build_server` wires a loaded engine to a listening server and its engine worker (tests run it
-in-process); `run` is the stage: load, warm up, listen, print `serving NAME on http://HOST:PORT`,
-serve until SIGTERM/SIGINT, shut down cleanly.
+`build_server` wires a loaded engine to a bound socket, the app and its engine worker (tests run
+it in-process: `serve_forever()` in a thread, `close()` or `drain()` to stop); `run` is the stage:
+load, warm up, listen, print `serving NAME on http://HOST:PORT`, serve until SIGTERM/SIGINT, then
+drain (new requests get 503, in-flight ones get up to `serve.drain_timeout_s`) and exit 0.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import signal
 import socket
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+import uvicorn
 
 from jz3_jax.decoding.engine import Engine, Request
 from jz3_jax.decoding.factory import LoadedEngine, load_engine, sampling_from_config
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.errors import UserError
-from jz3_jax.serve.handler import OpenAIHandler
+from jz3_jax.runtime.preemption import TermFlag
+from jz3_jax.serve import auth
+from jz3_jax.serve.app import ServeState, create_app
+from jz3_jax.serve.metrics import Metrics
 from jz3_jax.serve.protocol import ModelInfo
 from jz3_jax.serve.worker import Worker
 
 _MODEL_FILE_SUFFIXES = (".gguf", ".safetensors")
+_BACKLOG = 1024  # bursts of hundreds of connections are queued, not refused
 
 
-class OpenAIServer(ThreadingHTTPServer):
-    """A threading HTTP server that knows its model, its engine worker and its request timeout."""
+class OpenAIServer:
+    """A uvicorn server on an already bound socket, with its app state and engine worker."""
 
-    daemon_threads = True
-    request_queue_size = 1024  # the listen backlog: bursts of hundreds of connections are not refused
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], worker: Worker, model: ModelInfo, request_timeout_s: float,
-                 logger: logging.Logger):
-        self.worker = worker
-        self.model = model
-        self.request_timeout_s = request_timeout_s
-        self.logger = logger
-        self.started = int(time.time())
-        self._serving = threading.Event()
-        self._connections: set[socket.socket] = set()  # open client sockets (kept alive between requests)
-        self._connections_lock = threading.Lock()
-        super().__init__(address, OpenAIHandler)
-
-    def process_request(self, request, client_address) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
+    def __init__(self, sock: socket.socket, state: ServeState):
+        self.socket = sock
+        self.server_address = sock.getsockname()  # `(host, port, ...)` actually bound
+        self.state = state
+        self.worker = state.worker
+        self.model = state.model
+        self.logger = state.logger
+        self._uvicorn = uvicorn.Server(uvicorn.Config(
+            create_app(state), http="h11", loop="asyncio", lifespan="off", log_config=None, log_level="warning",
+            access_log=False, backlog=_BACKLOG, timeout_graceful_shutdown=5, timeout_keep_alive=30))
+        self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
@@ -62,31 +54,34 @@ class OpenAIServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Serve until `close()` (call this in its own thread)."""
-        self._serving.set()
-        super().serve_forever(poll_interval)
+    def serve_forever(self) -> None:
+        """Serve until `close()` (call this in its own thread: it runs the event loop)."""
+        try:
+            asyncio.run(self._uvicorn.serve(sockets=[self.socket]))
+        finally:
+            self._stopped.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Answer new requests with 503, wait up to `timeout` seconds for the in-flight ones, then
+        `close()`. True when every in-flight request finished in time."""
+        self.state.draining = True
+        deadline = time.monotonic() + timeout
+        while self.state.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = self.state.in_flight
+        if left:
+            self.logger.warning("serve: %d request(s) still running after serve.drain_timeout_s=%gs; stopping them",
+                                left, timeout)
+        self.close()
+        return not left
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop accepting, stop the worker (waiting and running requests get 503), end the idle
-        keep-alive connections (their handler threads would otherwise outlive the server) and
-        close the listening socket."""
-        if self._serving.is_set():
-            self.shutdown()
+        """Stop the worker (waiting and running requests get 503), stop uvicorn (idle keep-alive
+        connections are closed) and close the socket."""
         self.worker.stop()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RD)  # a handler waiting for the next request reads EOF
-        deadline = time.monotonic() + timeout
-        while self._connections and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self.server_close()
-
-
-class _OpenAIServer6(OpenAIServer):
-    address_family = socket.AF_INET6
+        self._uvicorn.should_exit = True
+        self._stopped.wait(timeout)
+        self.socket.close()
 
 
 def default_model_name(model_cfg) -> str:
@@ -100,6 +95,18 @@ def default_model_name(model_cfg) -> str:
     return name
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(_BACKLOG)  # connections made before serve_forever starts wait instead of being refused
+    except OSError as error:
+        sock.close()
+        raise UserError(f"serve cannot listen on {host}:{port}: {error}") from error
+    return sock
+
+
 def build_server(loaded: LoadedEngine, cfg, logger: logging.Logger | None = None) -> tuple[OpenAIServer, Worker]:
     """A listening server (not yet serving: run `server.serve_forever()` in a thread) and its started
     engine worker, for `loaded` with the `serve`/`sampling` sections of `cfg`. `server.close()` stops both."""
@@ -107,18 +114,21 @@ def build_server(loaded: LoadedEngine, cfg, logger: logging.Logger | None = None
     if loaded.tokenizer is None:
         raise UserError("serve needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
     sc = cfg.serve
-    if sc.max_queue < 1 or sc.request_timeout_s <= 0 or not 0 <= sc.port < 65536:
-        raise UserError(f"serve needs max_queue >= 1, request_timeout_s > 0 and a port in [0, 65535]; got "
-                        f"{sc.max_queue}, {sc.request_timeout_s}, {sc.port}")
+    if (sc.max_queue < 1 or sc.request_timeout_s <= 0 or not 0 <= sc.port < 65536 or sc.max_body_bytes < 1
+            or sc.drain_timeout_s < 0):
+        raise UserError(f"serve needs max_queue >= 1, request_timeout_s > 0, a port in [0, 65535], "
+                        f"max_body_bytes >= 1 and drain_timeout_s >= 0; got {sc.max_queue}, {sc.request_timeout_s}, "
+                        f"{sc.port}, {sc.max_body_bytes}, {sc.drain_timeout_s}")
+    key = auth.api_key(sc.api_key_env)
+    auth.warn_if_open(sc.host, key, logger)
     defaults = sampling_from_config(cfg, seed=None)  # unseeded requests draw a fresh seed each
     model = ModelInfo(sc.model_name or default_model_name(cfg.model), loaded.tokenizer, loaded.engine.max_seq_len,
                       defaults)
     worker = Worker(loaded.engine, sc.max_queue, logger)
-    server_cls = _OpenAIServer6 if ":" in sc.host else OpenAIServer
-    try:
-        server = server_cls((sc.host, sc.port), worker, model, sc.request_timeout_s, logger)
-    except OSError as error:
-        raise UserError(f"serve cannot listen on {sc.host}:{sc.port}: {error}") from error
+    metrics = Metrics(queue_depth=lambda: worker.waiting, running_rows=lambda: worker.running_rows,
+                      in_flight=lambda: state.in_flight)  # `state` is bound below, before any scrape
+    state = ServeState(worker, model, metrics, logger, sc.request_timeout_s, sc.max_body_bytes, key)
+    server = OpenAIServer(_bind(sc.host, sc.port), state)
     worker.start()
     return server, worker
 
@@ -129,29 +139,31 @@ def warm_up(engine: Engine) -> None:
 
 
 def run(cfg, ctx) -> dict:
-    """The stage: serve `cfg.model` until SIGTERM/SIGINT; returns the number of finished completions."""
+    """The stage: serve `cfg.model` until SIGTERM/SIGINT, then drain; returns the number of finished completions."""
     if ctx.process_count > 1:
         raise UserError("serve runs in a single process (one engine); launch it without multi-process settings")
     started = time.monotonic()
     loaded = load_engine(cfg, ctx.logger)
     warm_up(loaded.engine)
     server, worker = build_server(loaded, cfg, ctx.logger)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    interrupted = threading.Event()
     thread = threading.Thread(target=server.serve_forever, name="serve-http", daemon=True)
-    try:
-        thread.start()
-        ctx.logger.info("serve: engine max_batch=%d max_seq_len=%d, max_queue=%d, ready in %.1fs",
-                        loaded.engine.max_batch, loaded.engine.max_seq_len, cfg.serve.max_queue,
-                        time.monotonic() - started)
-        print(f"serving {server.model.name} on {server.url}", flush=True)
-        while not stop.wait(0.5):
-            if not worker.is_alive():
-                raise RuntimeError("the engine worker stopped unexpectedly")
-    finally:
-        server.close()
-        thread.join(10)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with TermFlag() as term:
+        previous_sigint = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+        try:
+            thread.start()
+            ctx.logger.info("serve: engine max_batch=%d max_seq_len=%d, max_queue=%d, ready in %.1fs",
+                            loaded.engine.max_batch, loaded.engine.max_seq_len, cfg.serve.max_queue,
+                            time.monotonic() - started)
+            print(f"serving {server.model.name} on {server.url}", flush=True)
+            while not (term.raised or interrupted.wait(0.05)):
+                if not worker.is_alive() or not thread.is_alive():
+                    raise RuntimeError("the engine worker or the HTTP server stopped unexpectedly")
+            ctx.logger.info("serve: draining (up to %gs)", cfg.serve.drain_timeout_s)
+            server.drain(cfg.serve.drain_timeout_s)
+        finally:
+            server.close()
+            thread.join(10)
+            signal.signal(signal.SIGINT, previous_sigint)
     ctx.logger.info("serve: stopped after %d completion(s)", worker.completed)
     return {"model": server.model.name, "url": server.url, "completions": worker.completed}

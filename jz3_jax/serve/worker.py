@@ -1,7 +1,8 @@
 """The one thread that owns the engine: jobs in through a bounded queue, events out per job.
 
-The engine is not thread-safe, so HTTP handler threads never touch it: they put a `Job` (one HTTP
-request, `n` engine requests) on the worker's bounded inbox and read that job's own event queue.
+The engine is not thread-safe, so the HTTP side never touches it: it puts a `Job` (one HTTP
+request, `n` engine requests) on the worker's bounded inbox and reads that job's own event queue
+(`bridge.AsyncJob` delivers to the asyncio event loop instead).
 The inbox is the waiting room: the worker moves jobs into the engine only while it has free rows,
 so a full inbox means "too many requests waiting" (HTTP 429). A failure of one job, or of one
 engine step, is reported to the jobs concerned and the worker carries on.
@@ -22,8 +23,9 @@ from jz3_jax.serve.protocol import ApiError
 class Job:
     """One HTTP request's engine requests (one per choice) and the queue their events arrive on.
 
-    Handler threads read with `next_event`; the worker thread writes through the requests'
-    `on_event` and `fail`. `cancel` (client gone) makes the worker drop the job's further events.
+    A reader thread reads with `next_event`; the worker thread writes through the requests'
+    `on_event` and `fail`, both ending in `_put` (what a subclass overrides to deliver elsewhere).
+    `cancel` (client gone) makes the worker drop the job's further events and free its rows.
     """
 
     def __init__(self, prompt_ids: list[int], params: list[SamplingParams]):
@@ -41,11 +43,15 @@ class Job:
         if event.finished is not None:
             self._unfinished -= 1
         if not self.cancelled.is_set():
-            self._events.put(event)
+            self._put(event)
+
+    def _put(self, item: Event | ApiError) -> None:
+        """Hand an event or the job's error to its reader (called on the worker thread)."""
+        self._events.put(item)
 
     def fail(self, error: ApiError) -> None:
         """End the job with `error` (raised by the reader's next `next_event`)."""
-        self._events.put(error)
+        self._put(error)
 
     def cancel(self) -> None:
         """The client is gone: stop queueing events; the worker frees the job's rows."""
@@ -80,9 +86,10 @@ class Worker(threading.Thread):
         self._stopping = threading.Event()
         self._inbox_lock = threading.Lock()  # no job enters the inbox after the final drain
         self.completed = 0  # engine requests finished (for the shutdown summary)
+        self.running_rows = 0  # engine requests waiting or running, as of the last loop (for metrics)
         self.failed_steps = 0
 
-    # --- handler side -----------------------------------------------------------------------------
+    # --- request side -----------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
         """Queue `job`; ApiError 429 when `max_queue` jobs are already waiting, 503 when stopping."""
@@ -115,6 +122,7 @@ class Worker(threading.Thread):
                 self._drop_cancelled()
                 if self.engine.pending:
                     self._step()
+                self.running_rows = self.engine.pending
             except Exception:  # never let the worker die: a dead worker hangs every later request
                 self.logger.exception("serve: unexpected error in the engine worker")
                 time.sleep(0.1)
