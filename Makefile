@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ demo: install
 	JAX_PLATFORMS=cpu $(PY) -m jz3_jax.launch bench --config configs/smollm2.py --run-dir $(RUN_DIR) \
 		bench.kind=forward bench.batch=8 bench.seq_len=256
 
+# The default run leaves out the tests marked slow (real-model end-to-end runs); test-all runs them too.
 test: install
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m "not slow" tests
+
+test-all: install
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
 
 clean:
