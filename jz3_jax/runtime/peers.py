@@ -31,6 +31,7 @@ from jz3_jax.errors import UserError
 
 ABORT_KEY = "jz3/abort"
 _POLL_MS = 1000
+_EXIT_GRACE_S = 5.0  # how long process 0 waits for its peers to leave before it exits itself
 _counter = itertools.count()
 _watchdog: threading.Thread | None = None
 
@@ -133,7 +134,30 @@ def _exit_now(code: int, message: str, reason: str) -> None:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
+    _leave_in_order()
     os._exit(code)
+
+
+def _leave_in_order() -> None:
+    """Process 0 hosts the coordination service: if it left first, a peer still on its way out would
+    lose the service and abort (SIGABRT) instead of exiting with its code. So every other process
+    says it is leaving, and process 0 waits (a few seconds at most) until they all have."""
+    client = _client()
+    if client is None:
+        return
+    me, count = jax.process_index(), jax.process_count()
+    try:
+        if me != 0:
+            client.key_value_set(f"jz3/leaving/{me}", "1")
+            return
+        deadline = time.monotonic() + _EXIT_GRACE_S
+        for peer in range(1, count):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            client.blocking_key_value_get(f"jz3/leaving/{peer}", left_ms)
+    except Exception:  # a peer that is gone already, or the service itself
+        return
 
 
 def start_watchdog() -> None:
