@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from jz3_jax.config import Config
 
 KINDS = {"forward": "jz3_jax.bench.forward", "train": "jz3_jax.bench.train", "decode": "jz3_jax.bench.decode",
-         "influence": None}
+         "influence": "jz3_jax.bench.influence"}
 
 
 def run(cfg: Config, ctx: StageContext) -> dict:

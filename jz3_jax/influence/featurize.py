@@ -1,0 +1,117 @@
+"""The feature job: the warmed-up model on this process's local devices fills feature stores.
+
+The base model is loaded (or initialised) on a mesh over the local devices only, replicated, with
+LoRA adapters attached; each warm-up epoch's adapters and Adam moments are loaded from its
+`epoch_E.npz`. Micro-batches are split over the local devices along the batch. The loop never
+waits on the device before dispatching the next micro-batch: the result of micro-batch i is fetched
+and written while micro-batch i + 1 runs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jz3_jax.checkpoint import load_model
+from jz3_jax.influence.features import FeatureStore
+from jz3_jax.influence.gradients import feature_fn
+from jz3_jax.influence.inputs import Encoded, batch_arrays, plan_batches
+from jz3_jax.model.lora import LoRAParam, add_lora
+from jz3_jax.runtime.config import MeshConfig
+from jz3_jax.runtime.mesh import build_mesh
+from jz3_jax.runtime.sharding import parse_rules
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
+
+
+def local_mesh():
+    """A mesh over this process's devices, all on the (data) batch axes: parameters replicated."""
+    return build_mesh(MeshConfig(data=-1, fsdp=1, tensor=1), jax.local_devices())
+
+
+class FeatureModel:
+    """The reference model (base + LoRA) replicated over this process's devices, and its jitted feature steps."""
+
+    def __init__(self, cfg: Config, lora: dict, adam: tuple[float, float, float] | None = None, model=None):
+        """`model`: a base model already loaded with `local_mesh()` (else loaded from `cfg.model`)."""
+        s = cfg.select
+        self.mesh = local_mesh()
+        if model is None:
+            model, _ = load_model(cfg.model, self.mesh, parse_rules(cfg.mesh.rules), cfg.seed)
+        self.model_cfg = model.cfg
+        add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], cfg.seed)
+        self.graphdef, lora_state, self.frozen = nnx.split(model, LoRAParam, ...)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp", "tensor")))
+        self.lora = jax.device_put(lora_state, self.replicated)
+        self.moments = (self.lora, self.lora)
+        self.devices = self.mesh.size
+        common = dict(k=s.proj_dim, seed=s.proj_seed, projection=s.projection)
+        self.adam_step = jax.jit(feature_fn(self.graphdef, adam=adam, **common)) if adam else None
+        self.grad_step = jax.jit(feature_fn(self.graphdef, adam=None, **common))
+        self.pad_id = self.model_cfg.pad_token_id if self.model_cfg.pad_token_id is not None else 0
+
+    def paths(self) -> list[str]:
+        return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(self.lora)[0]]
+
+    def set_arrays(self, params: list[np.ndarray], mu: list[np.ndarray] | None = None,
+                   nu: list[np.ndarray] | None = None) -> None:
+        """Replace the adapters (and Adam moments) with host arrays in the LoRA tree's leaf order."""
+        treedef = jax.tree.structure(self.lora)
+        put = lambda arrays: jax.device_put(jax.tree.unflatten(treedef, [np.asarray(a) for a in arrays]),
+                                            self.replicated)
+        self.lora = put(params)
+        self.moments = (put(mu), put(nu)) if mu is not None else (self.lora, self.lora)
+
+    def load_epoch(self, path: str, expected_paths: list[str]) -> None:
+        """Adapters and Adam moments of one warm-up epoch (`epoch_E.npz`)."""
+        if self.paths() != expected_paths:
+            raise ValueError("the warm-up adapters do not match this model's LoRA layout")
+        with np.load(path) as z:
+            n = len(expected_paths)
+            self.set_arrays([z[f"p{i}"] for i in range(n)], [z[f"m{i}"] for i in range(n)],
+                            [z[f"v{i}"] for i in range(n)])
+
+    def step(self, adam: bool) -> Callable:
+        return self.adam_step if adam else self.grad_step
+
+    def features(self, arrays: dict, adam: bool) -> jax.Array:
+        """[rows, k] features of one micro-batch of host arrays (dispatched, not waited for)."""
+        batch = {k: jax.device_put(v, self.batch_sharding) for k, v in arrays.items()}
+        return self.step(adam)(self.lora, self.frozen, self.moments, batch)
+
+
+def fill_store(model: FeatureModel, store: FeatureStore, encoded: Encoded, share: np.ndarray, *, adam: bool,
+               cfg: Config, logger=None) -> dict:
+    """Compute and store the features of the rows of `share` not yet done; returns counters."""
+    s = cfg.select
+    todo = share[~store.done()[share]] if len(share) else share
+    plan = plan_batches(encoded, todo, bucket=s.bucket, max_length=s.max_length, token_budget=s.token_budget,
+                        multiple=model.devices)
+    start = time.perf_counter()
+    pending = None
+    for length, chunk in plan:
+        out = model.features(batch_arrays(encoded, chunk, length, model.pad_id), adam)
+        if pending is not None:
+            _write(store, *pending)
+        pending = (chunk, out)
+    if pending is not None:
+        _write(store, *pending)
+    seconds = time.perf_counter() - start
+    stats = {"computed": int(len(todo)), "skipped_done": int(len(share) - len(todo)), "batches": len(plan),
+             "seconds": round(seconds, 3), "examples_per_s": round(len(todo) / seconds, 3) if todo.size else None}
+    if logger is not None:
+        logger.info("features %s: %s", store.dir, stats)
+    return stats
+
+
+def _write(store: FeatureStore, chunk: np.ndarray, out: jax.Array) -> None:
+    rows = np.asarray(out)
+    valid = chunk >= 0
+    store.write(chunk[valid], rows[valid])

@@ -1,0 +1,180 @@
+"""The `select` stage: LESS-style gradient-influence selection of candidate snippets.
+
+    python -m jz3_jax.launch select --config configs/smollm2.py select.candidates=snippets.jsonl \
+        select.targets=targets.jsonl select.top_k=4000
+
+1. warm-up (`warmup.py`): LoRA training on a random `select.warmup_fraction` of the candidates,
+   one checkpoint with Adam moments per epoch;
+2. features (`featurize.py`): for every epoch, Adam features of the candidates and gradient
+   features of the targets, projected to `select.proj_dim`, into resumable stores (`features.py`);
+   process i of n takes examples i, i + n, ... on its own local devices;
+3. scores (`scoring.py`, process 0): checkpoint-weighted cosines, per-task mean then max, top-k.
+
+Outputs under RUN_DIR/select/: scores.jsonl, selected.jsonl, scores.png, report.json, warmup/,
+features/. A rerun skips the finished warm-up and every stored feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jz3_jax.errors import ConfigError
+from jz3_jax.influence import inputs as inputs_lib
+from jz3_jax.influence.projection import PROJECTIONS
+from jz3_jax.influence.scoring import AGGREGATES, scores, top_indices
+from jz3_jax.runtime import peers
+from jz3_jax.runtime.paths import atomic_write, is_local, stage_dir
+from jz3_jax.stages import StageContext
+
+if TYPE_CHECKING:
+    from jz3_jax.config import Config
+
+
+def check_config(cfg: Config) -> None:
+    s = cfg.select
+    if s.projection not in PROJECTIONS:
+        raise ConfigError(f"select.projection must be one of {', '.join(PROJECTIONS)}, got {s.projection!r}")
+    if s.aggregate not in AGGREGATES:
+        raise ConfigError(f"select.aggregate must be one of {', '.join(AGGREGATES)}, got {s.aggregate!r}")
+    if s.proj_dim < 32 or s.proj_dim % 32:
+        raise ConfigError(f"select.proj_dim must be a positive multiple of 32, got {s.proj_dim}")
+    if s.top_k < 0 or not 0 <= s.top_fraction <= 1 or (s.top_k == 0 and s.top_fraction == 0):
+        raise ConfigError("set select.top_k > 0 or select.top_fraction in (0, 1]")
+    if not 0 < s.warmup_fraction <= 1 or s.warmup_epochs < 1:
+        raise ConfigError("select.warmup_fraction must be in (0, 1] and select.warmup_epochs >= 1")
+    if s.bucket < 1 or s.max_length < 1 or s.token_budget < 1:
+        raise ConfigError("select.bucket, select.max_length and select.token_budget must be positive")
+
+
+def _digest(values) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_inputs(cfg: Config):
+    """(candidates, targets, tokenizer): everything that can fail on bad input, before any compile."""
+    from jz3_jax.checkpoint import check_vocab_matches, load_stage_tokenizer, resolve_model_config
+
+    import logging
+
+    check_config(cfg)
+    s = cfg.select
+    candidates_path = s.candidates or os.fspath(stage_dir(cfg.run_dir, "corpus") / "snippets.jsonl")
+    targets = inputs_lib.read_targets(s.targets)
+    candidates = inputs_lib.read_candidates(candidates_path)
+    tokenizer = load_stage_tokenizer(cfg.model, logging.getLogger("jz3_jax"))
+    if tokenizer is None:
+        raise ConfigError("select needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
+    check_vocab_matches(tokenizer, resolve_model_config(cfg.model))
+    return candidates, targets, tokenizer
+
+
+def run(cfg: Config, ctx: StageContext) -> None:
+    """The whole stage (every process runs it; process 0 writes the scores)."""
+    error, loaded = None, None
+    try:
+        if not is_local(ctx.stage_dir):
+            raise ConfigError("select keeps its feature stores as memory-mapped files: run_dir must be a local "
+                              "or NFS path (not a URL)")
+        loaded = _load_inputs(cfg)
+    except Exception as e:  # noqa: BLE001 - re-raised by agree, here and as PeerFailed in the peers
+        error = e
+    peers.agree("select inputs", error)
+    candidates, targets, tokenizer = loaded
+    started = time.perf_counter()
+
+    from jz3_jax.influence.warmup import run_warmup
+
+    warm = run_warmup(cfg, ctx, candidates)
+    features_dir, feature_stats = _features(cfg, ctx, candidates, targets, tokenizer, warm)
+    peers.agree("select features", None)
+    if ctx.process_index != 0:
+        return
+    _score_and_write(cfg, ctx, candidates, targets, warm, features_dir, feature_stats, time.perf_counter() - started)
+
+
+def _features(cfg: Config, ctx: StageContext, candidates, targets, tokenizer, warm: dict):
+    from jz3_jax.influence.features import FeatureStore
+    from jz3_jax.influence.featurize import FeatureModel, fill_store
+
+    s = cfg.select
+    enc_c = inputs_lib.encode_items(candidates, tokenizer, s.max_length)
+    enc_t = inputs_lib.encode_items(targets, tokenizer, s.max_length)
+    model = FeatureModel(cfg, warm["lora"], tuple(warm["adam"]))
+    projection = {"dim": s.proj_dim, "kind": s.projection, "seed": s.proj_seed, "max_length": s.max_length}
+    ids = {"candidates": _digest([inputs_lib.candidate_id(c, i) for i, c in enumerate(candidates)]
+                                 + [[c.input, c.output] for c in candidates]),
+           "targets": _digest([[t.task, t.input, t.output] for t in targets])}
+    base = ctx.stage_dir / "features"
+    stats = {"truncated_candidates": enc_c.truncated, "truncated_targets": enc_t.truncated, "stores": {}}
+    for epoch in warm["epochs"]:
+        model.load_epoch(os.fspath(ctx.stage_dir / "warmup" / epoch["file"]), warm["paths"])
+        for kind, encoded, adam in (("candidates", enc_c, True), ("targets", enc_t, False)):
+            fingerprint = {**projection, "examples": ids[kind], "feature": "adam" if adam else "grad",
+                           "epoch": epoch["epoch"]}
+            store = FeatureStore(os.fspath(base / f"epoch_{epoch['epoch']}" / kind), len(encoded), s.proj_dim,
+                                 fingerprint, ctx.process_index)
+            share = np.arange(ctx.process_index, len(encoded), ctx.process_count)
+            stats["stores"][f"epoch_{epoch['epoch']}/{kind}"] = fill_store(model, store, encoded, share, adam=adam,
+                                                                           cfg=cfg, logger=ctx.logger)
+    return base, stats
+
+
+def _score_and_write(cfg: Config, ctx: StageContext, candidates, targets, warm: dict, base, feature_stats: dict,
+                     seconds: float) -> None:
+    from jz3_jax.influence.features import FeatureStore
+
+    s = cfg.select
+    cand_sets, targ_sets = [], []
+    for epoch in warm["epochs"]:
+        for kind, items, out in (("candidates", candidates, cand_sets), ("targets", targets, targ_sets)):
+            directory = os.fspath(base / f"epoch_{epoch['epoch']}" / kind)
+            meta = json.loads((base / f"epoch_{epoch['epoch']}" / kind / "meta.json").read_text())
+            out.append(FeatureStore(directory, len(items), s.proj_dim, meta["fingerprint"], ctx.process_index).read())
+    tasks = [t.task for t in targets]
+    values, per_task, names = scores(cand_sets, targ_sets, tasks, [e["mean_lr"] for e in warm["epochs"]], s.aggregate)
+    chosen = top_indices(values, s.top_k, s.top_fraction)
+    directory = ctx.stage_dir
+    with atomic_write(directory / "scores.jsonl") as f:
+        for i, c in enumerate(candidates):
+            f.write(json.dumps({"id": inputs_lib.candidate_id(c, i), "score": float(values[i])}) + "\n")
+    with atomic_write(directory / "selected.jsonl") as f:
+        for i in chosen.tolist():
+            f.write(json.dumps({**candidates[i].record, "score": float(values[i])}) + "\n")
+    threshold = float(values[chosen[-1]]) if len(chosen) else None
+    _plot(values, threshold, directory / "scores.png")
+    report = {"candidates": len(candidates), "targets": len(targets), "tasks": names, "selected": int(len(chosen)),
+              "threshold": threshold, "aggregate": s.aggregate, "projection": s.projection, "proj_dim": s.proj_dim,
+              "checkpoints": warm["epochs"], "lora": warm["lora"], "warmup_records": warm["warmup_records"],
+              "score_stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
+              "features": feature_stats, "seconds": round(seconds, 3)}
+    with atomic_write(directory / "report.json") as f:
+        json.dump(report, f, indent=1)
+    ctx.logger.info("selected %d of %d candidates (threshold %s); outputs in %s", len(chosen), len(candidates),
+                    threshold, directory)
+
+
+def _plot(values: np.ndarray, threshold: float | None, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="#4878a8")
+    if threshold is not None:
+        ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"selection threshold {threshold:.4f}")
+        ax.legend()
+    ax.set_xlabel("influence score (checkpoint-weighted cosine)")
+    ax.set_ylabel("candidates")
+    ax.set_title(f"select: {len(values)} candidates")
+    fig.tight_layout()
+    tmp = path.parent / f".{path.name}.tmp.png"
+    fig.savefig(os.fspath(tmp), dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
