@@ -130,7 +130,7 @@ def _generate(cfg: "Config", ctx: "StageContext", problems: list[Problem], sampl
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if use_chat else prompt
         by_key[(p.dataset, p.id)] = (p, prompt)
         samples.append(Sample((p.dataset, p.id), text))
-    writer = ShardWriter(samples_dir, ctx.process_index, ec.shard_size)
+    writer = ShardWriter(samples_dir, ctx.process_index, ec.shard_size, key="eval.shard_size")
     finished = [0]
 
     def done(sample) -> None:

@@ -84,7 +84,7 @@ def run(cfg, ctx) -> dict:
         raise SynthesizeError("synthesize needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
     use_chat = sc.chat_template and tokenizer.chat_template is not None
     model_name = cfg.model.checkpoint or "random-init"
-    writer = ShardWriter(out_dir, ctx.process_index, sc.shard_size)
+    writer = ShardWriter(out_dir, ctx.process_index, sc.shard_size, key="synthesize.shard_size")
     metrics_name = "metrics.jsonl" if ctx.process_index == 0 else f"metrics-p{ctx.process_index:05d}.jsonl"
     metrics_path = ctx.stage_dir / metrics_name
 
