@@ -14,6 +14,7 @@ from helpers import last_json_line, run_in_subprocess
 from jz3_jax.influence import scoring
 from jz3_jax.influence.features import FeatureStore, StoreMismatch
 from jz3_jax.influence.gradients import adam_direction, example_loss, per_example_grads
+from jz3_jax.influence.featurize import fetch
 from jz3_jax.influence.inputs import Encoded, batch_arrays, plan_batches
 from jz3_jax.influence.projection import project
 
@@ -61,10 +62,9 @@ def model():
 
 
 def assert_same_features(got: np.ndarray, want: np.ndarray) -> None:
-    """Equal up to float32 rounding of the summation order: each row within 1e-5 of its norm (measured:
-    about 1e-6; the features are not bitwise equal across batch sizes on XLA:CPU)."""
-    error = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
-    assert error.max() <= 1e-5, error.max()
+    """Bitwise equal (fixed chunks of rows per device, one single-device program per device: `FeatureModel`)."""
+    assert np.all(np.linalg.norm(want, axis=1) > 0)
+    np.testing.assert_array_equal(got, want)
 
 
 def features_with_budget(model, encoded, rows: int, cfg) -> np.ndarray:
@@ -74,7 +74,7 @@ def features_with_budget(model, encoded, rows: int, cfg) -> np.ndarray:
     for length, chunk in plan_batches(encoded, np.arange(len(encoded)), bucket=64, max_length=64,
                                       token_budget=cfg.select.token_budget, multiple=model.devices):
         assert len(chunk) == rows
-        feats = np.asarray(model.features(batch_arrays(encoded, chunk, length, model.pad_id), adam=True))
+        feats = fetch(model.features(batch_arrays(encoded, chunk, length, model.pad_id), adam=True))
         out[chunk[chunk >= 0]] = feats[chunk >= 0]
     return out
 

@@ -14,6 +14,7 @@ class SelectConfig:
     schedule with 3% warm-up decaying to 0, no weight decay.
     """
 
+    method: str = "influence"  # influence (LESS) | random (the ablation baseline: as many candidates, drawn with `seed`)
     candidates: str = ""  # jsonl of `id` + `text` or `input`/`output`; "" = RUN_DIR/corpus/snippets.jsonl
     targets: str = ""  # jsonl of `task`, `input`, `output`
     top_k: int = 0  # keep the k best candidates; 0 = use top_fraction
@@ -29,3 +30,5 @@ class SelectConfig:
     max_length: int = 512  # tokens per example (longer ones are truncated)
     bucket: int = 64  # sequence lengths are padded up to a multiple of this
     token_budget: int = 4096  # tokens per feature micro-batch (rows = budget // bucket length)
+    grad_chunk: int = 4  # rows per vmap of grad inside a micro-batch (>= 2); features are bitwise
+    # the same for any token_budget and device count at a fixed grad_chunk

@@ -10,6 +10,7 @@ and written while micro-batch i + 1 runs.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable
 
 import jax
@@ -36,7 +37,13 @@ def local_mesh():
 
 
 class FeatureModel:
-    """The reference model (base + LoRA) replicated over this process's devices, and its jitted feature steps."""
+    """The reference model (base + LoRA) on each of this process's devices, and its jitted feature steps.
+
+    Every device runs the same single-device program on its own rows of a micro-batch, dispatched
+    one device after the other without waiting (no collectives). Under `shard_map` or `pmap`
+    XLA compiles the backward pass differently from a single-device program and the rounding
+    changes; this way a row's features are bitwise the same on any number of devices. The price
+    is one compile per device (done on first use, in parallel threads)."""
 
     def __init__(self, cfg: Config, lora: dict, adam: tuple[float, float, float] | None = None, model=None):
         """`model`: a base model already loaded with `local_mesh()` (else loaded from `cfg.model`)."""
@@ -47,14 +54,21 @@ class FeatureModel:
         self.model_cfg = model.cfg
         add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], cfg.seed)
         self.graphdef, lora_state, self.frozen = nnx.split(model, LoRAParam, ...)
+        self.local_devices = list(self.mesh.devices.flat)
+        self.devices = len(self.local_devices)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp", "tensor")))
+        self._frozen_on = _per_device(self.frozen, self.local_devices)
         self.lora = jax.device_put(lora_state, self.replicated)
         self.moments = (self.lora, self.lora)
-        self.devices = self.mesh.size
-        common = dict(k=s.proj_dim, seed=s.proj_seed, projection=s.projection)
-        self.adam_step = jax.jit(feature_fn(self.graphdef, adam=adam, **common)) if adam else None
-        self.grad_step = jax.jit(feature_fn(self.graphdef, adam=None, **common))
+        self._refresh()
+        # Rows per device come in multiples of `chunk` (at least 2: XLA:CPU multiplies a one-row
+        # matrix on a matrix-vector path that rounds differently), so a row's features do not
+        # depend on the micro-batch size either.
+        self.chunk = max(2, s.grad_chunk)
+        common = dict(k=s.proj_dim, seed=s.proj_seed, projection=s.projection, chunk=self.chunk)
+        self._steps = {True: jax.jit(feature_fn(self.graphdef, adam=adam, **common)) if adam else None,
+                       False: jax.jit(feature_fn(self.graphdef, adam=None, **common))}
+        self._compiled: dict = {}
         self.pad_id = self.model_cfg.pad_token_id if self.model_cfg.pad_token_id is not None else 0
 
     def paths(self) -> list[str]:
@@ -68,6 +82,11 @@ class FeatureModel:
                                             self.replicated)
         self.lora = put(params)
         self.moments = (put(mu), put(nu)) if mu is not None else (self.lora, self.lora)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._lora_on = _per_device(self.lora, self.local_devices)
+        self._moments_on = [tuple(pair) for pair in zip(*(_per_device(m, self.local_devices) for m in self.moments))]
 
     def load_epoch(self, path: str, expected_paths: list[str]) -> None:
         """Adapters and Adam moments of one warm-up epoch (`epoch_E.npz`)."""
@@ -78,13 +97,56 @@ class FeatureModel:
             self.set_arrays([z[f"p{i}"] for i in range(n)], [z[f"m{i}"] for i in range(n)],
                             [z[f"v{i}"] for i in range(n)])
 
-    def step(self, adam: bool) -> Callable:
-        return self.adam_step if adam else self.grad_step
+    def _executables(self, adam: bool, shards: list[dict]) -> list:
+        """The step compiled once per device for these shapes (compiles run in parallel threads)."""
+        key = (adam, shards[0]["tokens"].shape)
+        if key not in self._compiled:
+            def compile_on(i):
+                return self._steps[adam].lower(self._lora_on[i], self._frozen_on[i], self._moments_on[i],
+                                               shards[i]).compile()
 
-    def features(self, arrays: dict, adam: bool) -> jax.Array:
-        """[rows, k] features of one micro-batch of host arrays (dispatched, not waited for)."""
-        batch = {k: jax.device_put(v, self.batch_sharding) for k, v in arrays.items()}
-        return self.step(adam)(self.lora, self.frozen, self.moments, batch)
+            with ThreadPoolExecutor(self.devices) as pool:
+                self._compiled[key] = list(pool.map(compile_on, range(self.devices)))
+        return self._compiled[key]
+
+    def features(self, arrays: dict, adam: bool) -> list[jax.Array]:
+        """Per-device [rows / devices, k] features of one micro-batch of host arrays (dispatched, not
+        waited for; `fetch` brings them to the host in row order).
+
+        The batch is padded with all-masked rows to a multiple of `chunk` rows per device."""
+        rows = len(arrays["tokens"])
+        unit = self.chunk * self.devices
+        if rows % unit:
+            extra = unit - rows % unit
+            arrays = {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()}
+        per = len(arrays["tokens"]) // self.devices
+        shards = [{k: jax.device_put(v[i * per:(i + 1) * per], d) for k, v in arrays.items()}
+                  for i, d in enumerate(self.local_devices)]
+        steps = self._executables(adam, shards)
+        outs = [steps[i](self._lora_on[i], self._frozen_on[i], self._moments_on[i], shards[i])
+                for i in range(self.devices)]
+        return _Pending(outs, rows)
+
+
+class _Pending(list):
+    """Per-device feature arrays of one micro-batch and its number of real rows."""
+
+    def __init__(self, outs: list[jax.Array], rows: int):
+        super().__init__(outs)
+        self.rows = rows
+
+
+def fetch(out: _Pending) -> np.ndarray:
+    """[rows, k] host features of a micro-batch returned by `FeatureModel.features`."""
+    return np.concatenate([np.asarray(x) for x in out])[:out.rows]
+
+
+def _per_device(tree, devices: list) -> list:
+    """Single-device views of a replicated tree, one per device (no copies)."""
+    def on(device):
+        return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), tree)
+
+    return [on(d) for d in devices]
 
 
 def fill_store(model: FeatureModel, store: FeatureStore, encoded: Encoded, share: np.ndarray, *, adam: bool,
@@ -111,7 +173,7 @@ def fill_store(model: FeatureModel, store: FeatureStore, encoded: Encoded, share
     return stats
 
 
-def _write(store: FeatureStore, chunk: np.ndarray, out: jax.Array) -> None:
-    rows = np.asarray(out)
+def _write(store: FeatureStore, chunk: np.ndarray, out: _Pending) -> None:
+    rows = fetch(out)
     valid = chunk >= 0
     store.write(chunk[valid], rows[valid])

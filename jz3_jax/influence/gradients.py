@@ -31,10 +31,24 @@ def example_loss(graphdef, lora, frozen, tokens, targets, loss_mask) -> jax.Arra
     return loss_sum / jnp.maximum(count, 1.0)
 
 
-def per_example_grads(graphdef, lora, frozen, batch: dict) -> Any:
-    """LoRA gradients of every example of `batch` ([rows, length] tokens/targets/loss_mask): leaves [rows, ...]."""
+def per_example_grads(graphdef, lora, frozen, batch: dict, chunk: int = 0) -> Any:
+    """LoRA gradients of every example of `batch` ([rows, length] tokens/targets/loss_mask): leaves [rows, ...].
+
+    `chunk` > 0: `vmap` over `chunk` rows at a time inside a `lax.map` (rows must divide by it), so
+    every example goes through the same loop body whatever the number of rows (even a single
+    chunk): XLA:CPU picks other matrix-product strategies for larger operands, and fuses a loop
+    body differently from straight-line code, and either changes the rounding."""
     grad = jax.grad(lambda p, t, y, m: example_loss(graphdef, p, frozen, t, y, m))
-    return jax.vmap(grad, in_axes=(None, 0, 0, 0))(lora, batch["tokens"], batch["targets"], batch["loss_mask"])
+    vmapped = jax.vmap(grad, in_axes=(None, 0, 0, 0))
+    arrays = (batch["tokens"], batch["targets"], batch["loss_mask"])
+    rows = arrays[0].shape[0]
+    if chunk <= 0:
+        return vmapped(lora, *arrays)
+    if rows % chunk:
+        raise ValueError(f"{rows} rows do not divide into chunks of {chunk}")
+    chunks = tuple(a.reshape(rows // chunk, chunk, *a.shape[1:]) for a in arrays)
+    grads = jax.lax.map(lambda xs: vmapped(lora, *xs), chunks)
+    return jax.tree.map(lambda g: g.reshape(rows, *g.shape[2:]), grads)
 
 
 def adam_direction(grads, mu, nu, b1: float, b2: float, eps: float):
@@ -47,15 +61,15 @@ def adam_direction(grads, mu, nu, b1: float, b2: float, eps: float):
     return jax.tree.map(one, grads, mu, nu)
 
 
-def feature_fn(graphdef, *, k: int, seed: int, projection: str, adam: tuple[float, float, float] | None
-               ) -> Callable:
+def feature_fn(graphdef, *, k: int, seed: int, projection: str, adam: tuple[float, float, float] | None,
+               chunk: int = 0) -> Callable:
     """A pure function (lora, frozen, moments, batch) -> [rows, k] projected features.
 
     `adam=(b1, b2, eps)` gives Adam features (moments = (mu, nu) trees like `lora`); None gives plain
-    gradient features (moments ignored)."""
+    gradient features (moments ignored). `chunk`: rows per `vmap` (`per_example_grads`)."""
 
     def features(lora, frozen, moments, batch):
-        grads = per_example_grads(graphdef, lora, frozen, batch)
+        grads = per_example_grads(graphdef, lora, frozen, batch, chunk)
         if adam is not None:
             grads = adam_direction(grads, moments[0], moments[1], *adam)
         return project(grads, k, seed, projection)
