@@ -45,9 +45,12 @@ def rope_tables(inv_freq: jnp.ndarray, positions: jnp.ndarray) -> tuple[jnp.ndar
 
 
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """Rotate `x` [batch, length, heads, head_dim] by the tables (computed in float32)."""
+    """Rotate `x` [batch, length, heads, head_dim] by the (float32) tables, in `x`'s dtype.
+
+    As transformers does: the tables are cast to the activations' dtype first, so a bfloat16 model
+    rotates in bfloat16 (the same numbers as transformers, and no float32 copies of q and k per
+    layer: about 1 GiB per chip of the Mistral-7B pre-training step on v5p-64)."""
     half = x.shape[-1] // 2
-    xf = x.astype(jnp.float32)
-    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return out.astype(x.dtype)
+    cos, sin = cos.astype(x.dtype)[:, :, None, :], sin.astype(x.dtype)[:, :, None, :]
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
