@@ -8,7 +8,8 @@ remat, scanned layers).
 TPU: a v5p-64 slice = 32 chips (95 GiB HBM each), FSDP over all 32; 16 rows per chip x 32 chips
 = 512 rows, no gradient accumulation. The 128,256-entry vocabulary makes the logits 4x Mistral's
 (the float32 logits of 16 x 2,048 tokens are 15.7 GiB per chip); the compile stage measured
-52.5 GiB per chip (2.8 GiB sharded state, 49.7 GiB temporaries). Check with
+52.5 GiB per chip with dense attention and the dense loss (2.8 GiB sharded state, 49.7 GiB
+temporaries) and 27.8 GiB with splash attention and `train.loss_chunk=256`. Check with
     JAX_PLATFORMS=cpu python -m jz3_jax.launch compile --config configs/pretrain_llama3_8b.py
 
 The architecture is meta-llama/Meta-Llama-3-8B's config.json written out; for the real run set
@@ -40,4 +41,5 @@ def get_config() -> Config:
     m.tie_embeddings = False
     m.bos_token_id, m.eos_token_id, m.pad_token_id = 128000, 128001, 128001  # no pad token: reuse eos
     m.checkpoint = ""  # the real run: the HF dir of meta-llama/Meta-Llama-3-8B
+    cfg.train.loss_chunk = 256  # 4x Mistral's vocabulary: a quarter of the positions per chunk
     return cfg

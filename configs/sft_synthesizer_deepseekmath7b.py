@@ -63,6 +63,12 @@ def get_config() -> Config:
     t.global_batch_size = 32
     t.checkpoint_every = 100
 
+    # Synthesis with the fine-tuned model (`synthesize`): 64 rows decoded together, each up to 4,096
+    # positions (prompt + the recipe's 2,500 new tokens). Check one host's decode step with
+    #   compile.program=decode compile.topology=v5p-8
+    cfg.engine.max_batch = 64
+    cfg.engine.max_seq_len = 4096
+
     c = cfg.compile
     c.topology = "v5p-16"  # 8 chips
     c.per_device_batch = 4  # 4 x 8 = 32 = train.global_batch_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import types
@@ -100,8 +101,9 @@ def test_does_not_fit_writes_report_then_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(aot, "compile_train_step", lambda cfg, log: report)
     monkeypatch.setattr(aot, "summary", lambda r: "summary")
     ctx = types.SimpleNamespace(stage_dir=tmp_path / "compile", logger=logging.getLogger("test"))
+    cfg = types.SimpleNamespace(compile=types.SimpleNamespace(program="train"))
     with pytest.raises(aot.DoesNotFit, match="200.00 GiB per device"):
-        aot.run(None, ctx)
+        aot.run(cfg, ctx)
     assert json.loads((tmp_path / "compile" / "compile.json").read_text())["fits"] is False
     assert issubclass(aot.DoesNotFit, aot.UserError)  # the launcher exits 2
 
@@ -150,8 +152,8 @@ def test_compile_small_model_for_v5p_16(tmp_path):
     env = subprocess_env()
     env.pop("JAX_PLATFORMS")  # the launcher picks the CPU backend itself; compile still reaches libtpu
     proc = subprocess.run([sys.executable, "-c", LAUNCH, "--config", "configs/tiny_compile.py",
-                           "--run-dir", str(tmp_path)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+                           "--run-dir", str(tmp_path), "train.loss_chunk=64", "compile.step_time_s=0.5"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fits" in proc.stdout
     report = json.loads((tmp_path / "compile" / "compile.json").read_text())
@@ -193,9 +195,108 @@ def test_compile_small_model_for_v5p_16(tmp_path):
         flops["analytic_per_token"] * cfg.train.global_batch_size * cfg.data.max_length / 8)
     assert flops["compiled_per_device"] > 0
 
+    # model.attention=auto is splash on TPU: its Pallas kernels (forward, and dq/dkv for the backward) are in
+    # the compiled program; the MFU of the given step time is the step's model FLOPs over the chips' peak
+    assert report["attention"]["resolved"] == "splash" and report["attention"]["splash_in_program"]
+    assert {"splash_mha_fwd_segmented_residuals", "splash_mha_dq_segmented_no_residuals",
+            "splash_mha_dkv_segmented_no_residuals"} <= set(report["attention"]["kernels"])
+    assert report["loss_chunk"] == 64
+    mfu = report["mfu"]
+    assert mfu["peak_flops_per_device"] == 459e12  # v5p
+    assert mfu["mfu"] == pytest.approx(flops["analytic_per_step"] / (0.5 * 8 * 459e12))
+    assert "MFU" in proc.stdout and "splash_mha_fwd" in proc.stdout
+
 
 def test_missing_libtpu_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
     with pytest.raises(aot.TpuCompilerMissing, match=r"install the tpu extra: pip install 'jax\[tpu\]=="):
         aot.tpu_devices(aot.parse_topology("v5p-8"))
+
+
+# --- the batch search, MFU, and the decode program ---------------------------------------------------
+
+
+@pytest.mark.parametrize("start, largest, limit, want", [
+    (16, 37, 512, 37),  # fits: double to 32, 64 fails, bisect
+    (16, 5, 512, 5),  # does not fit: halve to 8, 4 fits, bisect
+    (16, 0, 512, 0),  # nothing fits
+    (16, 1000, 100, 100),  # the limit fits: stop there
+    (1, 1, 512, 1),
+])
+def test_search_max_batch(start, largest, limit, want):
+    calls = []
+
+    def fits(b):
+        calls.append(b)
+        return b <= largest
+
+    best, tried = aot.search_max_batch(fits, start, limit)
+    assert best == want
+    assert len(calls) == len(set(calls)) == len(tried)  # each batch compiled once
+    assert len(calls) <= 2 * math.ceil(math.log2(limit)) + 2  # a search, not a scan
+    assert all(tried[b] == (b <= largest) for b in tried)
+
+
+def test_find_max_batch_counts_compile_time_out_of_memory_as_not_fitting(monkeypatch):
+    hbm = 100
+
+    def fake_compile(cfg, mesh, rules, rows):
+        if rows > 40:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm")
+        return types.SimpleNamespace(rows=rows), None, 0.0, 0.0
+
+    monkeypatch.setattr(aot, "_compile", fake_compile)
+    monkeypatch.setattr(aot, "memory_of", lambda compiled, hbm: {"total_bytes": 3 * compiled.rows})
+    monkeypatch.setattr(aot, "check_batch", lambda *a: None)
+    cfg = types.SimpleNamespace(compile=types.SimpleNamespace(per_device_batch=4, max_batch_limit=64),
+                                data=types.SimpleNamespace(max_length=128))
+    found = aot._find_max_batch(cfg, None, None, 2, hbm, 3 * 8, lambda *a: None)
+    assert found["per_device_batch"] == 16  # 3 x 16 x 2 = 96 <= 100; 17 x 2 = 34 rows -> 102
+    assert found["tried"]["32"] == {"fits": False, "total_bytes": None}  # the compiler gave up
+    assert found["tried"]["4"] == {"fits": True, "total_bytes": 24}  # the configured batch: not recompiled
+
+
+def test_mfu_report():
+    out = aot.mfu_report(4.59e15, 10, 459e12, 2.0)
+    assert out["step_time_s_at_full_mfu"] == pytest.approx(1.0) and out["mfu"] == pytest.approx(0.5)
+    assert aot.mfu_report(1e15, 10, None, 2.0)["mfu"] is None  # unknown chip
+    assert aot.mfu_report(1e15, 10, 459e12, 0.0)["mfu"] is None  # no step time given
+    assert aot.peak_flops_of("TPU v5 lite") == 197e12 and aot.peak_flops_of("TPU v5") == 459e12
+    with pytest.raises(ConfigError, match="step_time_s"):
+        aot.mfu_report(1e15, 10, 459e12, -1.0)
+
+
+def test_unknown_program_is_a_config_error():
+    cfg = types.SimpleNamespace(compile=types.SimpleNamespace(program="serve"))
+    with pytest.raises(ConfigError, match="compile.program must be one of train, decode"):
+        aot.run(cfg, None)
+
+
+def test_single_host_8_chip_v5e_slice():
+    assert aot.parse_topology("v5e-8").chips_per_host_bounds == (2, 4, 1)
+    assert aot.parse_topology("v5e-16").chips_per_host_bounds == (2, 2, 1)
+    assert aot.parse_topology("v5p-8").chips_per_host_bounds == (2, 2, 1)
+
+
+@needs_libtpu
+def test_compile_decode_program_for_v5p_8(tmp_path):
+    """The engine's decode step on the 4 chips of a v5p-8 (tensor-parallel): the KV cache per chip is
+    exactly layers x rows x positions x kv_heads / 4 x head_dim x 2 (k and v) x 2 bytes (bfloat16)."""
+    cfg = load_config(REPO_ROOT / "configs" / "tiny_compile.py")
+    env = subprocess_env()
+    env.pop("JAX_PLATFORMS")
+    proc = subprocess.run([sys.executable, "-c", LAUNCH, "--config", "configs/tiny_compile.py", "--run-dir",
+                           str(tmp_path), "compile.program=decode", "compile.topology=v5p-8", "engine.max_batch=8",
+                           "engine.max_seq_len=256"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "compile" / "compile.json").read_text())
+    m = cfg.model
+    assert report["program"] == "decode" and report["topology"]["devices"] == 4
+    assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 4}  # the engine mesh: tensor over the host
+    mem = report["memory_per_device"]
+    assert mem["kv_cache_bytes"] == m.num_layers * 8 * 256 * (m.num_kv_heads // 4) * m.head_dim * 2 * 2
+    assert mem["weight_bytes"] == pytest.approx(4 * report["model"]["params"] / 4, rel=0.01)  # float32 over 4
+    assert mem["argument_bytes"] >= mem["weights_plus_cache_bytes"]
+    assert report["fits"] and "KV cache" in proc.stdout

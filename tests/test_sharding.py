@@ -190,8 +190,9 @@ def results(run_in_subprocess):
 
 def test_parse_default_rules():
     assert parse_rules(DEFAULT_RULES) == {
-        "batch": ("data", "fsdp"), "length": (), "embed": ("fsdp",), "mlp": ("tensor",), "heads": ("tensor",),
-        "kv_heads": ("tensor",), "head_dim": (), "norm": (), "vocab": ("tensor",), "layers": (),
+        "batch": ("data", "fsdp", "expert"), "length": (), "embed": ("fsdp", "expert"), "mlp": ("tensor",),
+        "heads": ("tensor",), "kv_heads": ("tensor",), "head_dim": (), "norm": (), "vocab": ("tensor",), "layers": (),
+        "experts": ("expert",),
     }
     assert parse_rules([" a = data + fsdp ", "b="]) == {"a": ("data", "fsdp"), "b": ()}
     with pytest.raises(ConfigError, match="logical=axis"):

@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # kept out of the import so `jz3_jax.checkpoint.config` stays
     from jz3_jax.runtime.sharding import Rules
 
 # Fields of ModelConfig that are not architecture: a checkpoint keeps the user's values for these.
-RUNTIME_FIELDS = ("checkpoint", "tokenizer", "param_dtype", "dtype", "remat", "scan_layers")
+RUNTIME_FIELDS = ("checkpoint", "tokenizer", "param_dtype", "dtype", "remat", "scan_layers", "attention",
+                  "moe_capacity_factor")
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -35,10 +35,13 @@ def _zeros(abstract, sharding) -> jax.Array:
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _set_layer(buffer: jax.Array, value: jax.Array, layer: jax.Array) -> jax.Array:
-    """Write one layer's slice of a stacked parameter in place (the layer index is traced: one
-    compile per parameter shape, not per layer). The output keeps the buffer's sharding."""
-    return jax.lax.dynamic_update_index_in_dim(buffer, value.astype(buffer.dtype), layer, axis=0)
+def _set_slice(buffer: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
+    """Write `value` at the leading indices `index` (layer, and/or expert) of a stacked parameter
+    in place (the indices are traced: one compile per parameter shape, not per layer). The output
+    keeps the buffer's sharding."""
+    lead = index.shape[0]
+    start = tuple(index) + (0,) * value.ndim
+    return jax.lax.dynamic_update_slice(buffer, value.astype(buffer.dtype)[(None,) * lead], start)
 
 
 def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]], mesh: Mesh, rules: Rules) -> Decoder:
@@ -60,14 +63,15 @@ def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]
             raise CheckpointError(
                 f"{source}: tensor {name!r} has shape {tuple(array.shape)}, the config expects {hf_shape(name, cfg)}"
             )
-        path, layer, to_ours = located
+        path, layer, expert, to_ours = located
         key = _state_key(path, layer, cfg.scan_layers)
         value = np.asarray(to_ours(array, cfg)).astype(dtype)
         sharding = flat_shardings[key].get_value()
-        if cfg.scan_layers and layer is not None:
+        index = ([layer] if cfg.scan_layers and layer is not None else []) + ([] if expert is None else [expert])
+        if index:  # one slice of a stacked parameter (scanned layers, Mixtral experts)
             if key not in values:
                 values[key] = _zeros(flat_abstract[key].get_value(), sharding)
-            values[key] = _set_layer(values[key], value, np.int32(layer))
+            values[key] = _set_slice(values[key], value, np.asarray(index, np.int32))
         else:
             values[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
         seen.add(name)

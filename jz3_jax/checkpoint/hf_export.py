@@ -34,13 +34,15 @@ def iter_model_tensors(model: Decoder) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, array in HF layout) for every parameter, one at a time, gathered to the host."""
     cfg = model.cfg
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    for name, path, layer in iter_hf_names(cfg):
+    for name, (path, layer, expert, _) in iter_hf_names(cfg):
         if layer is None:
             array = flat[path].get_value()
         elif cfg.scan_layers:
             array = flat[("layers",) + path].get_value()[layer]
         else:
             array = flat[("layers", layer) + path].get_value()
+        if expert is not None:  # one expert of a stacked Mixtral expert parameter
+            array = array[expert]
         yield name, hf_layout(name, _to_host(array), cfg)
 
 

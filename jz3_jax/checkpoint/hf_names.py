@@ -2,12 +2,15 @@
 
 HF linear weights are [out, in]; ours are [in, out] with heads split out:
 q [embed, heads, head_dim], k/v [embed, kv_heads, head_dim], o [heads, head_dim, embed].
+Mixtral's experts (`block_sparse_moe.experts.N.w1/w3/w2`, one tensor per expert) are stacked into
+one parameter per layer, gate/up [experts, embed, mlp] and down [experts, mlp, embed]; a name
+locates a `Slot`: our path, the layer and (for an expert tensor) the expert it fills.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -76,20 +79,44 @@ GLOBAL_TENSORS: dict[str, tuple[tuple[str, ...], Convert, Convert]] = {
     "model.norm.weight": (("final_norm", "weight"), _same, _same),
     "lm_head.weight": (("lm_head",), _transpose, _transpose),
 }
+MOE_TENSORS = {"block_sparse_moe.gate.weight": (("moe", "router"), _transpose, _transpose)}
+# Mixtral expert weight -> our stacked parameter (all [out, in] in HF, [in, out] here).
+EXPERT_WEIGHTS = {"w1": "gate", "w3": "up", "w2": "down"}
+_DENSE_MLP = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 # Tensors some exports carry that the model recomputes.
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_EXPERT = re.compile(r"^block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
 
 
-def locate(name: str) -> tuple[tuple[str, ...], int | None, Convert] | None:
-    """(our path, layer index or None, converter to our layout) for a HF name; None if unknown."""
+class Slot(NamedTuple):
+    """Where a HF tensor goes: our path, its layer (None = global), its expert (None = not an
+    expert tensor) and the converter to our layout."""
+
+    path: tuple[str, ...]
+    layer: int | None
+    expert: int | None
+    to_ours: Convert
+
+
+def _layer_table(suffix: str):
+    return LAYER_TENSORS.get(suffix) or MOE_TENSORS.get(suffix)
+
+
+def locate(name: str) -> Slot | None:
+    """The `Slot` of a HF tensor name; None if unknown."""
     match = _LAYER.match(name)
-    if match and match.group(2) in LAYER_TENSORS:
-        path, to_ours, _ = LAYER_TENSORS[match.group(2)]
-        return path, int(match.group(1)), to_ours
+    if match:
+        layer, suffix = int(match.group(1)), match.group(2)
+        expert = _EXPERT.match(suffix)
+        if expert:
+            return Slot(("moe", EXPERT_WEIGHTS[expert.group(2)]), layer, int(expert.group(1)), _transpose)
+        if _layer_table(suffix):
+            path, to_ours, _ = _layer_table(suffix)
+            return Slot(path, layer, None, to_ours)
     if name in GLOBAL_TENSORS:
         path, to_ours, _ = GLOBAL_TENSORS[name]
-        return path, None, to_ours
+        return Slot(path, None, None, to_ours)
     return None
 
 
@@ -100,24 +127,30 @@ def expected_hf_names(cfg: ModelConfig) -> list[str]:
         names.append("lm_head.weight")
     for i in range(cfg.num_layers):
         for suffix in LAYER_TENSORS:
-            if suffix.endswith(".bias") and not cfg.qkv_bias:
+            if (suffix.endswith(".bias") and not cfg.qkv_bias) or (suffix in _DENSE_MLP and cfg.is_moe):
                 continue
             names.append(f"model.layers.{i}.{suffix}")
+        if cfg.is_moe:
+            names.append(f"model.layers.{i}.block_sparse_moe.gate.weight")
+            names += [f"model.layers.{i}.block_sparse_moe.experts.{j}.{w}.weight"
+                      for j in range(cfg.num_experts) for w in ("w1", "w2", "w3")]
     return names
 
 
 def hf_layout(name: str, array: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """Convert one of our arrays (for HF tensor `name`) back to the HF layout."""
     match = _LAYER.match(name)
-    to_hf = LAYER_TENSORS[match.group(2)][2] if match else GLOBAL_TENSORS[name][2]
+    if match and _EXPERT.match(match.group(2)):
+        to_hf = _transpose
+    else:
+        to_hf = _layer_table(match.group(2))[2] if match else GLOBAL_TENSORS[name][2]
     return np.ascontiguousarray(to_hf(array, cfg))
 
 
-def iter_hf_names(cfg: ModelConfig) -> Iterator[tuple[str, tuple[str, ...], int | None]]:
-    """(HF name, our path, layer index) for every tensor of the architecture."""
+def iter_hf_names(cfg: ModelConfig) -> Iterator[tuple[str, Slot]]:
+    """(HF name, its Slot) for every tensor of the architecture."""
     for name in expected_hf_names(cfg):
-        path, layer, _ = locate(name)
-        yield name, path, layer
+        yield name, locate(name)
 
 
 def hf_shape(name: str, cfg: ModelConfig) -> tuple[int, ...]:
@@ -126,6 +159,11 @@ def hf_shape(name: str, cfg: ModelConfig) -> tuple[int, ...]:
     q, kv = cfg.num_heads * cfg.resolved_head_dim, cfg.num_kv_heads * cfg.resolved_head_dim
     match = _LAYER.match(name)
     suffix = match.group(2) if match else name
+    expert = _EXPERT.match(suffix)
+    if expert:
+        return (e, m) if expert.group(2) == "w2" else (m, e)
+    if suffix == "block_sparse_moe.gate.weight":
+        return (cfg.num_experts, e)
     return {
         "self_attn.q_proj.weight": (q, e), "self_attn.k_proj.weight": (kv, e), "self_attn.v_proj.weight": (kv, e),
         "self_attn.o_proj.weight": (e, q), "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),

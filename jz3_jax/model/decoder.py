@@ -1,6 +1,7 @@
-"""The decoder-only transformer (Llama / Mistral / Qwen2 / DeepSeek-Math layout) in Flax NNX.
+"""The decoder-only transformer (Llama / Mistral / Qwen2 / DeepSeek-Math layout, Mixtral MoE) in Flax NNX.
 
-`Decoder(tokens, positions, segment_ids, cache=None)` returns logits and the updated cache.
+`Decoder(tokens, positions, segment_ids, cache=None)` returns logits and the updated cache
+(`return_aux=True` adds the mixture-of-experts router statistics, summed over layers: `MoEStats`).
 With `scan_layers`, the layers' parameters are stacked on a leading "layers" axis and the layer
 stack runs under `jax.lax.scan` (one compiled layer, fast compiles for deep models); otherwise
 each layer has its own arrays and its own KV-cache buffer (faster decode: stacking costs copies).
@@ -17,6 +18,7 @@ from flax import nnx
 from jz3_jax.model.attention import KVCache, write_slot_info
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.layers import DecoderLayer, RMSNorm, _param, constrain, dtype_of
+from jz3_jax.model.moe import MoEStats
 from jz3_jax.model.rope import inverse_frequencies, rope_tables
 from jz3_jax.runtime.sharding import parse_rules
 
@@ -59,7 +61,8 @@ class Decoder(nnx.Module):
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
 
     def _layer_fn(self, graphdef):
-        """A pure function (layer state, carry, kv) -> (carry, new kv), rematerialised if configured."""
+        """A pure function (layer state, carry, kv) -> (carry, new kv, MoE stats or None),
+        rematerialised if configured."""
         rules = self.rules
 
         def apply(state, x, cos, sin, segment_ids, positions, kv, slots, key):
@@ -71,8 +74,10 @@ class Decoder(nnx.Module):
             return jax.checkpoint(apply, policy=policy)
         return apply
 
-    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None, dropout_key=None):
-        """Final-norm hidden states [batch, length, hidden] and the updated cache.
+    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None, dropout_key=None,
+                      return_aux: bool = False):
+        """Final-norm hidden states [batch, length, hidden] and the updated cache (and, with
+        `return_aux`, the `MoEStats` summed over layers; zeros for a dense model).
 
         `dropout_key` turns on LoRA dropout (training only); None is deterministic."""
         cfg = self.cfg
@@ -83,6 +88,7 @@ class Decoder(nnx.Module):
         if cache is not None:
             new_cache = write_slot_info(cache, segment_ids, positions)
             slots = (cache.index, new_cache.valid, new_cache.pos)
+        aux = MoEStats.zeros(max(cfg.num_experts, 1))
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
             apply = self._layer_fn(graphdef)
@@ -90,24 +96,29 @@ class Decoder(nnx.Module):
             def body(carry, xs):
                 layer_state, kv, index = xs
                 key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
-                carry, new_kv = apply(layer_state, carry, cos, sin, segment_ids, positions, kv, slots, key)
-                return carry, new_kv
+                x, acc = carry
+                x, new_kv, stats = apply(layer_state, x, cos, sin, segment_ids, positions, kv, slots, key)
+                return (x, acc if stats is None else acc + stats), new_kv
 
             kvs = None if cache is None else (cache.k, cache.v)
-            x, new_kvs = jax.lax.scan(body, x, (state, kvs, jnp.arange(cfg.num_layers)))
+            (x, aux), new_kvs = jax.lax.scan(body, (x, aux), (state, kvs, jnp.arange(cfg.num_layers)))
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 graphdef, state = nnx.split(layer)
                 kv = None if cache is None else (cache.k[i], cache.v[i])
                 key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-                x, new_kv = self._layer_fn(graphdef)(state, x, cos, sin, segment_ids, positions, kv, slots, key)
+                x, new_kv, stats = self._layer_fn(graphdef)(state, x, cos, sin, segment_ids, positions, kv, slots,
+                                                            key)
+                aux = aux if stats is None else aux + stats
                 if cache is not None:
                     new_k.append(new_kv[0])
                     new_v.append(new_kv[1])
             new_kvs = None if cache is None else (tuple(new_k), tuple(new_v))
         if cache is not None:
             cache = new_cache._replace(k=new_kvs[0], v=new_kvs[1])
+        if return_aux:
+            return self.final_norm(x), cache, aux
         return self.final_norm(x), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -121,8 +132,9 @@ class Decoder(nnx.Module):
         out = out.reshape(*hidden.shape[:-1], -1)
         return constrain(out, ("batch", "length", "vocab"), self.rules)
 
-    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, dropout_key=None):
-        """tokens [batch, length] -> (logits [batch, length, vocab] float32, cache).
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, dropout_key=None,
+                 return_aux: bool = False):
+        """tokens [batch, length] -> (logits [batch, length, vocab] float32, cache[, MoEStats]).
 
         `positions` default to 0..length-1 and `segment_ids` to all ones (one sequence per row).
         """
@@ -130,8 +142,8 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
-        hidden, cache = self.hidden_states(tokens, positions, segment_ids, cache, dropout_key)
-        return self.logits(hidden), cache
+        out = self.hidden_states(tokens, positions, segment_ids, cache, dropout_key, return_aux)
+        return (self.logits(out[0]),) + tuple(out[1:])
 
     def init_cache(self, batch: int, slots: int, dtype=None) -> KVCache:
         """An empty KV cache for `batch` rows of `slots` tokens each (per-layer arrays unless the

@@ -10,10 +10,11 @@ from jz3_jax.errors import UserError
 from jz3_jax.model.config import ModelConfig
 
 # architectures / model_type -> our family. DeepSeek-Math ships as LlamaForCausalLM.
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "MixtralForCausalLM": "mixtral"}
+MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "mixtral": "mixtral"}
 HF_NAMES = {"llama": ("LlamaForCausalLM", "llama"), "mistral": ("MistralForCausalLM", "mistral"),
-            "qwen2": ("Qwen2ForCausalLM", "qwen2")}
+            "qwen2": ("Qwen2ForCausalLM", "qwen2"), "mixtral": ("MixtralForCausalLM", "mixtral")}
 
 
 class UnsupportedModelError(UserError):
@@ -76,13 +77,17 @@ def model_config_from_hf(hf: dict, **runtime) -> ModelConfig:
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=theta,
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        sliding_window=(hf.get("sliding_window") or 0) if family == "mistral" else 0,
+        sliding_window=(hf.get("sliding_window") or 0) if family in ("mistral", "mixtral") else 0,
         qkv_bias=family == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         bos_token_id=_first_id(hf.get("bos_token_id"), 1),
         eos_token_id=_first_id(hf.get("eos_token_id"), 2),
         pad_token_id=_first_id(hf.get("pad_token_id"), 0),
     )
+    if family == "mixtral":
+        cfg.num_experts = int(hf["num_local_experts"])
+        cfg.experts_per_token = int(hf.get("num_experts_per_tok", 2))
+        cfg.router_aux_loss_coef = float(hf.get("router_aux_loss_coef", 0.02))
     if scaling:
         cfg.rope_scaling_type = scaling["type"]
         cfg.rope_scaling_factor = float(scaling.get("factor", 1.0))
@@ -136,8 +141,12 @@ def hf_config_from_model(cfg: ModelConfig) -> dict:
     hf["rope_parameters"] = rope
     if cfg.family == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
-    if cfg.family == "mistral":
+    if cfg.family in ("mistral", "mixtral"):
         hf["sliding_window"] = cfg.sliding_window or None
+    if cfg.family == "mixtral":
+        hf.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
+                  router_aux_loss_coef=cfg.router_aux_loss_coef, router_jitter_noise=0.0,
+                  output_router_logits=False)
     if cfg.family == "qwen2":
         hf.update(use_sliding_window=False, sliding_window=None)
     return hf

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jz3_jax.model.attention import attention_mask, decode_attention, dot_product_attention, write_kv
+from jz3_jax.model.attention_kernels import check_attention_kind, fused_attention
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.lora import TARGETS, adapter
+from jz3_jax.model.moe import MoE
 from jz3_jax.model.rope import apply_rope
 from jz3_jax.runtime.sharding import logical_to_spec
 
@@ -90,6 +92,7 @@ class Attention(nnx.Module):
             self.v_bias = _param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
         self.qkv_bias = cfg.qkv_bias
         self.sliding_window = cfg.sliding_window
+        self.attention = check_attention_kind(cfg.attention)
         self.dtype = dtype_of(cfg.dtype)
 
     def _project(self, rows: jax.Array, name: str, key) -> jax.Array:
@@ -114,16 +117,20 @@ class Attention(nnx.Module):
         k = apply_rope(self._project(rows, "k", dropout_key).reshape(b, t, *self.k.shape[1:]), cos, sin)
         v = self._project(rows, "v", dropout_key).reshape(b, t, *self.v.shape[1:])
         q = constrain(q, ("batch", "length", "heads", "head_dim"), rules)
+        out = None
         if kv is None:
-            mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
+            out = fused_attention(self.attention, q, k, v, segment_ids, self.sliding_window, rules)
+            if out is None:
+                mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
             new_kv = None
         else:
             start, valid, slot_pos = cache_slots
             new_kv = write_kv(kv[0], kv[1], k, v, start)
             k, v = new_kv
             mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
-        attend = decode_attention if kv is not None and t == 1 else dot_product_attention
-        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+        if out is None:
+            attend = decode_attention if kv is not None and t == 1 else dot_product_attention
+            out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
         heads_out = out.transpose(0, 3, 1, 2, 4).reshape(b * t, -1)  # [rows, heads * head_dim]
         o = self.o[...].astype(self.dtype)
         projected = heads_out @ o.reshape(-1, o.shape[-1])
@@ -139,11 +146,19 @@ class DecoderLayer(nnx.Module):
         self.input_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
         self.attn = Attention(cfg, rngs=rngs)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        if cfg.is_moe:
+            self.moe = MoE(cfg, rngs=rngs)
+        else:
+            self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None):
+        """Returns (x, new kv or None, this layer's MoEStats or None for a dense MLP)."""
         attn_out, new_kv = self.attn(self.input_norm(x), cos, sin, segment_ids, positions, rules, kv, cache_slots,
                                      dropout_key)
         x = constrain(x + attn_out, ("batch", "length", "embed"), rules)
-        x = x + self.mlp(self.post_attn_norm(x), rules, dropout_key)
-        return constrain(x, ("batch", "length", "embed"), rules), new_kv
+        if hasattr(self, "moe"):
+            mlp_out, stats = self.moe(self.post_attn_norm(x), segment_ids, rules)
+        else:
+            mlp_out, stats = self.mlp(self.post_attn_norm(x), rules, dropout_key), None
+        x = x + mlp_out
+        return constrain(x, ("batch", "length", "embed"), rules), new_kv, stats

@@ -59,6 +59,10 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets, seed: int)
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown or rank < 1:
         raise ValueError(f"LoRA needs rank >= 1 and targets among {TARGETS}; got rank={rank}, unknown={unknown}")
+    mlp_targets = sorted(set(targets) & {"gate", "up", "down"})
+    if model.cfg.is_moe and mlp_targets:
+        raise ValueError(f"LoRA on a mixture of experts' MLP ({', '.join(mlp_targets)}) is not supported: "
+                         "adapt the attention only (lora.targets=q,k,v,o)")
     key = jax.random.key(seed)
     stacked = model.cfg.scan_layers
     for li, layer in enumerate(_layers(model)):
@@ -81,8 +85,8 @@ def merge_lora(model) -> None:
     """Fold every adapter into its base weight (in place) and remove the adapters."""
     for layer in _layers(model):
         for name, (owner_name, n_in) in _LAYOUT.items():
-            owner = getattr(layer, owner_name)
-            lora = adapter(owner, name)
+            owner = getattr(layer, owner_name, None)  # a mixture of experts has no `mlp`
+            lora = None if owner is None else adapter(owner, name)
             if lora is None:
                 continue
             weight = getattr(owner, name)

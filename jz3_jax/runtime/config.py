@@ -8,10 +8,13 @@ from __future__ import annotations
 import dataclasses
 
 # Logical axis name -> mesh axes ("+"-joined; empty = replicated). Order matters only for display.
+# `expert` (mesh.expert > 1) splits the experts of a mixture of experts over chips; the batch and
+# the other weights are split over it too, so those chips still see distinct tokens and hold
+# distinct shards (an expert weight's embed dimension gets fsdp only: the expert axis is taken).
 DEFAULT_RULES = [
-    "batch=data+fsdp",
+    "batch=data+fsdp+expert",
     "length=",
-    "embed=fsdp",
+    "embed=fsdp+expert",
     "mlp=tensor",
     "heads=tensor",
     "kv_heads=tensor",
@@ -19,16 +22,19 @@ DEFAULT_RULES = [
     "norm=",
     "vocab=tensor",
     "layers=",
+    "experts=expert",
 ]
 
 
 @dataclasses.dataclass
 class MeshConfig:
-    """Device mesh sizes (one of them may be -1: the remaining devices) and the logical-axis rules."""
+    """Device mesh sizes (one of data/fsdp/tensor may be -1: the remaining devices) and the
+    logical-axis rules. `expert` > 1 adds an `expert` mesh axis (expert parallelism)."""
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    expert: int = 1
     rules: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_RULES))
 
 

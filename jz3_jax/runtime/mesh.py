@@ -1,4 +1,4 @@
-"""Build the device mesh (data, fsdp, tensor) from `MeshConfig`."""
+"""Build the device mesh (data, fsdp, tensor; plus expert when `mesh.expert > 1`) from `MeshConfig`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-    """Sizes for (data, fsdp, tensor); at most one -1, filled with the remaining devices."""
+    """Sizes for (data, fsdp, tensor); at most one -1, filled with the devices `mesh.expert` leaves."""
+    expert = getattr(cfg, "expert", 1)
+    if expert < 1:
+        raise ConfigError(f"mesh.expert must be >= 1, got {expert}")
+    if num_devices % expert:
+        raise ConfigError(f"mesh.expert={expert} does not divide the {num_devices} devices")
+    num_devices //= expert
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     fill = [i for i, s in enumerate(sizes) if s == -1]
     if len(fill) > 1:
@@ -42,8 +48,11 @@ def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int
 def build_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over all (global) devices, or `devices`, with Auto axis types (GSPMD-style sharding)."""
     devices = list(devices) if devices is not None else jax.devices()
-    shape = resolve_mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    data, fsdp, tensor = resolve_mesh_shape(cfg, len(devices))
+    shape, names = (data, fsdp, tensor), MESH_AXES
+    if getattr(cfg, "expert", 1) > 1:  # between fsdp and tensor: tensor stays on the closest chips
+        shape, names = (data, fsdp, cfg.expert, tensor), ("data", "fsdp", "expert", "tensor")
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
 def mesh_and_rules(cfg: Config) -> tuple[Mesh, dict[str, tuple[str, ...]]]:

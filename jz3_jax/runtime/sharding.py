@@ -17,6 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jz3_jax.errors import ConfigError
 
 Rules = Mapping[str, tuple[str, ...]]
+# Mesh axes a rule may name although the mesh leaves them out (a mesh has `expert` only when
+# mesh.expert > 1): an absent optional axis counts as size 1.
+OPTIONAL_AXES = ("expert",)
 LogicalAxes = Sequence[str | None]
 
 
@@ -49,9 +52,9 @@ def logical_to_spec(
             raise ConfigError(f"logical axis {name!r} has no entry in mesh.rules ({sorted(rules)})")
         axes = tuple(a for a in rules[name] if a not in used and mesh.shape.get(a, 1) > 1)
         for a in rules[name]:
-            if a not in mesh.shape:
+            if a not in mesh.shape and a not in OPTIONAL_AXES:
                 raise ConfigError(f"mesh.rules maps {name!r} to unknown mesh axis {a!r}")
-        size = math.prod(mesh.shape[a] for a in axes)
+        size = math.prod(mesh.shape[a] for a in axes)  # only axes present (size > 1)
         if not axes or (shape is not None and shape[dim] % size):
             spec.append(None)
             continue

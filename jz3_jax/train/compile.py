@@ -13,6 +13,10 @@ Run it with `JAX_PLATFORMS=cpu` so everything else stays on the host CPU:
 
 Topology names follow Cloud TPU: v4 and v5p names count TensorCores (2 per chip, so v5p-64 is 32
 chips in a 2x4x4 cube), v5e (alias v5litepod) and v6e names count chips (v5e-16 is 4x4).
+
+`compile.find_max_batch=true` also searches, by compiling, the largest `per_device_batch` that
+fits; `compile.step_time_s` turns the step's model FLOPs into the MFU that step time would mean;
+`compile.program=decode` compiles the decoding engine's step instead (`compile_decode.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -105,7 +110,8 @@ def parse_topology(name: str) -> TopologySpec:
         wrap = (chips >= 64,) * 3
     else:
         wrap = (shape[0] == 16, shape[1] == 16, False)
-    host = (1, 1, 1) if chips == 1 else (2, 2, 1)
+    # v4/v5p hosts hold 4 chips; a v5e/v6e 8-chip slice is one 8-chip host (larger ones use 4-chip hosts)
+    host = (1, 1, 1) if chips == 1 else (2, 4, 1) if len(shape) == 2 and chips == 8 else (2, 2, 1)
     return TopologySpec(
         name=f"{gen_name}-{count}", generation=gen_name, chips=chips,
         topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}", chip_config_name=gen.chip_config_name,
@@ -124,6 +130,9 @@ def tpu_devices(spec: TopologySpec, num_slices: int = 1) -> list:
         raise ConfigError(f"compile.num_slices must be >= 1, got {num_slices}")
     from jax.experimental import topologies
 
+    # libtpu takes a machine-wide lock file by default, so a second compile (another run, a test) would
+    # fail while one runs; compile-only devices touch no TPU, so several processes may load it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         topology = topologies.get_topology_desc(
             platform="tpu", topology_name=spec.topology_name, chip_config_name=spec.chip_config_name,
@@ -293,10 +302,103 @@ def abstract_train_step(cfg: Config, mesh, rules, rows: int) -> AbstractTrainSte
     return AbstractTrainStep(program, params, frozen, state, frozen_state, batch, model_cfg)
 
 
+def memory_of(compiled, hbm: int) -> dict:
+    """What the compiler says one device needs for `compiled` (bytes), against `hbm`."""
+    mem = compiled.memory_analysis()
+    argument, output = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    alias, temp, code = mem.alias_size_in_bytes, mem.temp_size_in_bytes, mem.generated_code_size_in_bytes
+    # Outputs that alias (donated) arguments share their buffers, so they count once.
+    total = argument + output - alias + temp + code
+    return {"argument_bytes": argument, "output_bytes": output, "alias_bytes": alias, "temp_bytes": temp,
+            "generated_code_bytes": code, "total_bytes": total, "hbm_bytes": hbm, "fraction_of_hbm": total / hbm,
+            "host_temp_bytes": getattr(mem, "host_temp_size_in_bytes", 0)}
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """Whether a compile failed because the program does not fit in HBM (not a bug)."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeds the memory" in text
+
+
+def kernels_in(compiled) -> list[str]:
+    """Names of the Pallas (Mosaic) kernels the compiled TPU program calls, e.g. the splash kernels."""
+    text = compiled.as_text()
+    names = set()
+    for line in text.splitlines():
+        if 'custom_call_target="tpu_custom_call"' in line:
+            match = re.search(r"%([\w-]+?)(?:\.\d+)? = ", line)
+            names.add(match.group(1) if match else "tpu_custom_call")
+    return sorted(names)
+
+
+def peak_flops_of(device_kind: str, override_tflops: float = 0.0) -> float | None:
+    """Peak dense bf16 FLOP/s of one device of `device_kind` (`train.peak_tflops` when set)."""
+    from jz3_jax.train.metrics import PEAK_FLOPS
+
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    for name, flops in PEAK_FLOPS.items():
+        if device_kind.startswith(name):
+            return flops
+    return None
+
+
+def mfu_report(flops_per_step: float, devices: int, peak: float | None, step_time_s: float) -> dict:
+    """The step time that 100% model-FLOPs utilisation would mean, and the MFU of `step_time_s`."""
+    if step_time_s < 0:
+        raise ConfigError(f"compile.step_time_s must be >= 0, got {step_time_s}")
+    full = flops_per_step / (devices * peak) if peak else None
+    return {"peak_flops_per_device": peak, "step_time_s_at_full_mfu": full,
+            "step_time_s": step_time_s or None,
+            "mfu": full / step_time_s if full and step_time_s > 0 else None}
+
+
+def search_max_batch(fits, start: int, limit: int) -> tuple[int, dict[int, bool]]:
+    """The largest batch b <= `limit` with `fits(b)` (0 if none), assuming fitting is monotone: double
+    from `start` while it fits (halve while it does not), then bisect. Returns (b, {tried: fits})."""
+    tried: dict[int, bool] = {}
+
+    def ok(b: int) -> bool:
+        if b not in tried:
+            tried[b] = fits(b)
+        return tried[b]
+
+    start = max(1, min(start, limit))
+    if ok(start):
+        lo, hi = start, None
+        while hi is None and lo < limit:
+            b = min(2 * lo, limit)
+            lo, hi = (b, None) if ok(b) else (lo, b)
+        if hi is None:
+            return lo, tried
+    else:
+        hi, lo = start, start // 2
+        while lo >= 1 and not ok(lo):
+            hi, lo = lo, lo // 2
+        if lo < 1:
+            return 0, tried
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo, tried
+
+
+def _compile(cfg: Config, mesh, rules, rows: int):
+    """(compiled train step, AbstractTrainStep, lower seconds, compile seconds) for `rows` per micro-step."""
+    t0 = time.perf_counter()
+    abstract = abstract_train_step(cfg, mesh, rules, rows)
+    lowered = abstract.program.lower_train_step(abstract.state, abstract.frozen_state, abstract.batch)
+    t_lower = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, abstract, t_lower, time.perf_counter() - t1
+
+
 def compile_train_step(cfg: Config, log=print) -> dict:
     """Lower and compile the train step for `cfg.compile.topology`; the report (also when it does not fit)."""
     import jax
 
+    from jz3_jax.model.attention_kernels import resolve_attention
     from jz3_jax.runtime.mesh import MESH_AXES
     from jz3_jax.runtime.sharding import parse_rules
     from jz3_jax.train.step import flops_per_token
@@ -315,30 +417,20 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     rows = c.per_device_batch * n  # rows per micro-step, all devices
     batch_spec = check_batch(rows, length, rules, mesh)
     global_rows = rows * accum
+    attention = resolve_attention(cfg.model.attention, "tpu")
     log(f"compile: {spec.name} = {spec.chips} chips x {c.num_slices} slice(s) ({spec.topology_name}, "
         f"{devices[0].device_kind}), mesh {dict(mesh.shape)}, batch [{accum} x {rows} x {length}] "
-        f"= {global_rows} rows/step")
+        f"= {global_rows} rows/step, attention {attention}, loss_chunk {cfg.train.loss_chunk}")
     if global_rows != cfg.train.global_batch_size:
         log(f"compile: note: per_device_batch x devices x grad_accum = {global_rows} rows, "
             f"train.global_batch_size = {cfg.train.global_batch_size}")
 
-    t0 = time.perf_counter()
-    abstract = abstract_train_step(cfg, mesh, rules, rows)
+    compiled, abstract, t_lower, t_compile = _compile(cfg, mesh, rules, rows)
     program, params, frozen = abstract.program, abstract.params, abstract.frozen
     state, frozen_abstract, batch, model_cfg = abstract.state, abstract.frozen_state, abstract.batch, abstract.model_cfg
-    lowered = program.lower_train_step(state, frozen_abstract, batch)
-    t_lower = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t_compile = time.perf_counter() - t1
-
-    mem = compiled.memory_analysis()
-    argument, output = mem.argument_size_in_bytes, mem.output_size_in_bytes
-    alias, temp, code = mem.alias_size_in_bytes, mem.temp_size_in_bytes, mem.generated_code_size_in_bytes
-    # Outputs that alias (donated) arguments share their buffers, so they count once.
-    total = argument + output - alias + temp + code
     hbm = spec.hbm_bytes
-    fits = total <= hbm
+    memory = memory_of(compiled, hbm)
+    fits = memory["total_bytes"] <= hbm
 
     def leaves_size(tree) -> int:
         return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
@@ -357,13 +449,15 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     # layers or gradient accumulation the compiled figure is far below the real work.
     loops = model_cfg.scan_layers or accum > 1
     recompute = 4 / 3 if model_cfg.remat in ("full", "nothing_saveable") else 1.0  # forward runs twice
+    kernels = kernels_in(compiled)
     report = {
+        "program": "train",
         "topology": {"name": spec.name, "generation": spec.generation, "chips": spec.chips,
                      "num_slices": c.num_slices, "devices": n, "device_kind": devices[0].device_kind,
                      "topology_name": spec.topology_name, "chip_config_name": spec.chip_config_name,
                      "chips_per_host_bounds": list(spec.chips_per_host_bounds), "wrap": list(spec.wrap),
                      "hbm_bytes_per_device": hbm},
-        "mesh": {a: int(mesh.shape[a]) for a in MESH_AXES},
+        "mesh": {a: int(mesh.shape[a]) for a in mesh.axis_names if a in MESH_AXES or mesh.shape[a] > 1},
         "batch": {"per_device_batch": c.per_device_batch, "grad_accum": accum, "rows_per_micro_step": rows,
                   "global_rows": global_rows, "train_global_batch_size": cfg.train.global_batch_size,
                   "sequence_length": length, "tokens_per_step": tokens, "spec": _spec_json(batch_spec)},
@@ -372,11 +466,11 @@ def compile_train_step(cfg: Config, log=print) -> dict:
                   "params": num_params, "trainable_params": trainable, "lora_rank": cfg.lora.rank,
                   "param_dtype": model_cfg.param_dtype, "dtype": model_cfg.dtype, "remat": model_cfg.remat,
                   "scan_layers": model_cfg.scan_layers},
+        "attention": {"configured": cfg.model.attention, "resolved": attention, "kernels": kernels,
+                      "splash_in_program": any(k.startswith("splash") for k in kernels)},
+        "loss_chunk": cfg.train.loss_chunk,
         "memory_per_device": {
-            "argument_bytes": argument, "output_bytes": output, "alias_bytes": alias, "temp_bytes": temp,
-            "generated_code_bytes": code, "total_bytes": total, "hbm_bytes": hbm,
-            "fraction_of_hbm": total / hbm,
-            "host_temp_bytes": getattr(mem, "host_temp_size_in_bytes", 0),
+            **memory,
             # from the shardings: what the arguments should hold, before TPU layout padding
             "expected_state_bytes": state_bytes, "expected_param_bytes": param_bytes,
             "expected_batch_bytes": batch_bytes},
@@ -387,14 +481,51 @@ def compile_train_step(cfg: Config, log=print) -> dict:
                   "analytic_per_device": fpt * tokens / n,
                   "analytic_with_recompute_per_device": recompute * fpt * tokens / n,
                   "compiled_counts_loop_bodies_once": loops},
+        "mfu": mfu_report(fpt * tokens, n, peak_flops_of(devices[0].device_kind, cfg.train.peak_tflops),
+                          c.step_time_s),
         "param_shardings": specs,
         "replicated_not_divisible": undivided,
         "seconds": {"lower": round(t_lower, 2), "compile": round(t_compile, 2)},
     }
+    if c.find_max_batch:
+        report["max_batch"] = _find_max_batch(cfg, mesh, rules, n, hbm, memory["total_bytes"], log)
     return report
 
 
+def _find_max_batch(cfg: Config, mesh, rules, n: int, hbm: int, configured_total: int, log) -> dict:
+    """The largest per-device batch whose train step fits (`compile.find_max_batch`), by compiling."""
+    c = cfg.compile
+    totals: dict[int, int | None] = {c.per_device_batch: configured_total}
+
+    def fits(per_device: int) -> bool:
+        if per_device in totals:
+            return totals[per_device] is not None and totals[per_device] <= hbm
+        rows = per_device * n
+        try:
+            check_batch(rows, cfg.data.max_length, rules, mesh)
+            compiled = _compile(cfg, mesh, rules, rows)[0]
+        except Exception as e:
+            if not _out_of_memory(e):
+                raise
+            totals[per_device] = None  # the compiler itself gave up: far over HBM
+            log(f"compile: per_device_batch {per_device}: out of memory at compile time")
+            return False
+        totals[per_device] = memory_of(compiled, hbm)["total_bytes"]
+        log(f"compile: per_device_batch {per_device}: {_fmt_gib(totals[per_device])} of {_fmt_gib(hbm)}")
+        return totals[per_device] <= hbm
+
+    best, tried = search_max_batch(fits, c.per_device_batch, c.max_batch_limit)
+    log(f"compile: the largest per_device_batch that fits is {best} (tried {sorted(tried)})")
+    return {"per_device_batch": best, "rows_per_micro_step": best * n, "limit": c.max_batch_limit,
+            "tried": {str(b): {"fits": ok, "total_bytes": totals.get(b)} for b, ok in sorted(tried.items())}}
+
+
 def summary(report: dict) -> str:
+    """The report as the few lines the stage prints."""
+    if report.get("program") == "decode":
+        from jz3_jax.train.compile_decode import decode_summary
+
+        return decode_summary(report)
     m, f, t = report["memory_per_device"], report["flops"], report["topology"]
     compiled = f["compiled_per_device"]
     def count(n: int) -> str:
@@ -415,23 +546,53 @@ def summary(report: dict) -> str:
          + (" (XLA counts a loop body once: the scanned layers and accumulation micro-steps are loops,"
             " so this is not the step's total)" if f["compiled_counts_loop_bodies_once"] else ""))
         if compiled else "  the compiler gave no FLOPs",
-        f"  lowered in {report['seconds']['lower']} s, compiled in {report['seconds']['compile']} s",
     ]
+    a = report.get("attention")
+    if a:
+        lines.append(f"  attention: {a['resolved']} (model.attention={a['configured']}); kernels in the program: "
+                     f"{', '.join(a['kernels']) or 'none'}; train.loss_chunk={report['loss_chunk']}")
+    mfu = report.get("mfu")
+    if mfu and mfu["step_time_s_at_full_mfu"]:
+        line = (f"  MFU: {mfu['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device peak, so 100% MFU is "
+                f"{mfu['step_time_s_at_full_mfu']:.3f} s/step")
+        if mfu["mfu"] is not None:
+            line += f"; a {mfu['step_time_s']} s step is {100 * mfu['mfu']:.1f}% MFU"
+        lines.append(line + " (compile.step_time_s)")
+    if "max_batch" in report:
+        mb = report["max_batch"]
+        lines.append(f"  largest per_device_batch that fits: {mb['per_device_batch']} "
+                     f"(searched up to {mb['limit']}: " + ", ".join(
+                         f"{b} {'fits' if r['fits'] else 'no'}" for b, r in mb["tried"].items()) + ")")
+    lines.append(f"  lowered in {report['seconds']['lower']} s, compiled in {report['seconds']['compile']} s")
     if report["replicated_not_divisible"]:
         lines.append(f"  replicated (not divisible): {'; '.join(report['replicated_not_divisible'])}")
     return "\n".join(lines)
 
 
+PROGRAMS = ("train", "decode")
+
+
 def run(cfg: Config, ctx) -> None:
     """The `compile` stage: print the per-device report, write `compile.json`, fail if it does not fit."""
-    report = compile_train_step(cfg, log=ctx.logger.info)
+    program = cfg.compile.program
+    if program not in PROGRAMS:
+        raise ConfigError(f"compile.program must be one of {', '.join(PROGRAMS)}, got {program!r}")
+    if program == "decode":
+        from jz3_jax.train.compile_decode import compile_decode_step
+
+        report = compile_decode_step(cfg, log=ctx.logger.info)
+    else:
+        report = compile_train_step(cfg, log=ctx.logger.info)
     text = summary(report)
     print(text, flush=True)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     (ctx.stage_dir / "compile.json").write_text(json.dumps(report, indent=2) + "\n")
     if not report["fits"]:
         m = report["memory_per_device"]
-        raise DoesNotFit(f"the train step needs {_fmt_gib(m['total_bytes'])} per device but a "
-                         f"{report['topology']['name']} chip has {_fmt_gib(m['hbm_bytes'])}: lower "
-                         f"compile.per_device_batch, raise train.grad_accum, use more chips or model.remat=full "
+        advice = ("lower engine.max_batch or engine.max_seq_len, use bfloat16 weights (model.param_dtype) or a "
+                  "larger slice" if program == "decode" else
+                  "lower compile.per_device_batch, raise train.grad_accum, set train.loss_chunk, use more chips "
+                  "or model.remat=full")
+        raise DoesNotFit(f"the {program} step needs {_fmt_gib(m['total_bytes'])} per device but a "
+                         f"{report['topology']['name']} chip has {_fmt_gib(m['hbm_bytes'])}: {advice} "
                          f"(report in {ctx.stage_dir / 'compile.json'})")

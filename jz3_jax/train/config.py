@@ -40,6 +40,7 @@ class TrainConfig:
     sync_every: int = 10  # processes agree on SIGTERM every sync_every steps (one small collective)
     export_hf: bool = True
     peak_tflops: float = 0.0  # peak TFLOP/s per device for MFU where the chip is not in the table (CPU); 0 = table
+    loss_chunk: int = 0  # > 0: LM head + loss over this many positions at a time (never the full logits); 0 = dense
 
 
 @dataclasses.dataclass
@@ -54,8 +55,13 @@ class LoraConfig:
 
 @dataclasses.dataclass
 class CompileConfig:
-    """`compile` stage: ahead-of-time compile of the train step for a Cloud TPU topology (e.g. v5p-64)."""
+    """`compile` stage: ahead-of-time compile of the train step (or the decode step) for a Cloud TPU
+    topology (e.g. v5p-64)."""
 
     topology: str = "v5p-16"
     per_device_batch: int = 1
     num_slices: int = 1
+    program: str = "train"  # train | decode (the engine's decode step: engine.max_batch x engine.max_seq_len)
+    find_max_batch: bool = False  # also search (by compiling) the largest per_device_batch that fits
+    max_batch_limit: int = 512  # the search's upper bound (rows per device)
+    step_time_s: float = 0.0  # > 0: report the model-FLOPs utilisation this step time would mean

@@ -71,7 +71,7 @@ def build_program(cfg: Config, graphdef, params, frozen, mesh: Mesh, rules: Rule
                   lora: bool) -> TrainProgram:
     """Optimizer, shardings and jitted steps for `params` (concrete or abstract) on `mesh`."""
     tx, schedule = make_optimizer(cfg.optimizer, total_steps)
-    steps = make_steps(graphdef, tx, schedule, cfg.seed, lora and cfg.lora.dropout > 0)
+    steps = make_steps(graphdef, tx, schedule, cfg.seed, lora and cfg.lora.dropout > 0, cfg.train.loss_chunk)
     param_shardings = state_shardings(params, rules, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_abstract = jax.eval_shape(tx.init, params)
