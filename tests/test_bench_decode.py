@@ -37,3 +37,14 @@ def test_decode_bench_reports_throughput_reference_and_bandwidth(run_launch, tmp
     expected = weight_bytes / step / (result["memory_bandwidth_gbs"] * 1e9)
     assert math.isclose(result["bandwidth_fraction"], expected, rel_tol=0.02, abs_tol=1e-3)
     assert result["peak_memory_bytes"] > 0
+
+
+def test_device_bandwidth_is_measured_on_the_benchmarked_device():
+    """The bandwidth bound comes from a copy on the device itself (jitted), not from host memory,
+    so on a GPU it is the HBM's; on CPU the device copy measures host memory like numpy does."""
+    import jax
+
+    from jz3_jax.bench.decode import device_bandwidth_gbs
+
+    gbs = device_bandwidth_gbs(jax.devices()[0], repeats=2, nbytes=64 * 2**20)
+    assert 0.5 < gbs < 10_000

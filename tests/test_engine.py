@@ -201,3 +201,53 @@ def test_cancel_frees_the_row(tiny):
     finished = [e.finished for _ in range(10) for e in engine.step() if e.finished is not None]
     assert [f.token_ids for f in finished] == [engine.generate([Request([4, 5], short.params)])[0].token_ids]
     assert engine.pending == 0
+
+
+# --- the decode step's attention layout (engine.decode_attention) ------------------------------------
+
+def _decode_step_logits(model, layout: str, prompts: np.ndarray) -> tuple[np.ndarray, str]:
+    """Logits of one cached decode step after `prompts` [b, n] with `layout`, and the program's text."""
+    from flax import nnx
+
+    from jz3_jax.decoding.attention import use_layout
+
+    graphdef, params = nnx.split(model)
+    b, n = prompts.shape
+
+    def step(params, prompts):
+        m = nnx.merge(graphdef, params)
+        positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+        _, cache = m(prompts[:, :-1], positions[:, :-1], jnp.ones((b, n - 1), jnp.int32), m.init_cache(b, 2 * n))
+        with use_layout(layout):
+            logits, _ = m(prompts[:, -1:], positions[:, -1:], jnp.ones((b, 1), jnp.int32), cache)
+        return logits[:, 0]
+
+    lowered = jax.jit(step).lower(params, prompts)
+    return np.asarray(lowered.compile()(params, prompts)), lowered.as_text()
+
+
+@pytest.mark.parametrize("kv_heads,window", [(2, 8), (4, 0)])  # GQA with a sliding window; MHA (4 blocks)
+def test_decode_attention_layouts_give_the_same_logits(kv_heads, window, mesh):
+    cfg = ModelConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=kv_heads, sliding_window=window)
+    model, _ = load_model(cfg, mesh, RULES, seed=5)
+    prompts = jnp.asarray(np.random.default_rng(kv_heads).integers(0, 256, (3, 13)), jnp.int32)
+    block, block_text = _decode_step_logits(model, "block_diagonal", prompts)
+    grouped, grouped_text = _decode_step_logits(model, "grouped", prompts)
+    assert block_text != grouped_text  # the layout really reached the model's decode step
+    full = np.asarray(jax.jit(lambda m, x: m(x)[0][:, -1])(model, prompts))  # no cache: training attention
+    np.testing.assert_allclose(block, full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grouped, full, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_layouts_give_the_same_tokens(tiny):
+    model, _ = tiny
+    engines = {layout: Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4, decode_attention=layout)
+               for layout in ("block_diagonal", "grouped")}
+    assert {name: e.decode_layout for name, e in engines.items()} == {"block_diagonal": "block_diagonal",
+                                                                       "grouped": "grouped"}
+    tokens = {name: [r.token_ids for r in e.generate(_mixed_requests(3))] for name, e in engines.items()}
+    assert tokens["block_diagonal"] == tokens["grouped"]
+    assert Engine(model, max_batch=1, max_seq_len=8).decode_layout == "block_diagonal"  # auto on CPU
+    with pytest.raises(ValueError, match="engine.decode_attention must be one of auto, block_diagonal, grouped"):
+        Engine(model, max_batch=1, max_seq_len=8, decode_attention="dense")

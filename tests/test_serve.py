@@ -277,7 +277,7 @@ def test_stage_serves_until_sigterm(tmp_path):
         try:
             lines: queue.Queue = queue.Queue()
             threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-            line = lines.get(timeout=90)
+            line = lines.get(timeout=240)  # startup includes the engine warm-up compiles
             match = re.fullmatch(r"serving llama-random on (http://127\.0\.0\.1:\d+)\n", line)
             assert match, line
             status, body = post(match.group(1) + "/v1/completions", {"prompt": "hello", "max_tokens": 5})

@@ -37,9 +37,22 @@ if TYPE_CHECKING:
 COPY_BYTES = 512 * 1024 * 1024  # each of source and destination
 
 
+def device_bandwidth_gbs(device=None, repeats: int = 5, nbytes: int = COPY_BYTES) -> float:
+    """Memory bandwidth of `device` (default: the first) in GB/s: the best of `repeats` jitted
+    device-side passes over a `nbytes` float32 array into a new one (bytes read + bytes written)."""
+    device = device or jax.devices()[0]
+    src = jax.device_put(np.ones(nbytes // 4, np.float32), device)
+    step = jax.jit(lambda x: x + 1.0)  # reads and writes every element once (a bare copy may be elided)
+    best = min(time_call(lambda: step(src).block_until_ready(), warmup=1, repeats=1)[0] for _ in range(repeats))
+    return 2 * src.nbytes / best / 1e9
+
+
 def memory_bandwidth_gbs(repeats: int = 5, nbytes: int = COPY_BYTES) -> float:
-    """This machine's memory bandwidth in GB/s (1e9 bytes/s): the best of `repeats` copies of a
-    `nbytes` float32 array (numpy, one thread), counting bytes read + bytes written (STREAM copy)."""
+    """The memory bandwidth of the device the benchmark runs on, in GB/s (1e9 bytes/s): on an
+    accelerator its HBM (`device_bandwidth_gbs`), on CPU the host's: the best of `repeats` copies
+    of a `nbytes` float32 array (numpy, one thread), counting bytes read + bytes written (STREAM copy)."""
+    if jax.default_backend() != "cpu":
+        return device_bandwidth_gbs(repeats=repeats, nbytes=nbytes)
     src = np.ones(nbytes // 4, np.float32)
     dst = np.zeros_like(src)  # touched once here so page faults stay out of the timings
     best = float("inf")
@@ -86,7 +99,8 @@ def run(cfg: Config, ctx: StageContext) -> dict:
     # Every prompt has the same length: one prefill shape without padding (the prompt bucket only
     # bounds the number of compiled shapes), and a cache of exactly prompt + new tokens.
     engine = Engine(model, max_batch=b.batch, max_seq_len=b.prompt_len + b.new_tokens, eos_ids=(),
-                    steps_per_dispatch=cfg.engine.steps_per_dispatch, prompt_bucket=b.prompt_len, mesh=mesh)
+                    steps_per_dispatch=cfg.engine.steps_per_dispatch, prompt_bucket=b.prompt_len, mesh=mesh,
+                    max_top_k=cfg.engine.max_top_k, decode_attention=cfg.engine.decode_attention)
 
     def generate(new_tokens: int):
         params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
@@ -113,8 +127,10 @@ def run(cfg: Config, ctx: StageContext) -> dict:
         reference = b.batch * b.new_tokens / _reference_seconds(model, prompts, b.new_tokens, cfg, ctx.logger)
     return report("decode", "tokens/s", ours, reference, batch=b.batch, prompt_len=b.prompt_len,
                   new_tokens=b.new_tokens, steps_per_dispatch=engine.steps_per_dispatch, mesh=dict(mesh.shape),
+                  decode_attention=engine.decode_layout,
                   seconds_per_decode_token=per_token, weight_bytes=weight_bytes,
                   memory_bandwidth_gbs=round(bandwidth, 2),
-                  bandwidth_convention="STREAM copy: (bytes read + bytes written) / s of a 512 MiB float32 copy",
+                  bandwidth_convention="STREAM copy: (bytes read + bytes written) / s of a 512 MiB float32 copy"
+                                       + ("" if jax.default_backend() == "cpu" else " on the device"),
                   bandwidth_fraction=None if fraction is None else round(fraction, 3), dtype=resolved.dtype,
                   peak_memory_bytes=peak)

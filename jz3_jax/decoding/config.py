@@ -27,7 +27,12 @@ class EngineConfig:
     """The decoding engine shared by synthesize/serve/eval: rows decoded together and cache length.
 
     `max_seq_len` bounds prompt + new tokens per request; `steps_per_dispatch` tokens are decoded on
-    device per host round trip; prompt lengths are padded up to a multiple of `prompt_bucket`.
+    device per host round trip; prompts are padded up to the next prefill width of
+    `prompt_bucket * 2**i` (or `max_seq_len`), so serve and synthesize compile a few prefill
+    programs once at warm-up. `max_top_k` is the largest top_k a request may ask for (top-k and
+    top-p filters draw their candidates from `jax.lax.top_k` of this many logits).
+    `decode_attention` is the decode step's attention layout: auto (block_diagonal on CPU,
+    grouped on GPU/TPU), block_diagonal or grouped.
     `mesh` is the engine's own mesh over this host's devices (one engine replica per host), separate
     from the training `mesh`: by default tensor-parallel over all local devices, so a decode step
     never all-gathers weights.
@@ -37,4 +42,6 @@ class EngineConfig:
     max_seq_len: int = 2048
     steps_per_dispatch: int = 8
     prompt_bucket: int = 64
+    max_top_k: int = 64
+    decode_attention: str = "auto"  # auto | block_diagonal | grouped
     mesh: MeshConfig = dataclasses.field(default_factory=_engine_mesh)

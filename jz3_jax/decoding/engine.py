@@ -11,6 +11,13 @@ a bulk job never waits for the longest sequence of a batch. Stop strings are che
 
 Under `jax.set_mesh` the rows are split over the data axes and the cache's kv heads over the
 tensor axis (the `mesh.rules` table), like the model's parameters.
+
+Prefill shapes come from a fixed, small set of buckets: widths `prompt_bucket * 2**i` up to
+`max_seq_len` (the last one `max_seq_len` itself), and per width two row counts: 1 (a lone
+prompt, no padding rows) and `max_seq_len // width` capped at `max_batch` (several prompts, so a
+prefill never computes more than `max_seq_len` tokens; larger groups take several prefills).
+That is at most two programs per width; `warm_up()` compiles all of them and the decode
+dispatch, so no request compiles anything afterwards.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import numpy as np
 from flax import nnx
 
 from jz3_jax.decoding import steps as device
+from jz3_jax.decoding.attention import platform_of, resolve_layout
+from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.sampling import SamplingParams, seed_words
 from jz3_jax.model.decoder import Decoder
@@ -93,8 +102,30 @@ def bucket_length(n: int, multiple: int = 16) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def _power_of_two_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def doubling_buckets(smallest: int, bound: int) -> tuple[int, ...]:
+    """`smallest`, twice that, four times ... while below `bound`, then `bound` itself."""
+    sizes = []
+    size = max(1, smallest)
+    while size < bound:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, bound)
+
+
+def _smallest_at_least(buckets: tuple[int, ...], n: int) -> int:
+    return next(b for b in buckets if b >= n)
+
+
+def group_rows(width: int, max_seq_len: int, max_batch: int) -> int:
+    """The rows of a prefill of several prompts of bucket `width`: a prefill computes at most
+    `max_seq_len` tokens (or one prompt) and fills at most `max_batch` rows."""
+    return max(1, min(max_batch, max_seq_len // width))
+
+
+def prefill_shapes(prompt_bucket: int, max_seq_len: int, max_batch: int) -> list[tuple[int, int]]:
+    """Every (rows, width) a prefill of an engine with these sizes can have (see the module docstring)."""
+    return [(rows, width) for width in doubling_buckets(prompt_bucket, max_seq_len)
+            for rows in sorted({1, group_rows(width, max_seq_len, max_batch)})]
 
 
 class Engine:
@@ -107,18 +138,26 @@ class Engine:
         eos_ids: token ids that end a sequence (empty: run to max_new_tokens).
         tokenizer: needed for text output, streaming deltas and stop strings.
         steps_per_dispatch: tokens decoded on device per host round trip.
-        prompt_bucket: prompt lengths are padded up to a multiple of this.
+        prompt_bucket: the smallest prefill width; prompts are padded up to the next of
+            `prompt_bucket * 2**i` (or `max_seq_len`).
         mesh: the mesh the model lives on; every dispatch runs under it (any thread may call
             `step`), so the rows and cache follow the model's rules table. Default: the mesh set
             with `jax.set_mesh` when the engine is built, if any.
+        max_top_k: the largest top_k a request may ask for (below the vocabulary size; a top_k of
+            at least the vocabulary is no filter); filters take their candidates from
+            `jax.lax.top_k` of this many logits instead of sorting the vocabulary.
+        decode_attention: the decode step's attention layout, "auto" (by the mesh's platform),
+            "block_diagonal" or "grouped" (see `jz3_jax.decoding.attention`).
     """
 
     def __init__(self, model: Decoder, *, max_batch: int, max_seq_len: int, eos_ids: Iterable[int] = (),
                  tokenizer=None, steps_per_dispatch: int = 8, prompt_bucket: int = 16,
-                 mesh: jax.sharding.Mesh | None = None):
-        if max_batch < 1 or max_seq_len < 2 or steps_per_dispatch < 1:
-            raise ValueError("max_batch >= 1, max_seq_len >= 2 and steps_per_dispatch >= 1 are required")
+                 mesh: jax.sharding.Mesh | None = None, max_top_k: int = 64, decode_attention: str = "auto"):
+        if max_batch < 1 or max_seq_len < 2 or steps_per_dispatch < 1 or prompt_bucket < 1 or max_top_k < 1:
+            raise ValueError("max_batch >= 1, max_seq_len >= 2, steps_per_dispatch >= 1, prompt_bucket >= 1 and "
+                             "max_top_k >= 1 are required")
         self.graphdef, self.params = nnx.split(model)
+        self.rules = model.rules
         self.pad_id = model.cfg.pad_token_id
         self.vocab_size = model.cfg.vocab_size
         self.max_batch = max_batch
@@ -128,6 +167,9 @@ class Engine:
         self.steps_per_dispatch = steps_per_dispatch
         self.prompt_bucket = prompt_bucket
         self.mesh = mesh if mesh is not None else _current_mesh()
+        self.max_top_k = min(max_top_k, self.vocab_size)
+        self.decode_layout = resolve_layout(decode_attention, platform_of(self.mesh))
+        self.prefill_widths = doubling_buckets(prompt_bucket, max_seq_len)
         self._rows: list[_Live | None] = []
         self._waiting: collections.deque[_Live] = collections.deque()
         self.reset()
@@ -147,6 +189,14 @@ class Engine:
                 f"the engine's context of {self.max_seq_len} tokens")
         if request.params.stop and self.tokenizer is None:
             raise RequestError("stop strings need an engine with a tokenizer")
+        self.check_sampling(request.params)
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Raise RequestError if this engine cannot sample with `params` (a top_k above `max_top_k`)."""
+        if self.max_top_k < params.top_k < self.vocab_size:
+            raise RequestError(
+                f"top_k={params.top_k} exceeds this engine's limit of {self.max_top_k} (engine.max_top_k); "
+                f"use top_k <= {self.max_top_k}, or 0 for no top-k filter")
 
     def submit(self, request: Request) -> None:
         """Queue a request (validated first); it starts at the next `step()` with a free row."""
@@ -178,6 +228,23 @@ class Engine:
         with self._on_mesh():
             self._state = device.init_state(self.graphdef, self.params, self.max_batch, self.max_seq_len)
 
+    def prefill_shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, width) a prefill can have: the programs `warm_up` compiles."""
+        return prefill_shapes(self.prompt_bucket, self.max_seq_len, self.max_batch)
+
+    def warm_up(self) -> int:
+        """Compile every prefill bucket, the first-token sampler and the decode dispatch (nothing
+        runs; the state is untouched); returns how many programs were compiled (0 if all were already)."""
+        with count_compiles() as log, self._on_mesh():
+            for rows, width in self.prefill_shapes():
+                device.prefill.lower(self.graphdef, self.params, self._state,
+                                     self._prefill_batch(rows, width, [])).compile()
+            none = jnp.asarray(np.zeros(self.max_batch, bool))
+            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules).compile()
+            device.decode.lower(self.graphdef, self.params, self._state, none, self.steps_per_dispatch, self.eos_ids,
+                                self.max_top_k, self.decode_layout).compile()
+        return log.count
+
     @property
     def pending(self) -> int:
         """Requests waiting or running."""
@@ -194,7 +261,8 @@ class Engine:
                 return events
             keep = np.asarray([r is not None for r in self._rows])
             self._state, out = device.decode(self.graphdef, self.params, self._state, jnp.asarray(keep),
-                                             self.steps_per_dispatch, self.eos_ids)
+                                             self.steps_per_dispatch, self.eos_ids, self.max_top_k,
+                                             self.decode_layout)
             out = np.asarray(out)
         for row, live in enumerate(self._rows):
             if live is not None:
@@ -228,15 +296,24 @@ class Engine:
             admitted.append((free.pop(0), self._waiting.popleft()))
         by_bucket: dict[int, list[tuple[int, _Live]]] = collections.defaultdict(list)
         for row, live in admitted:
-            width = min(bucket_length(len(live.request.prompt_ids), self.prompt_bucket), self.max_seq_len)
-            by_bucket[width].append((row, live))
+            by_bucket[_smallest_at_least(self.prefill_widths, len(live.request.prompt_ids))].append((row, live))
         for width, group in sorted(by_bucket.items()):
-            self._prefill(width, group, events)
+            step = group_rows(width, self.max_seq_len, self.max_batch)
+            for start in range(0, len(group), step):
+                self._prefill(width, group[start: start + step])
+        if admitted:
+            fresh = np.zeros(self.max_batch, bool)
+            fresh[[row for row, _ in admitted]] = True
+            self._state, first = device.sample_first(self._state, jnp.asarray(fresh), self.eos_ids, self.max_top_k,
+                                                     self.rules)
+            first = np.asarray(first)
+            for row, _ in admitted:
+                self._advance(row, [int(first[row])], events)
 
-    def _prefill(self, width: int, group: list[tuple[int, _Live]], events: list[Event]) -> None:
-        n = min(_power_of_two_at_least(len(group)), self.max_batch)  # few distinct compiled shapes
-        tokens = np.full((n, width), self.pad_id, np.int32)
-        columns = {name: np.zeros((n,), dtype) for name, dtype in
+    def _prefill_batch(self, rows: int, width: int, group: list[tuple[int, _Live]]) -> device.PrefillBatch:
+        """The prompts and settings of `group` as a batch of `rows` x `width` (the rest padding)."""
+        tokens = np.full((rows, width), self.pad_id, np.int32)
+        columns = {name: np.zeros((rows,), dtype) for name, dtype in
                    [("slot", np.int32), ("length", np.int32), ("max_new", np.int32), ("temperature", np.float32),
                     ("top_k", np.int32), ("top_p", np.float32), ("seed_lo", np.uint32), ("seed_hi", np.uint32)]}
         columns["slot"][:] = self.max_batch  # padding rows: dropped by the scatter
@@ -246,16 +323,19 @@ class Engine:
             prompt, params = live.request.prompt_ids, live.request.params
             tokens[i, : len(prompt)] = prompt
             lo, hi = seed_words(live.seed)
+            top_k = params.top_k if params.top_k < self.vocab_size else 0  # the whole vocabulary: no filter
             for name, value in [("slot", row), ("length", len(prompt)), ("max_new", params.max_new_tokens),
-                                ("temperature", params.temperature), ("top_k", min(params.top_k, self.vocab_size)),
+                                ("temperature", params.temperature), ("top_k", top_k),
                                 ("top_p", params.top_p), ("seed_lo", lo), ("seed_hi", hi)]:
                 columns[name][i] = value
+        return device.PrefillBatch(tokens=jnp.asarray(tokens), **{k: jnp.asarray(v) for k, v in columns.items()})
+
+    def _prefill(self, width: int, group: list[tuple[int, _Live]]) -> None:
+        rows = 1 if len(group) == 1 else group_rows(width, self.max_seq_len, self.max_batch)
+        batch = self._prefill_batch(rows, width, group)
+        for row, live in group:
             self._rows[row] = live
-        batch = device.PrefillBatch(tokens=jnp.asarray(tokens), **{k: jnp.asarray(v) for k, v in columns.items()})
-        self._state, first, _ = device.prefill(self.graphdef, self.params, self._state, batch, self.eos_ids)
-        first = np.asarray(first)
-        for i, (row, _) in enumerate(group):
-            self._advance(row, [int(first[i])], events)
+        self._state = device.prefill(self.graphdef, self.params, self._state, batch)
 
     @staticmethod
     def _extend_text(live: _Live, tokens: list[int]) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 import jax
 
 from jz3_jax.checkpoint import check_vocab_matches, load_model, load_stage_tokenizer, resolve_model_config
+from jz3_jax.decoding.attention import LAYOUTS
 from jz3_jax.decoding.engine import Engine
+from jz3_jax.errors import ConfigError
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.runtime.config import MeshConfig
 from jz3_jax.runtime.mesh import build_mesh
@@ -60,6 +63,12 @@ def engine_mesh(cfg: Config) -> tuple[jax.sharding.Mesh, Rules]:
 def load_engine(cfg: Config, logger: logging.Logger, max_batch: int | None = None) -> LoadedEngine:
     """The engine for `cfg.model` on the engine mesh (`engine_mesh`) with `cfg.engine` sizes
     (`max_batch` overrides). Every process that calls it runs its own replica on its own requests."""
+    ec = cfg.engine
+    if ec.decode_attention not in LAYOUTS:
+        raise ConfigError(f"engine.decode_attention must be one of {', '.join(LAYOUTS)}; got {ec.decode_attention!r}")
+    if ec.max_top_k < 1 or ec.prompt_bucket < 1:
+        raise ConfigError(f"engine.max_top_k and engine.prompt_bucket must be >= 1; got {ec.max_top_k}, "
+                          f"{ec.prompt_bucket}")
     mesh, rules = engine_mesh(cfg)
     logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
                 jax.local_device_count())
@@ -71,8 +80,19 @@ def load_engine(cfg: Config, logger: logging.Logger, max_batch: int | None = Non
         engine = Engine(model, max_batch=max_batch or cfg.engine.max_batch, max_seq_len=cfg.engine.max_seq_len,
                         eos_ids=eos_ids_of(resolved, tokenizer), tokenizer=tokenizer,
                         steps_per_dispatch=cfg.engine.steps_per_dispatch, prompt_bucket=cfg.engine.prompt_bucket,
-                        mesh=mesh)
+                        mesh=mesh, max_top_k=ec.max_top_k, decode_attention=ec.decode_attention)
+    logger.info("engine: decode attention %s, max_top_k %d, prefill widths %s", engine.decode_layout,
+                engine.max_top_k, list(engine.prefill_widths))
     return LoadedEngine(engine, tokenizer, resolved, mesh)
+
+
+def warm_up(engine: Engine, logger: logging.Logger) -> int:
+    """Compile every program the engine can run (`Engine.warm_up`) and log how many; returns that number."""
+    start = time.perf_counter()
+    compiled = engine.warm_up()
+    logger.info("engine warm-up: %d prefill shapes and the decode step, %d programs compiled in %.1fs",
+                len(engine.prefill_shapes()), compiled, time.perf_counter() - start)
+    return compiled
 
 
 def sampling_from_config(cfg: Config, **changes) -> SamplingParams:

@@ -56,7 +56,10 @@ def row_keys(seed_lo: jax.Array, seed_hi: jax.Array) -> jax.Array:
 
 
 def _filter_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Set logits outside each row's top-k and nucleus (top-p) to -inf (ties at the cut are kept)."""
+    """Set logits outside each row's top-k and nucleus (top-p) to -inf (ties at the cut are kept).
+
+    The reference: it sorts the whole vocabulary. `filter_top_k_top_p` gives the same result from
+    the top `max_top_k` candidates and falls back to this only when a nucleus is larger."""
     vocab = logits.shape[-1]
     ordered = -jnp.sort(-logits, axis=-1)  # descending
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
@@ -71,19 +74,57 @@ def _filter_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -
     return jnp.where(logits >= jnp.maximum(kth, cut), logits, -jnp.inf)
 
 
+def _filter_from_candidates(logits: jax.Array, top_k: jax.Array, top_p: jax.Array, max_top_k: int
+                            ) -> tuple[jax.Array, jax.Array]:
+    """The filter from the top `max_top_k` logits, and per row whether that was enough (its
+    nucleus ends among them); rows where it was not are wrong and need the sort."""
+    vocab = logits.shape[-1]
+    cap = min(max_top_k, vocab)
+    candidates = jax.lax.top_k(logits, cap)[0]  # [batch, cap], descending
+    k = jnp.where((top_k > 0) & (top_k < vocab), jnp.minimum(top_k, cap), 0)
+    kth = jnp.where((k > 0)[:, None], jnp.take_along_axis(candidates, jnp.maximum(k - 1, 0)[:, None], axis=-1),
+                    -jnp.inf)
+    # log of the top-k filtered distribution's normaliser, over the whole vocabulary (ties included)
+    log_norm = jax.nn.logsumexp(jnp.where(logits >= kth, logits, -jnp.inf), axis=-1, keepdims=True)
+    probs = jnp.where(candidates >= kth, jnp.exp(candidates - log_norm), 0.0)
+    mass = jnp.cumsum(probs, axis=-1)
+    keep = ((mass - probs) < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    cut = jnp.min(jnp.where(keep & (candidates >= kth), candidates, jnp.inf), axis=-1, keepdims=True)
+    cut = jnp.where(top_p[:, None] >= 1.0, -jnp.inf, cut)  # no nucleus: the row keeps its whole top-k set
+    # The nucleus ends among the candidates when their mass reaches top_p (or top-k bounds the row).
+    fits = (top_p >= 1.0) | (k > 0) | (mass[:, -1] >= top_p) | (cap == vocab)
+    return jnp.where(logits >= jnp.maximum(kth, cut), logits, -jnp.inf), fits
+
+
+def filter_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array, max_top_k: int) -> jax.Array:
+    """`_filter_top_k_top_p` from `jax.lax.top_k` candidates instead of a sort of the vocabulary.
+
+    Every row's top_k must be 0 (off), at most `max_top_k`, or at least the vocabulary size (off
+    too); the engine refuses other requests. The nucleus is exact: it is found among the top
+    `max_top_k` logits with probabilities normalised over the row's whole (top-k filtered)
+    vocabulary, and when some row's nucleus holds more tokens than that (a flat distribution with
+    top_p near 1) this step sorts the vocabulary instead, so the result never depends on the cap.
+    """
+    filtered, fits = _filter_from_candidates(logits, top_k, top_p, max_top_k)
+    return jax.lax.cond(jnp.all(fits), lambda *_: filtered, _filter_top_k_top_p, logits, top_k, top_p)
+
+
 def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
-                  keys: jax.Array, counts: jax.Array) -> jax.Array:
+                  keys: jax.Array, counts: jax.Array, max_top_k: int = 64) -> jax.Array:
     """One token per row: logits [batch, vocab] float32, per-row settings [batch], raw keys
-    [batch, 2] and the number of tokens each row generated so far -> int32 [batch]."""
+    [batch, 2] and the number of tokens each row generated so far -> int32 [batch].
+
+    `max_top_k` (static) bounds every row's top_k (see `filter_top_k_top_p`)."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def sampled() -> jax.Array:
         scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
         needs_filter = jnp.any((top_k > 0) | (top_p < 1.0))
-        scaled = jax.lax.cond(needs_filter, _filter_top_k_top_p, lambda x, *_: x, scaled, top_k, top_p)
+        scaled = jax.lax.cond(needs_filter, lambda x, k, p: filter_top_k_top_p(x, k, p, max_top_k),
+                              lambda x, *_: x, scaled, top_k, top_p)
         step_keys = jax.vmap(jax.random.fold_in)(keys, counts)
         drawn = jax.vmap(jax.random.categorical)(step_keys, scaled).astype(jnp.int32)
         return jnp.where(temperature > 0, drawn, greedy)
 
-    # All-greedy batches (evaluation, parity runs) skip the sort and the random draws entirely.
+    # All-greedy batches (evaluation, parity runs) skip the filter and the random draws entirely.
     return jax.lax.cond(jnp.any(temperature > 0), sampled, lambda: greedy)

@@ -2,10 +2,17 @@
 
 `DecodeState` holds `slots` rows, each either free or decoding one request: a preallocated KV
 cache of `length` positions per row, the row's last token and position, and its sampling
-settings. `prefill` runs a bucketed batch of new prompts and writes them into chosen rows;
-`decode` advances every active row by up to `steps` tokens in one dispatch (a `while_loop` on
-device that stops early once no row is active). Shapes never depend on the requests, so each
-(prompt bucket, insert count) pair compiles once.
+settings. `prefill` runs a bucketed batch of new prompts, writes them into chosen rows and keeps
+each prompt's last-token logits in the state; `sample_first` then samples the first new token of
+every row just prefilled (one program for all prefill buckets: the sampler is the costly part of
+a small program to compile, so it stays out of the many prefill programs); `decode` advances
+every active row by up to `steps` tokens in one dispatch (a `while_loop` on device that stops
+early once no row is active). Shapes never depend on the requests, so each (prompt bucket,
+insert count) pair compiles once.
+
+The samplers take a static `max_top_k` (the largest top-k a row may ask for: candidates come from
+`jax.lax.top_k`, see `sampling.filter_top_k_top_p`); `decode` also takes the attention `layout`
+("block_diagonal" | "grouped" | "auto" = by the mesh's platform, see `attention.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jz3_jax.decoding import attention
 from jz3_jax.decoding.sampling import row_keys, sample_tokens
 from jz3_jax.model.attention import KVCache
 from jz3_jax.model.layers import constrain
@@ -38,6 +46,7 @@ class DecodeState(NamedTuple):
     top_k: jax.Array  # [slots] int32
     top_p: jax.Array  # [slots] float32
     key: jax.Array  # [slots, 2] uint32
+    prompt_logits: jax.Array  # [slots, vocab] float32: a just-prefilled row's last prompt logits
 
 
 class PrefillBatch(NamedTuple):
@@ -63,7 +72,11 @@ def _constrain_state(state: DecodeState, rules: tuple) -> DecodeState:
         names = CACHE_AXES if x.ndim == 4 else ("layers", *CACHE_AXES)
         return constrain(x, names, rules)
 
-    cache = state.cache._replace(k=jax.tree.map(cache_part, state.cache.k), v=jax.tree.map(cache_part, state.cache.v))
+    cache = state.cache._replace(k=jax.tree.map(cache_part, state.cache.k), v=jax.tree.map(cache_part, state.cache.v),
+                                 # fixed too, so every program sees the shardings it was compiled (warmed up) for
+                                 valid=constrain(state.cache.valid, ROW_AXES + (None,), rules),
+                                 pos=constrain(state.cache.pos, ROW_AXES + (None,), rules),
+                                 index=constrain(state.cache.index, ROW_AXES, rules))
     rows = {name: constrain(getattr(state, name), ROW_AXES + (None,) * (getattr(state, name).ndim - 1), rules)
             for name in DecodeState._fields if name != "cache"}
     return DecodeState(cache=cache, **rows)
@@ -85,6 +98,7 @@ def init_state(graphdef, params, slots: int, length: int) -> DecodeState:
         top_k=zeros_i,
         top_p=jnp.ones((slots,), jnp.float32),
         key=jnp.zeros((slots, 2), jnp.uint32),
+        prompt_logits=jnp.zeros((slots, model.cfg.vocab_size), jnp.float32),
     )
     return _constrain_state(state, model.rules)
 
@@ -103,11 +117,10 @@ def _scatter_rows(buffer: jax.Array, rows: jax.Array, new: jax.Array, row_axis: 
     return buffer.at[index].set(new.astype(buffer.dtype), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "eos_ids"), donate_argnames=("state",))
-def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch, eos_ids: tuple[int, ...]):
-    """Run new prompts, write their keys/values into rows `batch.slot`, sample each first token.
-
-    Returns (state, first tokens [n], whether each request is still active after it)."""
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
+def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch) -> DecodeState:
+    """Run new prompts, write their keys/values into rows `batch.slot` and keep each prompt's
+    last-token logits for `sample_first` (the rows stay inactive until it samples)."""
     model = nnx.merge(graphdef, params)
     n, width = batch.tokens.shape
     positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), batch.tokens.shape)
@@ -116,9 +129,6 @@ def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch, eos_ids: 
     hidden, fresh = model.hidden_states(batch.tokens, positions, segments, fresh)
     # Vocabulary logits of each prompt's last token only: over every position they cost more than the prompt.
     last = model.logits(hidden[jnp.arange(n), batch.length - 1][:, None])[:, 0]
-    keys = row_keys(batch.seed_lo, batch.seed_hi)
-    first = sample_tokens(last, batch.temperature, batch.top_k, batch.top_p, keys, jnp.zeros((n,), jnp.int32))
-    still = ~_is_eos(first, eos_ids) & (batch.max_new > 1)
 
     layer_axis = 0 if isinstance(state.cache.k, tuple) else 1
     scatter = functools.partial(_scatter_rows, rows=batch.slot, row_axis=layer_axis)
@@ -137,24 +147,47 @@ def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch, eos_ids: 
 
     state = DecodeState(
         cache=cache,
-        token=put(state.token, first),
+        token=state.token,
         position=put(state.position, batch.length),
-        active=put(state.active, still),
-        generated=put(state.generated, jnp.ones((n,), jnp.int32)),
+        active=put(state.active, jnp.zeros((n,), bool)),
+        generated=put(state.generated, jnp.zeros((n,), jnp.int32)),
         max_new=put(state.max_new, batch.max_new),
         temperature=put(state.temperature, batch.temperature),
         top_k=put(state.top_k, batch.top_k),
         top_p=put(state.top_p, batch.top_p),
-        key=put(state.key, keys),
+        key=put(state.key, row_keys(batch.seed_lo, batch.seed_hi)),
+        prompt_logits=put(state.prompt_logits, last),
     )
-    return _constrain_state(state, model.rules), first, still
+    return _constrain_state(state, model.rules)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids"), donate_argnames=("state",))
-def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...]):
+@functools.partial(jax.jit, static_argnames=("rules", "eos_ids", "max_top_k"), donate_argnames=("state",))
+def sample_first(state: DecodeState, fresh: jax.Array, eos_ids: tuple[int, ...], max_top_k: int = 64,
+                 rules: tuple = ()):
+    """The first new token of every row where `fresh` [slots] is True (rows prefilled since the
+    last call) from its prompt logits; those rows become active unless it ends them.
+
+    Returns (state, first tokens [slots]; other rows' entries are meaningless)."""
+    slots = state.token.shape[0]
+    first = sample_tokens(state.prompt_logits, jnp.where(fresh, state.temperature, 0.0), state.top_k, state.top_p,
+                          state.key, jnp.zeros((slots,), jnp.int32), max_top_k)
+    still = ~_is_eos(first, eos_ids) & (state.max_new > 1)
+    state = state._replace(
+        token=jnp.where(fresh, first, state.token),
+        active=jnp.where(fresh, still, state.active),
+        generated=jnp.where(fresh, 1, state.generated),
+    )
+    return _constrain_state(state, rules), first
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k", "layout"),
+                   donate_argnames=("state",))
+def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...],
+           max_top_k: int = 64, layout: str = "auto"):
     """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
 
     Returns (state, tokens [slots, steps] with -1 where a row emitted nothing)."""
+    layout = attention.resolve_layout(layout, attention.current_platform())
     model = nnx.merge(graphdef, params)
     slots = state.token.shape[0]
     state = state._replace(active=state.active & keep)
@@ -166,9 +199,11 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
     def body(carry):
         i, state, out = carry
         live = state.active
-        logits, cache = model(state.token[:, None], state.position[:, None], live[:, None].astype(jnp.int32),
-                              state.cache)
-        nxt = sample_tokens(logits[:, 0], state.temperature, state.top_k, state.top_p, state.key, state.generated)
+        with attention.use_layout(layout):
+            logits, cache = model(state.token[:, None], state.position[:, None], live[:, None].astype(jnp.int32),
+                                  state.cache)
+        nxt = sample_tokens(logits[:, 0], state.temperature, state.top_k, state.top_p, state.key, state.generated,
+                            max_top_k)
         generated = state.generated + live
         finished = _is_eos(nxt, eos_ids) | (generated >= state.max_new)
         state = state._replace(

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import uvicorn
 
-from jz3_jax.decoding.engine import Engine, Request
+from jz3_jax.decoding.engine import Engine, RequestError
 from jz3_jax.decoding.factory import LoadedEngine, load_engine, sampling_from_config
-from jz3_jax.decoding.sampling import SamplingParams
+from jz3_jax.decoding.factory import warm_up as warm_up_engine
 from jz3_jax.errors import UserError
 from jz3_jax.runtime.preemption import TermFlag
 from jz3_jax.serve import auth
@@ -122,6 +122,10 @@ def build_server(loaded: LoadedEngine, cfg, logger: logging.Logger | None = None
     key = auth.api_key(sc.api_key_env)
     auth.warn_if_open(sc.host, key, logger)
     defaults = sampling_from_config(cfg, seed=None)  # unseeded requests draw a fresh seed each
+    try:
+        loaded.engine.check_sampling(defaults)
+    except RequestError as error:
+        raise UserError(f"the sampling section's defaults: {error}") from None
     model = ModelInfo(sc.model_name or default_model_name(cfg.model), loaded.tokenizer, loaded.engine.max_seq_len,
                       defaults)
     worker = Worker(loaded.engine, sc.max_queue, logger)
@@ -133,9 +137,10 @@ def build_server(loaded: LoadedEngine, cfg, logger: logging.Logger | None = None
     return server, worker
 
 
-def warm_up(engine: Engine) -> None:
-    """Compile the engine's one-prompt prefill and its decode step before the first client waits for it."""
-    engine.generate([Request([0], SamplingParams(temperature=0.0, max_new_tokens=2))])
+def warm_up(engine: Engine, logger: logging.Logger | None = None) -> int:
+    """Compile every prefill bucket and the decode step before the first client waits for one:
+    afterwards no request compiles anything. Returns the number of programs compiled."""
+    return warm_up_engine(engine, logger or logging.getLogger("jz3_jax"))
 
 
 def run(cfg, ctx) -> dict:
@@ -144,7 +149,7 @@ def run(cfg, ctx) -> dict:
         raise UserError("serve runs in a single process (one engine); launch it without multi-process settings")
     started = time.monotonic()
     loaded = load_engine(cfg, ctx.logger)
-    warm_up(loaded.engine)
+    warm_up(loaded.engine, ctx.logger)
     server, worker = build_server(loaded, cfg, ctx.logger)
     interrupted = threading.Event()
     thread = threading.Thread(target=server.serve_forever, name="serve-http", daemon=True)

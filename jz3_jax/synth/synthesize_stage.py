@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from jz3_jax.decoding import Request
-from jz3_jax.decoding.factory import load_engine, sampling_from_config
+from jz3_jax.decoding import Request, RequestError
+from jz3_jax.decoding.factory import load_engine, sampling_from_config, warm_up
 from jz3_jax.runtime.paths import as_path
 from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.synth.errors import SynthesizeError
@@ -82,6 +82,11 @@ def run(cfg, ctx) -> dict:
     engine, tokenizer = loaded.engine, loaded.tokenizer
     if tokenizer is None:
         raise SynthesizeError("synthesize needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
+    try:
+        engine.check_sampling(base)
+    except RequestError as error:
+        raise SynthesizeError(f"the sampling section: {error}") from None
+    warm_up(engine, ctx.logger)  # every prefill bucket and the decode step, before the first prompt
     use_chat = sc.chat_template and tokenizer.chat_template is not None
     model_name = cfg.model.checkpoint or "random-init"
     writer = ShardWriter(out_dir, ctx.process_index, sc.shard_size, key="synthesize.shard_size")

@@ -1,0 +1,94 @@
+"""The decode step's attention layout (one query per row over the KV cache), chosen per backend.
+
+Two layouts compute the same attention for a decode step (`t = 1`):
+
+- `block_diagonal` (the model's `decode_attention`): each row's query heads are spread over a
+  block-diagonal [heads, kv_heads * head_dim] matrix, so one plain batched matmul per row reads
+  the cache in its own [rows, slots, kv_heads, head_dim] layout. XLA:CPU runs that much faster
+  than a grouped matmul, which needs a transposed copy of every layer's cache each token; but the
+  zero blocks multiply too: `kv_heads` times the attention FLOPs (8x on Mistral and Llama-3).
+- `grouped`: the grouped-query contraction itself, query head h against kv head h // group,
+  written as einsums on the cache's own layout; GPU and TPU compilers lay it out without that
+  copy, and it does only the FLOPs attention needs.
+
+`engine.decode_attention = auto` takes `block_diagonal` on CPU and `grouped` elsewhere.
+
+The model chooses its decode attention in `jz3_jax.model.layers` (the `decode_attention` it
+imported); `use_layout` swaps that choice while a decode program is traced, so the model's code
+is unchanged and every other program (training, prefill) keeps its own attention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+
+from jz3_jax.model import attention as model_attention
+
+LAYOUTS = ("auto", "block_diagonal", "grouped")
+_SWAP = threading.RLock()  # one decode trace at a time swaps the model's function
+
+
+def grouped_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention of one query per row: q [b, 1, heads, d], k/v [b, slots, kv_heads, d],
+    mask [b, 1, slots] -> [b, kv_heads, group, 1, d] (the layout `dot_product_attention` returns).
+
+    Softmax runs in float32; fully masked rows get a uniform distribution, not NaN."""
+    b, t, heads, d = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    q = q.reshape(b, t, kv_heads, group, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->bkgtd", probs, v)
+
+
+_FUNCTIONS: dict[str, Callable] = {
+    "block_diagonal": model_attention.decode_attention,
+    "grouped": grouped_decode_attention,
+}
+
+
+def resolve_layout(layout: str, platform: str) -> str:
+    """The concrete layout for `layout` (one of LAYOUTS) on `platform` ("cpu", "gpu"/"cuda", "tpu"...)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"engine.decode_attention must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if layout != "auto":
+        return layout
+    return "block_diagonal" if platform == "cpu" else "grouped"
+
+
+def platform_of(mesh: jax.sharding.Mesh | None) -> str:
+    """The platform a program on `mesh` runs on (its first device's; the default backend without one)."""
+    if mesh is not None and mesh.devices.size:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
+
+
+def current_platform() -> str:
+    """The platform of the mesh set with `jax.set_mesh` (also inside `jit` and for an
+    ahead-of-time topology mesh); the default backend without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = getattr(mesh, "abstract_device", None)
+    return device.platform if not mesh.empty and device is not None else jax.default_backend()
+
+
+@contextlib.contextmanager
+def use_layout(layout: str) -> Iterator[None]:
+    """While tracing inside this context, the model's decode steps (one new token over a cache)
+    attend with `layout` ("block_diagonal" or "grouped")."""
+    from jz3_jax.model import layers
+
+    function = _FUNCTIONS[layout]
+    with _SWAP:
+        saved = layers.decode_attention
+        layers.decode_attention = function
+        try:
+            yield
+        finally:
+            layers.decode_attention = saved
