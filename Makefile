@@ -23,15 +23,12 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 
 install: $(STAMP)
 
-# Until the full pipeline lands, the demo runs the most complete path that works today:
-# import SmolLM2-135M-Instruct from its GGUF, export it to a Hugging Face dir, and benchmark
-# our jitted forward against transformers on the same weights.
+# The whole recipe on SmolLM2-135M-Instruct, on this machine's CPU (configs/demo.py): corpus ->
+# distill (a local `serve` as the teacher) -> sft -> select -> distill (boost) -> sft -> synthesize ->
+# filter -> pretrain -> eval -> RUN_DIR/report.md. Run it again: finished stages are skipped.
 demo: install
-	@echo "demo: the full pipeline is not implemented yet; running convert + forward benchmark on SmolLM2-135M-Instruct"
-	JAX_PLATFORMS=cpu $(PY) -m jz3_jax.launch convert --config configs/smollm2.py --run-dir $(RUN_DIR) \
-		convert.dst=$(RUN_DIR)/smollm2-hf convert.dst_format=hf
-	JAX_PLATFORMS=cpu $(PY) -m jz3_jax.launch bench --config configs/smollm2.py --run-dir $(RUN_DIR) \
-		bench.kind=forward bench.batch=8 bench.seq_len=256
+	JAX_PLATFORMS=cpu $(PY) -m jz3_jax.launch pipeline --config configs/demo.py --run-dir $(RUN_DIR)
+	@echo "demo: report in $(RUN_DIR)/report.md (plots in $(RUN_DIR)/report/)"
 
 # The default run leaves out the tests marked slow (real-model end-to-end runs); test-all runs them too.
 test: install

@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             status = "ready" if stage.target else "not implemented yet"
             print(f"dry run: stage {stage.name} ({status}), config valid, outputs to "
                   f"{paths.stage_dir(cfg.run_dir, stage.name)}")
+            if stage.name == "pipeline":  # each step's config resolves (its own overrides included)
+                from jz3_jax.pipeline.stage import describe
+
+                print("\n".join(describe(cfg)))
             return 0
         run_stage(stage.name, cfg, (note,) if note else ())
         return 0

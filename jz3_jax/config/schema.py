@@ -21,6 +21,7 @@ from jz3_jax.distill.config import DistillConfig, TeacherConfig
 from jz3_jax.eval.config import EvalConfig, GradeConfig
 from jz3_jax.influence.config import SelectConfig
 from jz3_jax.model.config import ModelConfig
+from jz3_jax.pipeline.config import PipelineConfig
 from jz3_jax.runtime.config import DEFAULT_RULES, DistributedConfig, MeshConfig
 from jz3_jax.serve.config import ServeConfig
 from jz3_jax.synth.config import FilterConfig, SynthesizeConfig
@@ -44,6 +45,7 @@ __all__ = [
     "MeshConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "PipelineConfig",
     "SamplingConfig",
     "SelectConfig",
     "ServeConfig",
@@ -80,3 +82,4 @@ class Config:
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     grade: GradeConfig = dataclasses.field(default_factory=GradeConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)

@@ -76,6 +76,14 @@ def _load_inputs(cfg: Config):
 
 def run(cfg: Config, ctx: StageContext) -> None:
     """The whole stage (every process runs it; process 0 writes the scores)."""
+    if cfg.select.method not in ("influence", "random"):
+        raise ConfigError(f"select.method must be influence or random, got {cfg.select.method!r}")
+    if cfg.select.method == "random":
+        from jz3_jax.influence.random_select import run_random
+
+        check_config(cfg)
+        run_random(cfg, ctx, cfg.select.candidates or os.fspath(stage_dir(cfg.run_dir, "corpus") / "snippets.jsonl"))
+        return
     error, loaded = None, None
     try:
         if not is_local(ctx.stage_dir):

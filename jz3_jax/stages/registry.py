@@ -67,7 +67,8 @@ STAGES: dict[str, Stage] = {
               "jz3_jax.train.compile:run"),
         Stage("convert", "convert a checkpoint between Hugging Face, GGUF (import) and orbax", "jz3_jax.checkpoint.convert:run"),
         Stage("bench", "time one kind of work (forward, train, decode, influence) against a reference", "jz3_jax.bench.stage:run"),
-        Stage("pipeline", "run the stages in order, each reading the artifacts of the one before", None),
+        Stage("pipeline", "run the stages in order, each reading the artifacts of the one before",
+              "jz3_jax.pipeline.stage:run"),
     ]
 }
 
