@@ -257,7 +257,8 @@ def test_two_process_synthesize_then_filter_sees_every_prompt_once(tmp_path):
     assert codes == [0, 0], stderr
     shards = sorted((tmp_path / "synthesize" / "completions").glob("part-*.jsonl"))
     assert {p.name.split("-")[1] for p in shards} == {"00000", "00001"}  # both processes wrote shards
-    codes, stderr, _ = Pod("filter", [tmp_path, tmp_path], "filter.decontaminate=false").start().wait()
+    # filter.inputs= : the run dir's synthesize shards (configs/tiny.py points filter at shipped data)
+    codes, stderr, _ = Pod("filter", [tmp_path, tmp_path], "filter.inputs=", "filter.decontaminate=false").start().wait()
     assert codes == [0, 0], stderr
     report = json.loads((tmp_path / "filter" / "report.json").read_text())
     assert report["read"] == len(ids)
