@@ -155,7 +155,7 @@ def _score_and_write(cfg: Config, ctx: StageContext, candidates, targets, warm: 
         for i in chosen.tolist():
             f.write(json.dumps({**candidates[i].record, "score": float(values[i])}) + "\n")
     threshold = float(values[chosen[-1]]) if len(chosen) else None
-    _plot(values, threshold, directory / "scores.png")
+    plot_scores(values, threshold, directory / "scores.png")
     report = {"candidates": len(candidates), "targets": len(targets), "tasks": names, "selected": int(len(chosen)),
               "threshold": threshold, "aggregate": s.aggregate, "projection": s.projection, "proj_dim": s.proj_dim,
               "checkpoints": warm["epochs"], "lora": warm["lora"], "warmup_records": warm["warmup_records"],
@@ -167,7 +167,8 @@ def _score_and_write(cfg: Config, ctx: StageContext, candidates, targets, warm: 
                     threshold, directory)
 
 
-def _plot(values: np.ndarray, threshold: float | None, path) -> None:
+def plot_scores(values, threshold: float | None, path) -> None:
+    """A histogram of influence scores with the selection threshold, written atomically to `path` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,6 +19,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from jz3_jax.runtime.paths import as_path, atomic_write
 
 if TYPE_CHECKING:
@@ -94,15 +96,9 @@ def influence_section(run, out) -> list[str]:
     if not scores:
         return ["The select stage has not run (no `select/scores.jsonl`)."]
     threshold = report.get("threshold")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.hist(scores, bins=min(50, max(5, len(scores) // 4)), color="#4878a8")
-    if threshold is not None:
-        ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"cut {threshold:.4f}")
-        ax.legend()
-    ax.set_xlabel("influence score")
-    ax.set_ylabel("candidate snippets")
-    _save(fig, out / "influence.png")
+    from jz3_jax.influence.stage import plot_scores  # the select stage's own histogram, from the artifacts
+
+    plot_scores(np.asarray(scores), threshold, as_path(out) / "influence.png")
     method = report.get("method", "influence")
     return ["![influence scores](report/influence.png)", "",
             f"{report.get('selected', '?')} of {len(scores)} candidate snippets selected ({method}; "
