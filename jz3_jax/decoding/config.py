@@ -31,8 +31,8 @@ class EngineConfig:
     `prompt_bucket * 2**i` (or `max_seq_len`), so serve and synthesize compile a few prefill
     programs once at warm-up. `max_top_k` is the largest top_k a request may ask for (top-k and
     top-p filters draw their candidates from `jax.lax.top_k` of this many logits).
-    `decode_attention` is the decode step's attention layout: auto (block_diagonal on CPU,
-    grouped on GPU/TPU), block_diagonal or grouped.
+    `decode_attention` is the decode step's attention layout: auto (grouped, on every
+    backend), block_diagonal or grouped.
     `mesh` is the engine's own mesh over this host's devices (one engine replica per host), separate
     from the training `mesh`: by default tensor-parallel over all local devices, so a decode step
     never all-gathers weights.
