@@ -57,29 +57,12 @@ _FUNCTIONS: dict[str, Callable] = {
 }
 
 
-def resolve_layout(layout: str, platform: str) -> str:
-    """The concrete layout for `layout` (one of LAYOUTS) on `platform` ("cpu", "gpu"/"cuda", "tpu"...)."""
+def resolve_layout(layout: str) -> str:
+    """The concrete layout for `layout` (one of LAYOUTS): `auto` is `grouped`, the fastest measured
+    layout on every backend (see the module docstring)."""
     if layout not in LAYOUTS:
         raise ValueError(f"engine.decode_attention must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    if layout != "auto":
-        return layout
-    del platform  # grouped is the fastest measured layout on CPU too (see the module docstring)
-    return "grouped"
-
-
-def platform_of(mesh: jax.sharding.Mesh | None) -> str:
-    """The platform a program on `mesh` runs on (its first device's; the default backend without one)."""
-    if mesh is not None and mesh.devices.size:
-        return mesh.devices.flat[0].platform
-    return jax.default_backend()
-
-
-def current_platform() -> str:
-    """The platform of the mesh set with `jax.set_mesh` (also inside `jit` and for an
-    ahead-of-time topology mesh); the default backend without one."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = getattr(mesh, "abstract_device", None)
-    return device.platform if not mesh.empty and device is not None else jax.default_backend()
+    return "grouped" if layout == "auto" else layout
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jz3_jax.decoding import steps as device
-from jz3_jax.decoding.attention import platform_of, resolve_layout
+from jz3_jax.decoding.attention import resolve_layout
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.sampling import SamplingParams, seed_words
@@ -146,7 +146,7 @@ class Engine:
         max_top_k: the largest top_k a request may ask for (below the vocabulary size; a top_k of
             at least the vocabulary is no filter); filters take their candidates from
             `jax.lax.top_k` of this many logits instead of sorting the vocabulary.
-        decode_attention: the decode step's attention layout, "auto" (by the mesh's platform),
+        decode_attention: the decode step's attention layout, "auto" (= "grouped"),
             "block_diagonal" or "grouped" (see `jz3_jax.decoding.attention`).
     """
 
@@ -168,7 +168,7 @@ class Engine:
         self.prompt_bucket = prompt_bucket
         self.mesh = mesh if mesh is not None else _current_mesh()
         self.max_top_k = min(max_top_k, self.vocab_size)
-        self.decode_layout = resolve_layout(decode_attention, platform_of(self.mesh))
+        self.decode_layout = resolve_layout(decode_attention)
         self.prefill_widths = doubling_buckets(prompt_bucket, max_seq_len)
         self._rows: list[_Live | None] = []
         self._waiting: collections.deque[_Live] = collections.deque()

@@ -12,7 +12,7 @@ insert count) pair compiles once.
 
 The samplers take a static `max_top_k` (the largest top-k a row may ask for: candidates come from
 `jax.lax.top_k`, see `sampling.filter_top_k_top_p`); `decode` also takes the attention `layout`
-("block_diagonal" | "grouped" | "auto" = by the mesh's platform, see `attention.py`).
+("block_diagonal" | "grouped" | "auto" = grouped, see `attention.py`).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
     """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
 
     Returns (state, tokens [slots, steps] with -1 where a row emitted nothing)."""
-    layout = attention.resolve_layout(layout, attention.current_platform())
+    layout = attention.resolve_layout(layout)
     model = nnx.merge(graphdef, params)
     slots = state.token.shape[0]
     state = state._replace(active=state.active & keep)
