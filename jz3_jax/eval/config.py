@@ -17,8 +17,10 @@ class EvalConfig:
     `chat_template`: wrap each prompt as a user message of the tokenizer's chat template.
     Greedy decoding, `max_new_tokens` per generation call. Tool runs: `tool_timeout_s`,
     `tool_memory_mb`, output cut to `tool_output_chars`, `sandbox_workers` in parallel,
-    `isolation` (auto, namespaces, rlimits). `grade_timeout_s` per comparison; `shard_size`
-    finished samples per file written (the unit of resumption).
+    `isolation` (auto, namespaces, rlimits). Grading: `grade_policy` (strict, the default, or
+    paper: the JiuZhang/math-evaluation-harness decisions, percentage variants and relative 1e-4
+    included), `grade_timeout_s` per grader per item, `grade_workers` processes (0: one per core).
+    `shard_size` finished samples per file written (the unit of resumption).
     """
 
     datasets: list[str] = dataclasses.field(default_factory=lambda: ["jz3_mini"])
@@ -34,14 +36,21 @@ class EvalConfig:
     tool_output_chars: int = 400
     sandbox_workers: int = 4
     isolation: str = "auto"
+    grade_policy: str = "strict"
     grade_timeout_s: float = 3.0
+    grade_workers: int = 0
     shard_size: int = 16
 
 
 @dataclasses.dataclass
 class GradeConfig:
     """`grade` stage: regrade a stored generations file (jsonl with `dataset`, `generation`, `gold`
-    and `choices` for multiple choice; `eval`'s samples.jsonl is one) without generating."""
+    and `choices` for multiple choice; `eval`'s samples.jsonl is one) without generating.
+
+    `policy`: strict (default) or paper (see `EvalConfig.grade_policy`); `timeout_s` per grader
+    per item; `workers` grading processes (0: one per core)."""
 
     input: str = ""
+    policy: str = "strict"
     timeout_s: float = 3.0
+    workers: int = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from jz3_jax.eval.errors import EvalError
-from jz3_jax.eval.extract import last_boxed
+from jz3_jax.eval.grader.latex import last_boxed
 
 PACKAGE_DATA = Path(__file__).with_name("data")
 LETTERS = "ABCDEFGHIJ"

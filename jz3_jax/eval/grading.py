@@ -1,27 +1,27 @@
-"""The two graders: ours (strings, numbers within relative 1e-4, sympy) and math-verify.
+"""The two graders: ours (under a policy, `strict` by default, or `paper`) and math-verify.
 
-`grade(prediction_text, gold, choices)` returns both verdicts for one item. Multiple-choice items
-(with `choices`) compare option letters (a prediction naming an option's text counts as that
-letter) for both graders. Slow checks run in `symbolic.worker()` with a per-item timeout, so
-grading works on any thread.
+`grade(text, gold, choices)` returns both verdicts for one item; `grade_all(items)` grades many
+on a pool of worker processes (one per core by default) with a progress bar. Multiple-choice
+items (with `choices`) compare option letters. Every verdict is computed in a worker process with
+a per-item timeout (`grader/worker.py`), so grading works from any thread and never hangs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import math
-import re
+import os
+from typing import Iterable, Sequence
 
-from jz3_jax.eval.extract import extract_answer, extract_choice, normalize_answer
-from jz3_jax.eval.symbolic import worker
+from jz3_jax.eval.grader.policies import POLICIES, check_policy, predicted_answer
+from jz3_jax.eval.grader.worker import WorkerPool, shared_pool
 
-LETTERS = "ABCDEFGHIJ"
-REL_TOL = 1e-4
+__all__ = ["Grade", "GradeItem", "POLICIES", "agreement", "grade", "grade_all"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Grade:
-    """One item's verdicts: the extracted prediction, ours, math-verify's, and why ours decided."""
+    """One item's verdicts: the answer read, ours, math-verify's, and why ours decided."""
 
     pred: str
     correct: bool
@@ -29,79 +29,58 @@ class Grade:
     reason: str
 
 
-def to_number(s: str) -> float | None:
-    """`s` as a number when it is one: integers, decimals, a/b, \\frac{a}{b}, a trailing percent."""
-    t = normalize_answer(s)
-    match = re.fullmatch(r"(-?)\\frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", t)
-    try:
-        if match:
-            value = float(match.group(2)) / float(match.group(3))
-            return -value if match.group(1) else value
-        return float(t)
-    except (ValueError, ZeroDivisionError):
-        return None
+@dataclasses.dataclass(frozen=True)
+class GradeItem:
+    """What one item needs: the whole generated text, the gold answer, the options if any."""
+
+    text: str
+    gold: str
+    choices: tuple[str, ...] | None = None
 
 
-def numbers_close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-9)
+def _grade_with(pool: WorkerPool, item: GradeItem, policy: str, timeout_s: float) -> Grade:
+    choices = list(item.choices) if item.choices else None
+    with pool.lease() as worker:
+        status, value = worker.call("judge", item.text, item.gold, choices, policy, timeout=timeout_s)
+        mv_status, mv_value = worker.call("math_verify", item.text, item.gold, choices, timeout=timeout_s)
+    if status == "ok":
+        pred, correct, reason = value
+    else:
+        pred = "" if choices else predicted_answer(item.text, item.gold, policy)
+        correct, reason = False, "timeout" if status == "timeout" else "error"
+    return Grade(pred, bool(correct), mv_status == "ok" and bool(mv_value), reason)
 
 
-def _numeric_equal(pred: str, gold: str, percent_variants: bool) -> bool | None:
-    p, g = to_number(pred), to_number(gold)
-    if p is None or g is None:
-        return None
-    candidates = [g, g / 100, g * 100] if percent_variants else [g]
-    return any(numbers_close(p, c) for c in candidates)
-
-
-def answers_equal(pred: str, gold: str, *, timeout_s: float = 3.0) -> tuple[bool, str]:
-    """Our equivalence of two answer strings and the step that decided ("string", "numeric",
-    "symbolic", "different", "timeout", "empty")."""
-    if not pred.strip():
-        return False, "empty"
-    p, g = normalize_answer(pred), normalize_answer(gold)
-    if p == g or p.lower() == g.lower():
-        return True, "string"
-    numeric = _numeric_equal(pred, gold, percent_variants=True)
-    if numeric is not None:
-        return numeric, "numeric"
-    if len(p) > 400 or len(g) > 400:
-        return False, "different"
-    status, value = worker().call("sympy_equal", p, g, timeout=timeout_s)
-    if status == "timeout":
-        return False, "timeout"
-    if status == "ok" and value:
-        return True, "symbolic"
-    return False, "different"
-
-
-def choice_letter(text: str, choices: list[str]) -> str:
-    """The option letter a solution picks; an answer equal to an option's text counts as its letter."""
-    letters = LETTERS[: len(choices)]
-    letter = extract_choice(text, letters)
-    if letter:
-        return letter
-    answer = normalize_answer(extract_answer(text))
-    for i, choice in enumerate(choices):
-        if answer and answer == normalize_answer(choice):
-            return letters[i]
-    return ""
-
-
-def math_verify_equal(text: str, gold: str, *, timeout_s: float = 3.0) -> bool:
-    """math-verify's verdict on a whole solution text against the gold answer (gold first)."""
-    gold_text = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
-    status, value = worker().call("math_verify", gold_text, text[-4000:], timeout=timeout_s)
-    return bool(status == "ok" and value["correct"])
-
-
-def grade(text: str, gold: str, choices: list[str] | None = None, *, timeout_s: float = 3.0) -> Grade:
+def grade(text: str, gold: str, choices: Sequence[str] | None = None, *, policy: str = "strict",
+          timeout_s: float = 3.0) -> Grade:
     """Both graders' verdicts on one solution `text` against `gold` (an option letter where
-    `choices` is given)."""
-    if choices:
-        letter = choice_letter(text, choices)
-        ok = bool(letter) and letter == gold.strip().upper()
-        return Grade(letter, ok, ok, "choice" if letter else "empty")
-    pred = extract_answer(text)
-    ok, reason = answers_equal(pred, gold, timeout_s=timeout_s)
-    return Grade(pred, ok, math_verify_equal(text, gold, timeout_s=timeout_s), reason)
+    `choices` is given). Each grader gets `timeout_s` seconds; past it, the verdict is False."""
+    check_policy(policy)
+    item = GradeItem(text, str(gold), tuple(choices) if choices else None)
+    return _grade_with(shared_pool(), item, policy, timeout_s)
+
+
+def grade_all(items: Iterable[GradeItem], *, policy: str = "strict", timeout_s: float = 3.0, workers: int = 0,
+              progress: bool = True, desc: str = "grade") -> list[Grade]:
+    """Grade every item, in order, on `workers` processes (0: one per core), with a progress bar."""
+    from tqdm import tqdm
+
+    check_policy(policy)
+    items = list(items)
+    size = workers if workers > 0 else (os.cpu_count() or 1)
+    size = max(1, min(size, len(items)))
+    with WorkerPool(size) as pool, concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="jz3-grade") as ex:
+        futures = [ex.submit(_grade_with, pool, item, policy, timeout_s) for item in items]
+        bar = tqdm(total=len(futures), desc=desc, unit="item", disable=not progress or not futures, mininterval=1.0)
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+            bar.update(1)
+        bar.close()
+        return [f.result() for f in futures]
+
+
+def agreement(grades: Sequence[Grade]) -> float:
+    """The fraction of items on which our verdict and math-verify's agree (1.0 for no items)."""
+    if not grades:
+        return 1.0
+    return round(sum(g.correct == g.correct_math_verify for g in grades) / len(grades), 6)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from jz3_jax.eval.datasets import Problem, get_spec, load_problems
 from jz3_jax.eval.errors import EvalError
-from jz3_jax.eval.grading import grade
+from jz3_jax.eval.grading import POLICIES, GradeItem, grade_all
 from jz3_jax.eval.prompts import SETTINGS, build_prompt, stop_strings
 from jz3_jax.eval.records import ShardWriter, read_shards, sample_key
 from jz3_jax.eval.report import metrics, table_markdown
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 def _problems(cfg: "Config") -> list[Problem]:
     ec = cfg.eval
+    _check_policy(ec.grade_policy, "eval.grade_policy")
     if ec.setting not in SETTINGS:
         raise EvalError(f"eval.setting must be one of {', '.join(SETTINGS)}, got {ec.setting!r}")
     if not ec.datasets:
@@ -52,22 +53,37 @@ def _record(problem: Problem, prompt: str, sample) -> dict:
     return record
 
 
-def _graded(record: dict, timeout_s: float) -> dict:
-    g = grade(record["generation"], str(record["gold"]), record.get("choices") or None, timeout_s=timeout_s)
-    return {**record, "pred": g.pred, "correct": g.correct, "correct_math_verify": g.correct_math_verify,
-            "reason": g.reason}
+def _graded(records: list[dict], policy: str, timeout_s: float, workers: int) -> list[dict]:
+    """`records` with both graders' verdicts (graded on a pool of worker processes)."""
+    items = [GradeItem(r["generation"], str(r["gold"]), tuple(r["choices"]) if r.get("choices") else None)
+             for r in records]
+    grades = grade_all(items, policy=policy, timeout_s=timeout_s, workers=workers, desc=f"grade ({policy})")
+    return [{**r, "pred": g.pred, "correct": g.correct, "correct_math_verify": g.correct_math_verify,
+             "reason": g.reason} for r, g in zip(records, grades)]
+
+
+def _check_policy(policy: str, key: str) -> str:
+    if policy not in POLICIES:
+        raise EvalError(f"{key} must be one of {', '.join(POLICIES)}, got {policy!r}")
+    return policy
 
 
 def _write_outputs(stage_dir, samples: list[dict], extra: dict, setting: str | None, model: str | None) -> dict:
+    """samples.jsonl, disagreements.jsonl (items where the two graders differ), metrics.json and,
+    for `eval`, table.md."""
     result = {**metrics(samples), **extra}
     with atomic_write(stage_dir / "samples.jsonl") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    with atomic_write(stage_dir / "disagreements.jsonl") as f:
+        for s in samples:
+            if bool(s["correct"]) != bool(s["correct_math_verify"]):
+                f.write(json.dumps(s, ensure_ascii=False) + "\n")
     with atomic_write(stage_dir / "metrics.json") as f:
         f.write(json.dumps(result, indent=1) + "\n")
     if setting is not None:
         with atomic_write(stage_dir / "table.md") as f:
-            f.write(table_markdown(result, setting, model or ""))
+            f.write(table_markdown(result, setting, model or "", result["policy"]))
     return result
 
 
@@ -94,17 +110,18 @@ def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
         return {"generated": len(mine)}
     order = {(p.dataset, p.id): i for i, p in enumerate(problems)}
     samples = sorted((r for r in read_shards(samples_dir) if sample_key(r) in order), key=lambda r: order[sample_key(r)])
-    samples = [_graded(r, ec.grade_timeout_s) for r in samples]  # always with the current graders
+    samples = _graded(samples, ec.grade_policy, ec.grade_timeout_s, ec.grade_workers)  # always the current graders
     missing = len(problems) - len(samples)
     if missing:
         raise EvalError(f"{missing} samples are missing after generation; rerun the same command")
     model = cfg.model.checkpoint or f"{cfg.model.family}-random"
-    result = _write_outputs(ctx.stage_dir, samples, {"setting": ec.setting, "model": model,
+    result = _write_outputs(ctx.stage_dir, samples, {"policy": ec.grade_policy, "setting": ec.setting, "model": model,
                                                      "tool_calls": sum(len(s["tool_calls"]) for s in samples),
                                                      "seconds": round(time.perf_counter() - start, 2)},
                             ec.setting, model)
-    ctx.logger.info("eval: accuracy %.4f (math-verify %.4f) over %d samples", result["accuracy"],
-                    result["accuracy_math_verify"], result["n"])
+    ctx.logger.info("eval: accuracy %.4f (%s policy; math-verify %.4f, agreement %.4f) over %d samples",
+                    result["accuracy"], ec.grade_policy, result["accuracy_math_verify"], result["agreement"],
+                    result["n"])
     return result
 
 
@@ -190,11 +207,13 @@ def run_grade(cfg: "Config", ctx: "StageContext") -> dict | None:
     """Regrade `grade.input` with both graders; process 0 writes grade/samples.jsonl and metrics.json."""
     if not cfg.grade.input:
         raise EvalError("grade needs grade.input: a jsonl file with dataset, generation, gold (and choices) per line")
-    records = read_generations(cfg.grade.input)
+    gc = cfg.grade
+    _check_policy(gc.policy, "grade.policy")
+    records = read_generations(gc.input)
     if ctx.process_index != 0:
         return None
-    out = [_graded(r, cfg.grade.timeout_s) for r in records]
-    result = _write_outputs(ctx.stage_dir, out, {}, None, None)
-    ctx.logger.info("grade: accuracy %.4f (math-verify %.4f) over %d records", result["accuracy"],
-                    result["accuracy_math_verify"], result["n"])
+    out = _graded(records, gc.policy, gc.timeout_s, gc.workers)
+    result = _write_outputs(ctx.stage_dir, out, {"policy": gc.policy}, None, None)
+    ctx.logger.info("grade: accuracy %.4f (%s policy; math-verify %.4f, agreement %.4f) over %d records",
+                    result["accuracy"], gc.policy, result["accuracy_math_verify"], result["agreement"], result["n"])
     return result

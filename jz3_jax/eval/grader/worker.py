@@ -1,49 +1,34 @@
-"""Slow comparisons (sympy, math-verify) in a separate worker process with a per-item timeout.
+"""Grading in child processes with a per-item timeout, one process per core when grading in bulk.
 
-math-verify times itself out with `signal.alarm`, which works only on the main thread; we turn
-that off and time out ourselves: the call runs in a spawned worker process, and a call that takes
-longer than its timeout kills the worker (a new one starts for the next call). This works from any
-thread, and a runaway simplification never keeps burning CPU after its timeout.
+math-verify times itself out with `signal.alarm`, which works only on the main thread, and a
+sympy simplification can run for minutes; so verdicts are computed in a worker process (a plain
+`python -m jz3_jax.eval.grader.worker` child talking JSON lines over pipes; no multiprocessing,
+which would re-import the caller's `__main__` or fork a process running JAX). A call that takes
+longer than its timeout kills its worker (a new one starts for the next call), so a runaway
+comparison never keeps burning CPU. `WorkerPool` holds several workers for threads to share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import select
 import subprocess
 import sys
 import threading
 
 
-def _sympy_equal(a: str, b: str) -> bool:
-    import sympy
-    from latex2sympy2_extended import latex2sympy
+def _judge(text: str, gold: str, choices, policy: str):
+    from jz3_jax.eval.grader.policies import judge
 
-    def parse(s: str):
-        try:
-            return latex2sympy(s)
-        except Exception:  # noqa: BLE001 - not LaTeX: try plain sympy syntax
-            return sympy.sympify(s.replace("^", "**"))
-
-    x, y = parse(a), parse(b)
-    try:
-        if x == y:
-            return True
-        diff = sympy.simplify(x - y)
-        if diff == 0:
-            return True
-        return bool(abs(complex(sympy.N(diff))) <= 1e-6)
-    except Exception:  # noqa: BLE001 - sets, relations, matrices: compare their simplified forms
-        return sympy.simplify(x) == sympy.simplify(y)
+    return list(judge(text, gold, choices, policy))
 
 
-def _math_verify(gold: str, prediction: str) -> dict:
-    from math_verify import parse, verify
+def _math_verify(text: str, gold: str, choices) -> bool:
+    from jz3_jax.eval.grader.policies import math_verify_verdict
 
-    gold_parsed = parse(gold, parsing_timeout=None)
-    pred_parsed = parse(prediction, parsing_timeout=None)
-    correct = bool(gold_parsed) and bool(pred_parsed) and verify(gold_parsed, pred_parsed, timeout_seconds=None)
-    return {"correct": bool(correct), "pred": str(pred_parsed[-1]) if pred_parsed else ""}
+    return math_verify_verdict(text, gold, choices)
 
 
 def _warm() -> bool:
@@ -54,16 +39,16 @@ def _warm() -> bool:
     import math_verify  # noqa: F401
     import sympy  # noqa: F401
 
+    import jz3_jax.eval.grader.policies  # noqa: F401
+
     return True
 
 
-_FUNCTIONS = {"sympy_equal": _sympy_equal, "math_verify": _math_verify, "warm": _warm}
+_FUNCTIONS = {"judge": _judge, "math_verify": _math_verify, "warm": _warm}
 
 
 def _serve() -> None:
     """Worker main loop: one JSON request per stdin line, one JSON reply per stdout line."""
-    import json
-    import sys
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -80,17 +65,14 @@ def _serve() -> None:
 
 
 class TimeoutWorker:
-    """One worker process answering `call(name, *args, timeout=...)`; thread-safe (calls queue).
-
-    The worker is a plain `python -m jz3_jax.eval.symbolic` child talking JSON lines over pipes (no
-    multiprocessing: it would re-import the caller's `__main__` or fork a process running JAX)."""
+    """One worker process answering `call(name, *args, timeout=...)`; thread-safe (calls queue)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
 
     def _start(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", "jz3_jax.eval.symbolic"], stdin=subprocess.PIPE,
+        self._process = subprocess.Popen([sys.executable, "-m", "jz3_jax.eval.grader.worker"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def _stop(self) -> None:
@@ -128,17 +110,49 @@ class TimeoutWorker:
             self._stop()
 
 
-_worker: TimeoutWorker | None = None
-_worker_lock = threading.Lock()
+class WorkerPool:
+    """`size` workers lent one at a time to the threads that grade (`with pool.lease() as w:`)."""
+
+    def __init__(self, size: int):
+        self._workers = [TimeoutWorker() for _ in range(max(1, size))]
+        self._free: queue.Queue[TimeoutWorker] = queue.Queue()
+        for w in self._workers:
+            self._free.put(w)
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    @contextlib.contextmanager
+    def lease(self):
+        worker = self._free.get()
+        try:
+            yield worker
+        finally:
+            self._free.put(worker)
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def worker() -> TimeoutWorker:
-    """The process-wide worker (started on first use)."""
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = TimeoutWorker()
-        return _worker
+_pool: WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def shared_pool() -> WorkerPool:
+    """The process-wide one-worker pool for single calls (started on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = WorkerPool(1)
+        return _pool
 
 
 if __name__ == "__main__":

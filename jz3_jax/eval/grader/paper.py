@@ -1,40 +1,24 @@
-"""Answer extraction from a model's text, and normalisation of answer strings before comparison.
+"""The `paper` policy: the decisions of the JiuZhang3.0 / math-evaluation-harness grader, kept so
+that a table can be compared with the paper's.
 
 Extraction order (as in the original evaluation): a multiple-choice letter where the item has
 options, "final answer is $...$", the last brace-matched `\\boxed{}`, "the answer is", a GSM8K-style
-"#### answer" line, the last number.
+"#### answer" line, the last number. Equality: normalised strings, then numbers within relative
+1e-4 with the percentage variants (x100 and /100 of the gold accepted for every item), then sympy.
+These are knowingly lenient (123457 equals 123456, 25 equals 0.25): the `strict` policy is the default.
 """
 
 from __future__ import annotations
 
+import math
 import re
+
+from jz3_jax.eval.grader.latex import last_boxed
 
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
 _UNITS = ("square units", "sq units", "units", "unit", "degrees", "degree", "cm", "meters", "meter", "inches", "inch",
           "feet", "foot", "dollars", "dollar", "cents", "hours", "hour", "minutes", "minute", "seconds", "second",
           "mph", "km", "kg", "pounds", "miles", "mile")
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces matched; None if none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    rest = text[start:]
-    brace = rest.find("{")
-    head = rest[: brace if brace >= 0 else len(rest)]
-    if brace < 0 or head not in ("\\boxed", "\\fbox", "\\boxed ", "\\fbox "):
-        match = re.match(r"\\(?:boxed|fbox) +([^\s$]+)", rest)  # "\boxed 5"
-        return match.group(1) if match else None
-    depth = 0
-    for i in range(brace, len(rest)):
-        if rest[i] == "{":
-            depth += 1
-        elif rest[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return rest[brace + 1: i]
-    return None
 
 
 def _after_phrase(text: str, phrase: str) -> str | None:
@@ -144,3 +128,68 @@ def normalize_answer(answer: str) -> str:
         s = f"\\frac{{{num}}}{{{den}}}"
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
     return s
+
+
+REL_TOL = 1e-4
+
+
+def to_number(s: str) -> float | None:
+    """`s` as a number when it is one: integers, decimals, a/b, \\frac{a}{b}, a trailing percent."""
+    t = normalize_answer(s)
+    match = re.fullmatch(r"(-?)\\frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", t)
+    try:
+        if match:
+            value = float(match.group(2)) / float(match.group(3))
+            return -value if match.group(1) else value
+        return float(t)  # as the harness does: Python's float also reads "1_000"
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _numeric_equal(pred: str, gold: str) -> bool | None:
+    p, g = to_number(pred), to_number(gold)
+    if p is None or g is None:
+        return None
+    return any(math.isclose(p, c, rel_tol=REL_TOL, abs_tol=1e-9) for c in (g, g / 100, g * 100))
+
+
+def sympy_equal(a: str, b: str) -> bool:
+    """The harness's symbolic check: parse both, simplify the difference, else compare numerically."""
+    import sympy
+    from latex2sympy2_extended import latex2sympy
+
+    def parse(s: str):
+        try:
+            return latex2sympy(s)
+        except Exception:  # noqa: BLE001 - not LaTeX: try plain sympy syntax
+            return sympy.sympify(s.replace("^", "**"))
+
+    try:
+        x, y = parse(a), parse(b)
+        if x == y:
+            return True
+        diff = sympy.simplify(x - y)
+        if diff == 0:
+            return True
+        return bool(abs(complex(sympy.N(diff))) <= 1e-6)
+    except Exception:  # noqa: BLE001 - sets, relations, matrices: compare their simplified forms
+        try:
+            return sympy.simplify(x) == sympy.simplify(y)
+        except Exception:  # noqa: BLE001
+            return False
+
+
+def answers_equal(pred: str, gold: str) -> tuple[bool, str]:
+    """The harness's equality of two answer strings and the step that decided ("string",
+    "numeric", "symbolic", "different", "empty")."""
+    if not pred.strip():
+        return False, "empty"
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    if p == g or p.lower() == g.lower():
+        return True, "string"
+    numeric = _numeric_equal(pred, gold)
+    if numeric is not None:
+        return numeric, "numeric"
+    if len(p) > 400 or len(g) > 400:
+        return False, "different"
+    return (True, "symbolic") if sympy_equal(p, g) else (False, "different")

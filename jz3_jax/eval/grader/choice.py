@@ -1,0 +1,57 @@
+"""Multiple-choice items: which option a solution chooses.
+
+`strict`: the option the solution states as its answer (a boxed letter, "the answer is (C)",
+"Answer: C", a generation that is just "C" or "(C) 29"), else the option whose text equals the
+stated answer; an option only mentioned along the way is never taken. `paper`: the harness's
+rule (its phrases, then the last option letter mentioned anywhere).
+"""
+
+from __future__ import annotations
+
+import re
+
+from jz3_jax.eval.grader import paper
+from jz3_jax.eval.grader.equivalence import answers_equivalent
+from jz3_jax.eval.grader.extract import extract
+from jz3_jax.eval.grader.normalize import clean
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def _letter_in(answer: str, letters: str) -> str:
+    """The option letter an answer string names (`C`, `(C)`, `\\text{(C)}`, `C) 29`, `option C`), or ""."""
+    s = clean(answer).text.strip().strip("*").strip()
+    s = re.sub(r"^(?:option|choice)\s+", "", s, flags=re.IGNORECASE)
+    match = re.match(rf"^\(?([{letters}])\)?(?:$|[\s.:)])", s)
+    return match.group(1) if match else ""
+
+
+def strict_choice(text: str, choices: list[str]) -> str:
+    """The option letter the solution chooses under the strict policy ("" when it states none)."""
+    letters = LETTERS[: len(choices)]
+    answer = extract(text).answer
+    letter = _letter_in(answer, letters)
+    if letter:
+        return letter
+    stated = re.findall(rf"\b(?:option|choice)\s+\(?([{letters}])\)?(?![A-Za-z])", text, re.IGNORECASE)
+    if stated:
+        return stated[-1].upper()
+    if answer:
+        for i, choice in enumerate(choices):
+            if answers_equivalent(choice, answer)[0]:
+                return letters[i]
+    return ""
+
+
+def paper_choice(text: str, choices: list[str]) -> str:
+    """The harness's option letter: its phrases, then the last letter mentioned; an answer equal to
+    an option's text counts as its letter."""
+    letters = LETTERS[: len(choices)]
+    letter = paper.extract_choice(text, letters)
+    if letter:
+        return letter
+    answer = paper.normalize_answer(paper.extract_answer(text))
+    for i, choice in enumerate(choices):
+        if answer and answer == paper.normalize_answer(choice):
+            return letters[i]
+    return ""

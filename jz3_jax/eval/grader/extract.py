@@ -1,0 +1,151 @@
+"""Where a model's text states its answer (the `strict` policy's extraction).
+
+`extract(text)` tries, in order: the last `\\boxed{}` or the "final answer is" sentence (whichever
+comes later; Minerva's "Final Answer: The final answer is X. I hope it is correct." ends at X),
+"the answer is" up to the end of the answer, a GSM8K `#### X` line, an `Answer: X` line, a
+markdown-bold answer in the last paragraph, a generation that *is* an answer (short, no prose),
+the last `$...$` of the final line, a relation in the final sentence (`x \\geq 5 is the solution`),
+and last of all the last number. `Extracted.parts` holds every boxed answer when there are
+several, for golds with several parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from jz3_jax.eval.grader.latex import boxed_spans, last_boxed, strip_math_delimiters
+from jz3_jax.eval.grader.units import ANSWER_WORDS, UNIT_WORDS
+
+NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
+_FINAL = re.compile(r"final answer(?: is|:)?\s*[:\-]?", re.IGNORECASE)
+_THE_ANSWER = re.compile(r"\banswer(?: to (?:the|this) (?:problem|question))?\s+(?:is|should be|would be|will be|"
+                         r"=)\s*[:\-]?", re.IGNORECASE)
+_ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(.+?)\s*$",
+                          re.IGNORECASE | re.MULTILINE)
+_BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_RELATION = re.compile(r"(-?[\w.\\{}]+\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*)?"
+                       r"\b[a-zA-Z]\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*-?[\w.\\{}]+")
+_CONNECTIVE = re.compile(r",?\s+(?:since|because|as|so|which|where|when|given|for|and thus|and so|"
+                         r"this is|that is)\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Extracted:
+    """The answer text found, how it was found, and every boxed answer when there are several."""
+
+    answer: str
+    how: str
+    parts: tuple[str, ...] = ()
+
+
+def sentence_end(tail: str) -> str:
+    """`tail` up to the end of its first sentence: a newline, or a period (or ; ! ?) followed by a
+    space or the end, where the period is not a decimal point (`3.5` stays whole)."""
+    tail = tail.split("\n", 1)[0]
+    match = re.search(r"(?<!\\)[.;!?](?=\s|$)|\s+I hope it is correct", tail)
+    if match:
+        tail = tail[: match.start()]
+    connective = _CONNECTIVE.search(tail)
+    if connective and connective.start() > 0:
+        tail = tail[: connective.start()]
+    return tail.strip()
+
+
+def _answer_after(tail: str) -> str:
+    """The answer that starts `tail` (just after a phrase like "the answer is")."""
+    tail = re.sub(r"^[\s:]*(?:\*\*)?\s*", "", tail)
+    boxed = boxed_spans(tail)
+    if boxed and boxed[0][0] < 3:
+        return boxed[0][2]
+    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if tail.startswith(opener):
+            end = tail.find(closer, len(opener))
+            if end > 0:
+                inner = tail[len(opener):end].strip()
+                inner_box = last_boxed(inner)
+                return inner_box if inner_box is not None else inner
+    return sentence_end(tail).strip("*").strip()
+
+
+def _last_match_tail(pattern: re.Pattern, text: str) -> tuple[int, str] | None:
+    matches = list(pattern.finditer(text))
+    if not matches:
+        return None
+    last = matches[-1]
+    return last.start(), text[last.end():]
+
+
+def _prose_words(s: str) -> int:
+    """How many words of prose `s` holds (LaTeX commands, `\\text{}` units and answer words aside)."""
+    s = re.sub(r"\\(?:begin|end)\{[^{}]*\}|\\[a-zA-Z]+", " ", s)
+    words = re.findall(r"[A-Za-z]{2,}", s)
+    return sum(1 for w in words if w.lower() not in UNIT_WORDS and w.lower() not in ANSWER_WORDS)
+
+
+def _bare_answer(text: str) -> str | None:
+    """The whole generation when it is itself an answer: one short line, at most one word of prose."""
+    s = text.strip()
+    if not s or "\n" in s or len(s) > 120:
+        return None
+    s = strip_math_delimiters(s.rstrip(".").rstrip())
+    return s if _prose_words(s) <= 1 else None
+
+
+def _final_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _last_math_of_final_line(text: str) -> str | None:
+    found = [next(g for g in m.groups() if g is not None) for m in _MATH.finditer(_final_line(text))]
+    found = [f.strip() for f in found if f.strip()]
+    return found[-1] if found else None
+
+
+def last_number(text: str) -> str | None:
+    """The last number in `text` (thousands separators and fractions a/b allowed)."""
+    found = NUMBER.findall(text.replace("\\!", "").replace("{,}", ""))
+    return found[-1] if found else None
+
+
+def extract(text: str) -> Extracted:
+    """The answer a free-form solution gives (`Extracted("", "none")` when nothing looks like one)."""
+    text = text.strip()
+    spans = boxed_spans(text)
+    final = _last_match_tail(_FINAL, text)
+    if final and (not spans or final[0] > spans[-1][0]):
+        answer = _answer_after(final[1])
+        if answer:
+            return Extracted(answer, "final_answer")
+    if spans:
+        contents = tuple(dict.fromkeys(c.strip() for _, _, c in spans if c.strip()))
+        return Extracted(spans[-1][2].strip(), "boxed", contents if len(contents) > 1 else ())
+    found = _last_match_tail(_THE_ANSWER, text)
+    if found:
+        answer = _answer_after(found[1])
+        if answer:
+            return Extracted(answer, "the_answer_is")
+    hashes = re.findall(r"####\s*(.+)", text)
+    if hashes:
+        return Extracted(hashes[-1].strip(), "hashes")
+    lines = _ANSWER_LINE.findall(text)
+    if lines:
+        return Extracted(_answer_after(lines[-1]) or lines[-1], "answer_line")
+    last_paragraph = re.split(r"\n\s*\n", text)[-1]
+    bold = _BOLD.findall(last_paragraph)
+    if bold:
+        return Extracted(strip_math_delimiters(re.sub(r"(?i)^\s*(?:final\s+)?answer\s*[:：]\s*", "", bold[-1])), "bold")
+    bare = _bare_answer(text)
+    if bare:
+        return Extracted(bare, "bare")
+    math = _last_math_of_final_line(text)
+    if math:
+        return Extracted(math, "last_math")
+    relation = _RELATION.findall(_final_line(text))
+    if relation:
+        match = list(_RELATION.finditer(_final_line(text)))[-1]
+        return Extracted(match.group(0).strip(), "relation")
+    number = last_number(text)
+    return Extracted(number, "last_number") if number else Extracted("", "none")

@@ -1,0 +1,92 @@
+"""Small LaTeX string tools shared by extraction and parsing: brace matching, `\\boxed{}` contents,
+math delimiters, and splitting at top-level separators (outside any bracket pair)."""
+
+from __future__ import annotations
+
+import re
+
+OPENERS = {"{": "}", "(": ")", "[": "]"}
+_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+
+
+def matching_brace(s: str, start: int) -> int:
+    """Index of the `}` closing the `{` at `s[start]`, or -1 when it is never closed."""
+    depth = 0
+    for i in range(start, len(s)):
+        if s[i] == "{" and (i == 0 or s[i - 1] != "\\"):
+            depth += 1
+        elif s[i] == "}" and (i == 0 or s[i - 1] != "\\"):
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """Every `\\boxed{...}` / `\\fbox{...}` (and `\\boxed 5`) as (start, end, content), in order."""
+    spans = []
+    for match in _BOXED.finditer(text):
+        rest = match.end()
+        while rest < len(text) and text[rest] == " ":
+            rest += 1
+        if rest < len(text) and text[rest] == "{":
+            end = matching_brace(text, rest)
+            if end > 0:
+                spans.append((match.start(), end + 1, text[rest + 1:end]))
+        else:
+            bare = re.match(r"([^\s$]+)", text[rest:])
+            if bare:
+                spans.append((match.start(), rest + bare.end(), bare.group(1)))
+    return [span for span in spans if not any(o[0] < span[0] and span[1] <= o[1] for o in spans)]
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last (outermost) `\\boxed{...}` or `\\fbox{...}`, braces matched; None if none."""
+    spans = boxed_spans(text)
+    return spans[-1][2] if spans else None
+
+
+def strip_math_delimiters(s: str) -> str:
+    """`$x$`, `$$x$$`, `\\(x\\)`, `\\[x\\]` -> `x` (only when the delimiters wrap the whole string)."""
+    s = s.strip()
+    for left, right in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
+            inner = s[len(left):len(s) - len(right)]
+            if left != "$" or "$" not in inner:
+                return inner.strip()
+    return s
+
+
+def depth_map(s: str) -> list[int]:
+    """The bracket depth at each character of `s` ((), [], {} and \\{ \\} all count; a bracket
+    character itself has the outer depth)."""
+    depths, depth = [], 0
+    for ch in s:
+        if ch in ")]}":
+            depth = max(0, depth - 1)
+        depths.append(depth)
+        if ch in "([{":
+            depth += 1
+    return depths
+
+
+def split_top_level(s: str, separator: str) -> list[str]:
+    """`s` split at every `separator` that sits outside all brackets."""
+    depths, parts, last, i = depth_map(s), [], 0, 0
+    while i < len(s):
+        if depths[i] == 0 and s.startswith(separator, i):
+            parts.append(s[last:i])
+            i += len(separator)
+            last = i
+        else:
+            i += 1
+    parts.append(s[last:])
+    return parts
+
+
+def wrapped_by(s: str, left: str, right: str) -> bool:
+    """Whether `s` is `left ... right` with `left` closed only by the final `right`."""
+    if not (s.startswith(left) and s.endswith(right)) or len(s) < len(left) + len(right):
+        return False
+    inner_depths = depth_map(s)
+    return all(d > 0 for d in inner_depths[len(left):len(s) - len(right)]) or len(s) == len(left) + len(right)

@@ -1,0 +1,104 @@
+"""Cleaning an answer string before it is parsed (the `strict` policy).
+
+Removes what never changes an answer's value: math delimiters, spacing and sizing commands,
+`\\text{}`-style wrappers around units and unit words, currency signs, degree marks, thousands
+separators (commas, spaces, `{,}`); rewrites spellings to one form (`\\dfrac` -> `\\frac`, `\\ge` ->
+`\\geq`, `>=` -> `\\geq`, `\\frac12` -> `\\frac{1}{2}`). A percent sign or word is removed and
+remembered (`Cleaned.percent`), since 28% equals 0.28 as well as 28.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from jz3_jax.eval.grader.latex import strip_math_delimiters
+from jz3_jax.eval.grader.units import UNIT_WORDS
+
+_SPACING = re.compile(r"\\[!,;:>]|\\(?:quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
+                      r"middle)(?![a-zA-Z])")
+_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textsf|mathrm|mathbf|mathit|mathsf|mbox|hbox|"
+                       r"operatorname|emph)\s*\{([^{}]*)\}")
+_UNIT_TAIL = re.compile(r"^(.*?[\d}).!)])\s*((?:[A-Za-z]+\.?(?:\s*\^\s*\{?[23]\}?|[23])?\s*){1,3})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cleaned:
+    """An answer with its unit marks removed; `percent` when it was written as a percentage."""
+
+    text: str
+    percent: bool = False
+
+
+def _replace_all(s: str, pairs) -> str:
+    for old, new in pairs:
+        s = s.replace(old, new)
+    return s
+
+
+def fix_fracs(s: str) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1b` -> `\\frac{1}{b}`, `\\frac{1}2` -> `\\frac{1}{2}`,
+    `\\sqrt3` -> `\\sqrt{3}`."""
+    s = re.sub(r"\\frac\s*([0-9a-zA-Z])\s*([0-9a-zA-Z])", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\s*([0-9a-zA-Z])\s*\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])", r"\\frac\1{\2}", s)
+    return re.sub(r"\\sqrt\s*([0-9a-zA-Z])", r"\\sqrt{\1}", s)
+
+
+def _unwrap_text(s: str) -> str:
+    """`\\text{...}` and friends: unit words after a value are dropped, other text kept bare."""
+    def inner(match: re.Match) -> str:
+        content = match.group(1).strip()
+        words = re.findall(r"[A-Za-z]+", content)
+        before = s[: match.start()].rstrip()
+        if words and all(w.lower() in UNIT_WORDS for w in words) and before and before[-1] in "0123456789}).":
+            return ""
+        return f" {content} " if content in ("or", "and") else content
+    for _ in range(3):  # nested wrappers
+        s = _WRAPPERS.sub(inner, s)
+    return s
+
+
+def _strip_unit_words(s: str) -> str:
+    """`10 weeks` -> `10`, `5 square units` -> `5`, `3 cm^2` -> `3`: trailing unit words after a value."""
+    match = _UNIT_TAIL.match(s)
+    if not match:
+        return s
+    words = re.findall(r"[A-Za-z]+", match.group(2))
+    if words and all(w.lower() in UNIT_WORDS for w in words):
+        return match.group(1).strip()
+    return s
+
+
+def _join_thousands(s: str) -> str:
+    """`1,234,567` / `1 234 567` / `1{,}234` / `1\\,234` -> `1234567` where the grouping is unambiguous."""
+    s = s.replace("{,}", "")
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
+        return s.replace(",", "")
+    if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):
+        return s.replace(" ", "")
+    return s
+
+
+def clean(answer: str) -> Cleaned:
+    """`answer` with its spelling normalised and its unit marks removed (see module doc)."""
+    s = strip_math_delimiters(str(answer).strip())
+    s = re.sub(r"\s+", " ", s).strip()
+    s = _join_thousands(s.replace("\\,", "").replace("\\!", "")) if re.fullmatch(r"[\d\s,\\!{}.-]+", s) else s
+    s = _SPACING.sub(" ", s)
+    s = _replace_all(s, [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\lt", "<"),
+                         ("\\gt", ">"), ("≤", "\\leq"), ("≥", "\\geq"), ("≠", "\\neq"), ("<=", "\\leq "),
+                         (">=", "\\geq "), ("−", "-"), ("\\$", ""), ("\\infty", "\\infty "), ("∞", "\\infty"),
+                         ("\\emptyset", "\\varnothing"), ("\\{", "\\{ "), ("\\}", " \\}")])
+    s = re.sub(r"\\(le|ge|ne)(?![a-zA-Z])", lambda m: {"le": "\\leq", "ge": "\\geq", "ne": "\\neq"}[m.group(1)], s)
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)
+    percent = bool(re.search(r"\\?%|\bpercent\b", s))
+    s = re.sub(r"\\?%|\s*\bpercent(?:age)?\b", "", s)
+    s = _unwrap_text(s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".,;").strip()
+    s = re.sub(r"^\$\s*(?=[-\d.])|^(-)\s*\$\s*(?=[\d.])", lambda m: m.group(1) or "", s)  # currency: "$12.50"
+    s = _strip_unit_words(s)
+    s = re.sub(r"\s*\bdegrees?\b$", "", s)
+    s = _join_thousands(s)
+    s = re.sub(r"^(?:approximately|about|around|roughly|exactly)\s+|^\\approx\s*", "", s, flags=re.IGNORECASE)
+    return Cleaned(fix_fracs(s).strip(), percent)

@@ -1,0 +1,298 @@
+"""An answer string (already cleaned) as a value with structure: numbers, words, expressions,
+tuples, sets, lists, intervals and their unions, matrices, named answers and equations.
+
+`parse(text)` never fails: what it cannot read as anything else is an `Expr` (LaTeX, left to
+sympy). Relations that describe intervals (`-793<a<10`, `x \\geq 5`, `x < 1 or x > 3`) become
+`Intervals`, so they compare with the interval they describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from fractions import Fraction
+from typing import Union as TypingUnion
+
+from jz3_jax.eval.grader.latex import split_top_level, wrapped_by
+
+GREEK = ("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho sigma "
+         "tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega").split()
+_NAME = re.compile(r"(?:[a-zA-Z]|[A-Z]{2,3}|\\(?:" + "|".join(GREEK) + r"))(?:_\{?\w+\}?)?'*(?:\([a-zA-Z, ]*\))?")
+_RELATIONS = re.compile(r"(\\leq|\\geq|\\neq|<|>)")
+_MATRIX = re.compile(r"^\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
+_INFINITY = {"\\infty": 1, "+\\infty": 1, "-\\infty": -1, "oo": 1, "-oo": -1, "infinity": 1, "-infinity": -1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """An exact value and how many decimals were written (None: exact, e.g. an integer or a/b)."""
+
+    value: Fraction
+    decimals: int | None
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    """Words, option letters, numerals in another base (`1011_2`) and clock times: compared as strings."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Expr:
+    """Anything else: a LaTeX expression for sympy."""
+
+    latex: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Infinity:
+    sign: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq:
+    """`tuple` (ordered, in parentheses), `set` (braces) or `list` (bare commas: unordered)."""
+
+    kind: str
+    items: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    lo: object
+    hi: object
+    left_closed: bool
+    right_closed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervals:
+    """A union of intervals, possibly written as a relation on `variable`."""
+
+    parts: tuple[Interval, ...]
+    variable: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Matrix:
+    rows: tuple[tuple, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Named:
+    """`x = 5`, `(p, q) = (3, 2)`, `f(x) = 2x + 3`, `x = 1, y = 2`: names and the value they are given."""
+
+    names: tuple[str, ...]
+    value: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Equation:
+    """An equation whose left side is not a name (`x^2 + y^2 = 1`, `2 \\cdot 3 = 6`)."""
+
+    lhs: str
+    rhs: str
+
+
+Value = TypingUnion[Number, Text, Expr, Infinity, Seq, Interval, Intervals, Matrix, Named, Equation]
+
+
+def parse_number(s: str) -> Number | None:
+    """Integers, decimals, a/b, `\\frac{a}{b}`, mixed numbers, `1.5 \\times 10^{3}`, `0,75`; else None."""
+    t = s.replace(" ", "")
+    sign = 1
+    if t.startswith("-") or t.startswith("+"):
+        sign, t = (-1 if t[0] == "-" else 1), t[1:]
+    if re.fullmatch(r"0,\d+", t):  # a decimal comma: a thousands group never starts with "0,"
+        t = t.replace(",", ".")
+    decimal = re.fullmatch(r"(\d*)\.(\d+)|(\d+)\.?", t)
+    if decimal:
+        decimals = len(decimal.group(2)) if decimal.group(2) is not None else None
+        return Number(sign * Fraction(t.rstrip(".")), decimals, s)
+    scientific = re.fullmatch(r"(\d+(?:\.\d+)?)(?:\\times|\\cdot|\*|x)10\^\{?(-?\d+)\}?", t)
+    if scientific:
+        mantissa = Fraction(scientific.group(1))
+        decimals = len(scientific.group(1).split(".")[1]) - int(scientific.group(2)) if "." in scientific.group(1) \
+            else None
+        return Number(sign * mantissa * Fraction(10) ** int(scientific.group(2)), decimals, s)
+    fraction = re.fullmatch(r"\\frac\{(-?\d+)\}\{(-?\d+)\}|(\d+)/(\d+)", t)
+    if fraction:
+        num, den = (fraction.group(1), fraction.group(2)) if fraction.group(1) else (fraction.group(3), fraction.group(4))
+        return Number(sign * Fraction(int(num), int(den)), None, s) if int(den) != 0 else None
+    mixed = re.fullmatch(r"(\d+)\\frac\{(\d+)\}\{(\d+)\}", t) or re.fullmatch(r"(\d+)\s+(\d+)/(\d+)", s.strip(" -+"))
+    if mixed and int(mixed.group(3)) != 0 and int(mixed.group(2)) < int(mixed.group(3)):
+        return Number(sign * (int(mixed.group(1)) + Fraction(int(mixed.group(2)), int(mixed.group(3)))), None, s)
+    return None
+
+
+def _scalar(s: str) -> Value:
+    s = s.strip()
+    if s in _INFINITY:
+        return Infinity(_INFINITY[s])
+    base = re.fullmatch(r"([0-9A-Za-z]+)_\{?(\d+)\}?", s)
+    if base and base.group(1).isalnum() and not base.group(1).isalpha():
+        return Text(f"{base.group(1).upper()}_{base.group(2)}")
+    if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2})?(?:\s*[ap]\.?m\.?)?", s, re.IGNORECASE):
+        return Text(s.lower().replace(" ", "").replace(".", ""))
+    number = parse_number(s)
+    if number is not None:
+        return number
+    letter = re.fullmatch(r"\(([A-Za-z])\)", s)
+    if letter:
+        return Text(letter.group(1).lower())
+    if re.fullmatch(r"[A-Za-z][A-Za-z' ]*", s) and (len(s) > 1 and not re.fullmatch(r"[A-Z]{1,3}", s)):
+        return Text(re.sub(r"^(?:the|an?)\s+", "", s.lower()).strip())
+    return Expr(s)
+
+
+def is_name(s: str) -> bool:
+    """A variable, a Greek letter, a segment (`AB`), a function value (`f(x)`), with subscripts or primes."""
+    return bool(_NAME.fullmatch(s.replace(" ", "")))
+
+
+def _names(lhs: str) -> tuple[str, ...] | None:
+    lhs = lhs.strip()
+    if is_name(lhs):
+        return (lhs.replace(" ", ""),)
+    if wrapped_by(lhs, "(", ")"):
+        parts = [p.strip() for p in split_top_level(lhs[1:-1], ",")]
+        if len(parts) > 1 and all(is_name(p) for p in parts):
+            return tuple(p.replace(" ", "") for p in parts)
+    return None
+
+
+def _endpoint(s: str) -> Value:
+    return _scalar(s)
+
+
+def _relation(s: str) -> Intervals | None:
+    """`a < x < b`, `x \\geq a`, `a > x`, `x \\neq a` as intervals; None for other relations."""
+    tokens = [t.strip() for t in _RELATIONS.split(s)]
+    less = {"<": (True, False), "\\leq": (True, True), ">": (False, False), "\\geq": (False, True)}
+    if len(tokens) == 3:
+        left, op, right = tokens
+        if is_name(right) and not is_name(left):
+            left, right = right, left
+            op = {"<": ">", ">": "<", "\\leq": "\\geq", "\\geq": "\\leq", "\\neq": "\\neq"}[op]
+        if not is_name(left) or is_name(right):
+            return None
+        value, var = _endpoint(right), left.replace(" ", "")
+        if op == "\\neq":
+            return Intervals((Interval(Infinity(-1), value, False, False), Interval(value, Infinity(1), False, False)), var)
+        is_less, closed = less[op]
+        interval = Interval(Infinity(-1), value, False, closed) if is_less else Interval(value, Infinity(1), closed, False)
+        return Intervals((interval,), var)
+    if len(tokens) == 5 and is_name(tokens[2]) and tokens[1] in less and tokens[3] in less:
+        (lo, op1, var, op2, hi) = tokens
+        if less[op1][0] != less[op2][0]:
+            return None
+        if not less[op1][0]:  # b > x > a
+            lo, hi, op1, op2 = hi, lo, op2, op1
+        return Intervals((Interval(_endpoint(lo), _endpoint(hi), less[op1][1], less[op2][1]),), var.replace(" ", ""))
+    return None
+
+
+def _interval(s: str) -> Interval | None:
+    if not (s[:1] in "([" and s[-1:] in ")]" and (wrapped_by(s, s[0], s[-1]))):
+        return None
+    parts = split_top_level(s[1:-1], ",")
+    if len(parts) != 2:
+        return None
+    lo, hi = _endpoint(parts[0]), _endpoint(parts[1])
+    if s[0] == "(" and s[-1] == ")" and not isinstance(lo, Infinity) and not isinstance(hi, Infinity):
+        return None  # an ordered pair, unless compared with an interval (see equivalence)
+    return Interval(lo, hi, s[0] == "[", s[-1] == "]")
+
+
+def _matrix(s: str) -> Matrix | None:
+    match = _MATRIX.match(s)
+    if not match:
+        return None
+    rows = [r for r in re.split(r"\\\\", match.group(2)) if r.strip() and not r.strip().startswith("\\hline")]
+    return Matrix(tuple(tuple(parse(cell) for cell in row.split("&")) for row in rows))
+
+
+def _list(parts: list[str], kind: str) -> Value:
+    values = tuple(parse(p) for p in parts if p.strip())
+    if kind == "list" and values and all(isinstance(v, Named) and len(v.names) == 1 for v in values):
+        names = tuple(v.names[0] for v in values)
+        if len(set(names)) == 1:  # x = 1 or x = 2
+            return Named(names[:1], Seq("list", tuple(v.value for v in values)))
+        if len(set(names)) == len(names):  # x = 1, y = 2
+            return Named(names, Seq("tuple", tuple(v.value for v in values)))
+    return Seq(kind, values)
+
+
+def parse(text: str) -> Value:
+    """The structured value of one cleaned answer string (see module doc)."""
+    s = text.strip().rstrip(".").strip()
+    number = parse_number(s)
+    if number is not None:
+        return number
+    matrix = _matrix(s)
+    if matrix is not None:
+        return matrix
+    for word in (" or ", " and ", "\\text{ or }", "\\text{ and }"):
+        parts = split_top_level(s, word)
+        if len(parts) > 1:
+            return _union_or_list(parts)
+    commas = split_top_level(s, ",")
+    if len(commas) > 1:
+        return _union_or_list(commas)
+    sides = split_top_level(s, "=")
+    if len(sides) > 1:
+        names = _names(sides[0])
+        if names is not None:
+            return Named(names, parse(sides[-1]))
+        return Equation(sides[0].strip(), sides[-1].strip())
+    if "\\in " in s or "\\in(" in s or "\\in[" in s:
+        name, _, rest = s.partition("\\in")
+        if is_name(name):
+            inner = parse(rest)
+            parts = inner.parts if isinstance(inner, Intervals) else (inner,) if isinstance(inner, Interval) else None
+            if parts is not None:
+                return Intervals(tuple(parts), name.strip())
+    if _RELATIONS.search(s) and len(split_top_level(s, "<")) + len(split_top_level(s, ">")) > 2 or \
+            any(len(split_top_level(s, op)) > 1 for op in ("\\leq", "\\geq", "\\neq")):
+        relation = _relation(s)
+        return relation if relation is not None else Expr(s)
+    unions = split_top_level(s, "\\cup")
+    if len(unions) > 1:
+        parts = [parse(u) for u in unions]
+        if all(isinstance(p, Interval) for p in parts):
+            return Intervals(tuple(parts))
+        return Expr(s)
+    if "\\pm" in s:
+        head, _, tail = s.partition("\\pm")
+        head, tail = head.strip(), tail.strip()
+        if not head:
+            return Seq("list", (parse(tail), parse(f"-{tail}")))
+        return Seq("list", (Expr(f"{head}+{tail}"), Expr(f"{head}-({tail})")))
+    if wrapped_by(s, "\\{", "\\}"):
+        inner = s[2:-2].strip()
+        return Seq("set", tuple(parse(p) for p in split_top_level(inner, ",") if p.strip())) if inner else Seq("set", ())
+    interval = _interval(s)
+    if interval is not None:
+        return interval
+    if wrapped_by(s, "(", ")") and len(split_top_level(s[1:-1], ",")) > 1:
+        return Seq("tuple", tuple(parse(p) for p in split_top_level(s[1:-1], ",")))
+    if s.startswith("\\langle") and s.endswith("\\rangle"):
+        return Seq("tuple", tuple(parse(p) for p in split_top_level(s[len("\\langle"):-len("\\rangle")], ",")))
+    if wrapped_by(s, "[", "]") and len(split_top_level(s[1:-1], ",")) > 2:
+        return Seq("tuple", tuple(parse(p) for p in split_top_level(s[1:-1], ",")))
+    return _scalar(s)
+
+
+def _union_or_list(parts: list[str]) -> Value:
+    """Pieces joined by commas, "or", "and": relations and intervals join into one union, else a list."""
+    values = [parse(p) for p in parts if p.strip()]
+    if values and all(isinstance(v, (Intervals, Interval)) for v in values):
+        intervals, variables = [], set()
+        for v in values:
+            intervals += list(v.parts) if isinstance(v, Intervals) else [v]
+            variables |= {v.variable} if isinstance(v, Intervals) and v.variable else set()
+        if len(variables) <= 1 and any(isinstance(v, Intervals) for v in values):
+            return Intervals(tuple(intervals), next(iter(variables), ""))
+    return _list(parts, "list")
