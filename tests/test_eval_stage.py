@@ -54,23 +54,37 @@ def test_eval_on_jz3_mini_then_grade_reproduces_its_metrics(tmp_path, run_launch
     assert "3 done, 0 for process 0" in (run / "eval" / "logs" / "process_0.log").read_text()
 
 
-def test_grade_scores_a_generations_file(tmp_path, run_launch):
+def test_grade_scores_a_generations_file_under_both_policies(tmp_path, run_launch):
     rows = [
         {"dataset": "gsm8k", "generation": "So she makes 9 * 2 = 18 dollars.\n#### 18", "gold": "18"},
         {"dataset": "gsm8k", "generation": "The answer is 17.", "gold": "18"},
         {"dataset": "math", "generation": r"Hence \boxed{\dfrac{\sqrt{2}}{2}}.", "gold": r"\frac{1}{\sqrt{2}}"},
         {"dataset": "aqua", "generation": "The answer is (B).", "gold": "B", "choices": ["1", "2", "3", "4", "5"]},
+        {"dataset": "math", "generation": "The answer is 123457.", "gold": "123456"},  # paper: within 1e-4
     ]
     path = tmp_path / "gen.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run_launch("grade", *TINY, "--run-dir", tmp_path / "g", f"grade.input={path}", timeout=200)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "g" / "grade" / "metrics.json").read_text())
-    assert metrics["accuracy"] == 0.75 and metrics["accuracy_math_verify"] == 0.75
-    assert metrics["datasets"] == {"aqua": {"n": 1, "accuracy": 1.0, "accuracy_math_verify": 1.0},
-                                   "gsm8k": {"n": 2, "accuracy": 0.5, "accuracy_math_verify": 0.5},
-                                   "math": {"n": 1, "accuracy": 1.0, "accuracy_math_verify": 1.0}}
-    assert [r["correct"] for r in _samples(tmp_path / "g", "grade")] == [True, False, True, True]
+    assert (metrics["policy"], metrics["accuracy"], metrics["accuracy_math_verify"], metrics["agreement"]) == \
+        ("strict", 0.6, 0.6, 1.0)
+    assert metrics["datasets"] == {
+        "aqua": {"n": 1, "accuracy": 1.0, "accuracy_math_verify": 1.0, "agreement": 1.0},
+        "gsm8k": {"n": 2, "accuracy": 0.5, "accuracy_math_verify": 0.5, "agreement": 1.0},
+        "math": {"n": 2, "accuracy": 0.5, "accuracy_math_verify": 0.5, "agreement": 1.0}}
+    assert [r["correct"] for r in _samples(tmp_path / "g", "grade")] == [True, False, True, True, False]
+    assert (tmp_path / "g" / "grade" / "disagreements.jsonl").read_text() == ""
+
+    proc = run_launch("grade", *TINY, "--run-dir", tmp_path / "p", f"grade.input={path}", "grade.policy=paper",
+                      timeout=200)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "p" / "grade" / "metrics.json").read_text())
+    assert (metrics["policy"], metrics["accuracy"], metrics["accuracy_math_verify"], metrics["agreement"]) == \
+        ("paper", 0.8, 0.6, 0.8)
+    disagreements = [json.loads(line) for line in
+                     (tmp_path / "p" / "grade" / "disagreements.jsonl").read_text().splitlines()]
+    assert [(d["gold"], d["correct"], d["correct_math_verify"]) for d in disagreements] == [("123456", True, False)]
 
 
 def test_bad_input_is_named(tmp_path, run_launch):
@@ -86,6 +100,9 @@ def test_bad_input_is_named(tmp_path, run_launch):
     bad.write_text('{"dataset": "aqua", "generation": "(A)", "gold": "A"}\n')
     proc = run_launch("grade", *TINY, "--run-dir", tmp_path / "d", f"grade.input={bad}", timeout=120)
     assert proc.returncode == 2 and "bad.jsonl:1: missing field 'choices'" in proc.stderr
+    proc = run_launch("grade", *TINY, "--run-dir", tmp_path / "e", f"grade.input={bad}", "grade.policy=lenient",
+                      timeout=120)
+    assert proc.returncode == 2 and "grade.policy must be one of strict, paper, got 'lenient'" in proc.stderr
 
 
 def _launch_eval(run: Path, *overrides: str) -> subprocess.Popen:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import re
 from fractions import Fraction
 
 from jz3_jax.eval.grader.normalize import clean
@@ -78,14 +79,17 @@ def numbers_equal(g: Number, p: Number) -> bool:
 
 def values_equal(g: Value, p: Value) -> bool:
     """Whether prediction value `p` equals gold value `g` (see module doc)."""
-    if isinstance(g, Named) or isinstance(p, Named):
-        return _named_equal(g, p)
     if isinstance(g, Equation) or isinstance(p, Equation):
+        g, p = _as_equation(g, p), _as_equation(p, g)
         if isinstance(g, Equation) and isinstance(p, Equation):
             return equations_equal(g, p)
         if isinstance(p, Equation):  # "2 \cdot 1.5 = 3" for gold 3: the value it arrives at
             return values_equal(g, parse(p.rhs))
+        if _names_a_quantity(g):  # |AB| = 1, V_1 : V_2 = 11 : 21: the gold's value
+            return values_equal(parse(g.rhs), p)
         return False
+    if isinstance(g, Named) or isinstance(p, Named):
+        return _named_equal(g, p)
     if isinstance(g, (Interval, Intervals)) or isinstance(p, (Interval, Intervals)):
         return _intervals_equal(g, p)
     if isinstance(g, Matrix) or isinstance(p, Matrix):
@@ -95,18 +99,39 @@ def values_equal(g: Value, p: Value) -> bool:
     return scalars_equal(g, p)
 
 
+def _as_equation(v: Value, other: Value) -> Value:
+    """`y = 2x + 3` as an equation when compared with one (`2x + 4y - 3 = 0`)."""
+    if isinstance(v, Named) and isinstance(other, Equation) and len(v.names) == 1 and isinstance(v.value, Expr):
+        return Equation(v.names[0], v.value.latex)
+    return v
+
+
+def _names_a_quantity(g: Equation) -> bool:
+    """An equation whose left side names a quantity (`|AB|`, `\\frac{NO}{BO}`, `V_1:V_2`) and whose
+    right side is a constant: the constant is the answer."""
+    lhs = re.sub(r"_\{?\w+\}?", "", g.lhs)
+    return not re.search(r"\d", lhs) and not re.search(r"(?<!\\)[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", g.rhs))
+
+
 def _named_equal(g: Value, p: Value) -> bool:
     if isinstance(g, Named) and isinstance(p, Named):
-        if g.names == p.names:
+        if len(g.names) == 1 and g.names == p.names:
             return values_equal(g.value, p.value)
-        if sorted(g.names) == sorted(p.names) and isinstance(g.value, Seq) and isinstance(p.value, Seq):
-            by_name = dict(zip(p.names, p.value.items))
-            return len(g.value.items) == len(g.names) and all(
-                values_equal(v, by_name[n]) for n, v in zip(g.names, g.value.items))
-        return False
+        gold_by_name, pred_by_name = _by_name(g), _by_name(p)
+        return gold_by_name is not None and pred_by_name is not None and gold_by_name.keys() == pred_by_name.keys() \
+            and all(values_equal(v, pred_by_name[name]) for name, v in gold_by_name.items())
     if isinstance(g, Named):
         return values_equal(g.value, p)
     return values_equal(g, p.value)
+
+
+def _by_name(v: Named) -> dict | None:
+    """{name: value} of `x = 1, y = 2` or `(p, q) = (3, 2)`; None when the counts differ."""
+    if len(v.names) == 1:
+        return {v.names[0]: v.value}
+    if isinstance(v.value, Seq) and len(v.value.items) == len(v.names):
+        return dict(zip(v.names, v.value.items))
+    return None
 
 
 def _as_intervals(v: Value) -> Intervals | None:
@@ -174,13 +199,26 @@ def _sequences_equal(g: Value, p: Value) -> bool:
         joined = parse_number(f"{p.items[0].text}.{p.items[1].text}") if all(
             isinstance(x, Number) and x.text.strip().isdigit() for x in p.items) else None
         return joined is not None and numbers_equal(g, joined)
-    if not (isinstance(g, Seq) and isinstance(p, Seq)) or len(g.items) != len(p.items):
+    if isinstance(p, Number) and isinstance(g, Seq) and p.decimals is not None:
+        return _sequences_equal(p, g)  # the gold written with a decimal comma
+    if not (isinstance(g, Seq) and isinstance(p, Seq)):
+        return False
+    if len(g.items) != len(p.items) and not (g.kind != "tuple" and p.kind != "tuple"):
         return False
     if {g.kind, p.kind} == {"set", "tuple"}:
         return False
     if g.kind == "tuple" and p.kind != "set":
         return all(values_equal(a, b) for a, b in zip(g.items, p.items))
-    return _matched(g.items, p.items, values_equal)
+    return _matched(_distinct(g.items), _distinct(p.items), values_equal)
+
+
+def _distinct(items) -> list:
+    """Items with repeats dropped: a set or a list of solutions names each value once."""
+    kept: list = []
+    for item in items:
+        if not any(item == k or values_equal(k, item) for k in kept):
+            kept.append(item)
+    return kept
 
 
 def scalars_equal(g: Value, p: Value) -> bool:

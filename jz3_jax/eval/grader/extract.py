@@ -21,12 +21,13 @@ NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|
 _FINAL = re.compile(r"final answer(?: is|:)?\s*[:\-]?", re.IGNORECASE)
 _THE_ANSWER = re.compile(r"\banswer(?: to (?:the|this) (?:problem|question))?\s+(?:is|should be|would be|will be|"
                          r"=)\s*[:\-]?", re.IGNORECASE)
-_ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(.+?)\s*$",
-                          re.IGNORECASE | re.MULTILINE)
+_ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:\*\*)?\s*(?:[:：]|(?=\$|\\\[|\\\())\s*"
+                          r"(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
 _MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _RELATION = re.compile(r"(-?[\w.\\{}]+\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*)?"
                        r"\b[a-zA-Z]\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*-?[\w.\\{}]+")
+_CHAT_TOKENS = re.compile(r"<\|[a-z_]+\|>(?:user|assistant|system)?")  # a chat template's turn markers
 _CONNECTIVE = re.compile(r",?\s+(?:since|because|as|so|which|where|when|given|for|and thus|and so|"
                          r"this is|that is)\b", re.IGNORECASE)
 
@@ -66,7 +67,14 @@ def _answer_after(tail: str) -> str:
                 inner = tail[len(opener):end].strip()
                 inner_box = last_boxed(inner)
                 return inner_box if inner_box is not None else inner
-    return sentence_end(tail).strip("*").strip()
+    answer = sentence_end(tail).strip("*").strip()
+    if _prose_words(answer) > 1:  # "The volume of $ABCD$ is 120": the answer follows the verb
+        verb = list(re.finditer(r"\b(?:is|are|equals|was|be)\b|=", answer))
+        if verb:
+            answer = answer[verb[-1].end():].strip()
+        if _prose_words(answer) > 1:
+            answer = _last_math(answer) or last_number(answer) or answer
+    return answer
 
 
 def _last_match_tail(pattern: re.Pattern, text: str) -> tuple[int, str] | None:
@@ -98,10 +106,18 @@ def _final_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _last_math_of_final_line(text: str) -> str | None:
-    found = [next(g for g in m.groups() if g is not None) for m in _MATH.finditer(_final_line(text))]
+def _last_math(text: str) -> str | None:
+    found = [next(g for g in m.groups() if g is not None) for m in _MATH.finditer(text)]
     found = [f.strip() for f in found if f.strip()]
     return found[-1] if found else None
+
+
+def _final_sentence(text: str) -> str:
+    """The last sentence of the last line (a period inside `$...$` does not end a sentence)."""
+    line = _final_line(text)
+    masked = _MATH.sub(lambda m: "M" * len(m.group(0)), line)
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s+\S)", masked)]
+    return line[ends[-1]:] if ends else line
 
 
 def last_number(text: str) -> str | None:
@@ -112,7 +128,7 @@ def last_number(text: str) -> str | None:
 
 def extract(text: str) -> Extracted:
     """The answer a free-form solution gives (`Extracted("", "none")` when nothing looks like one)."""
-    text = text.strip()
+    text = _CHAT_TOKENS.sub(" ", text).strip()
     spans = boxed_spans(text)
     final = _last_match_tail(_FINAL, text)
     if final and (not spans or final[0] > spans[-1][0]):
@@ -140,12 +156,11 @@ def extract(text: str) -> Extracted:
     bare = _bare_answer(text)
     if bare:
         return Extracted(bare, "bare")
-    math = _last_math_of_final_line(text)
+    math = _last_math(_final_sentence(text))
     if math:
         return Extracted(math, "last_math")
-    relation = _RELATION.findall(_final_line(text))
-    if relation:
-        match = list(_RELATION.finditer(_final_line(text)))[-1]
-        return Extracted(match.group(0).strip(), "relation")
+    relations = list(_RELATION.finditer(_final_sentence(text)))
+    if relations:
+        return Extracted(relations[-1].group(0).strip(), "relation")
     number = last_number(text)
     return Extracted(number, "last_number") if number else Extracted("", "none")

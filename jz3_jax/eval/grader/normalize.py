@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from jz3_jax.eval.grader.latex import strip_math_delimiters
+from jz3_jax.eval.grader.latex import strip_math_delimiters, wrapped_by
 from jz3_jax.eval.grader.units import UNIT_WORDS
 
-_SPACING = re.compile(r"\\[!,;:>]|\\(?:quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
+_SPACING = re.compile(r"\\[!,;:>]|\\q?quad|\\(?:displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
                       r"middle)(?![a-zA-Z])")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textsf|mathrm|mathbf|mathit|mathsf|mbox|hbox|"
                        r"operatorname|emph)\s*\{([^{}]*)\}")
@@ -73,10 +73,23 @@ def _strip_unit_words(s: str) -> str:
 def _join_thousands(s: str) -> str:
     """`1,234,567` / `1 234 567` / `1{,}234` / `1\\,234` -> `1234567` where the grouping is unambiguous."""
     s = s.replace("{,}", "")
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
+    if re.fullmatch(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?", s):
         return s.replace(",", "")
-    if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):
+    if re.fullmatch(r"-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?", s):
         return s.replace(" ", "")
+    return s
+
+
+def _unwrap(s: str) -> str:
+    """Brackets that only group: `{1,2,3}` (TeX braces), `[\\begin{array}...\\end{array}]`."""
+    for _ in range(3):
+        if wrapped_by(s, "{", "}"):
+            s = s[1:-1].strip()
+        elif s and s[0] in "([" and wrapped_by(s, s[0], ")" if s[0] == "(" else "]") and \
+                re.fullmatch(r"[(\[]\s*\\begin\{(\w+)\}.*\\end\{\1\}\s*[)\]]", s, re.DOTALL):
+            s = s[1:-1].strip()
+        else:
+            break
     return s
 
 
@@ -84,19 +97,21 @@ def clean(answer: str) -> Cleaned:
     """`answer` with its spelling normalised and its unit marks removed (see module doc)."""
     s = strip_math_delimiters(str(answer).strip())
     s = re.sub(r"\s+", " ", s).strip()
+    s = re.sub(r",\\!\s*", ",", s)  # 32,\! 349: a thousands separator
     s = _join_thousands(s.replace("\\,", "").replace("\\!", "")) if re.fullmatch(r"[\d\s,\\!{}.-]+", s) else s
     s = _SPACING.sub(" ", s)
     s = _replace_all(s, [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\lt", "<"),
                          ("\\gt", ">"), ("≤", "\\leq"), ("≥", "\\geq"), ("≠", "\\neq"), ("<=", "\\leq "),
-                         (">=", "\\geq "), ("−", "-"), ("\\$", ""), ("\\infty", "\\infty "), ("∞", "\\infty"),
+                         (">=", "\\geq "), ("!=", "\\neq "), ("−", "-"), ("\\$", ""), ("\\infty", "\\infty "), ("∞", "\\infty"),
                          ("\\emptyset", "\\varnothing"), ("\\{", "\\{ "), ("\\}", " \\}")])
     s = re.sub(r"\\(le|ge|ne)(?![a-zA-Z])", lambda m: {"le": "\\leq", "ge": "\\geq", "ne": "\\neq"}[m.group(1)], s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)
-    percent = bool(re.search(r"\\?%|\bpercent\b", s))
-    s = re.sub(r"\\?%|\s*\bpercent(?:age)?\b", "", s)
+    percent = bool(re.search(r"\\?%|\b(?:percent|pct)\b", s))
+    s = re.sub(r"\\?%|\s*\b(?:percent(?:age)?|pct)\b", "", s)
     s = _unwrap_text(s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".,;").strip()
-    s = re.sub(r"^\$\s*(?=[-\d.])|^(-)\s*\$\s*(?=[\d.])", lambda m: m.group(1) or "", s)  # currency: "$12.50"
+    s = s.replace("$", "").strip()  # a currency sign, or math delimiters around part of the answer
+    s = _unwrap(s)
     s = _strip_unit_words(s)
     s = re.sub(r"\s*\bdegrees?\b$", "", s)
     s = _join_thousands(s)

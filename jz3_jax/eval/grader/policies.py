@@ -14,7 +14,7 @@ from jz3_jax.eval.grader import paper
 from jz3_jax.eval.grader.choice import LETTERS, paper_choice, strict_choice
 from jz3_jax.eval.grader.equivalence import answers_equivalent
 from jz3_jax.eval.grader.extract import extract
-from jz3_jax.eval.grader.latex import split_top_level
+from jz3_jax.eval.grader.latex import boxed_spans, split_top_level
 from jz3_jax.eval.grader.normalize import clean
 
 POLICIES = ("strict", "paper")
@@ -49,6 +49,8 @@ def judge(text: str, gold: str, choices: list[str] | None, policy: str) -> tuple
         letter = (paper_choice if policy == "paper" else strict_choice)(text, list(choices))
         ok = bool(letter) and letter == gold.strip().upper()
         return letter, ok, "choice" if letter else "empty"
+    if policy == "strict" and "\\boxed" in gold:  # a gold given as worked text: its boxed answers
+        gold = ", ".join(c for _, _, c in boxed_spans(gold))
     pred = predicted_answer(text, gold, policy)
     if policy == "paper":
         ok, reason = paper.answers_equal(pred, gold)

@@ -139,9 +139,9 @@ def _scalar(s: str) -> Value:
     number = parse_number(s)
     if number is not None:
         return number
-    letter = re.fullmatch(r"\(([A-Za-z])\)", s)
+    letter = re.fullmatch(r"\(([A-Za-z])\)|([A-Z])", s)  # an option letter: (C), C
     if letter:
-        return Text(letter.group(1).lower())
+        return Text((letter.group(1) or letter.group(2)).lower())
     if re.fullmatch(r"[A-Za-z][A-Za-z' ]*", s) and (len(s) > 1 and not re.fullmatch(r"[A-Z]{1,3}", s)):
         return Text(re.sub(r"^(?:the|an?)\s+", "", s.lower()).strip())
     return Expr(s)
@@ -195,7 +195,7 @@ def _relation(s: str) -> Intervals | None:
 
 
 def _interval(s: str) -> Interval | None:
-    if not (s[:1] in "([" and s[-1:] in ")]" and (wrapped_by(s, s[0], s[-1]))):
+    if not (s and s[0] in "([" and s[-1] in ")]" and wrapped_by(s, s[0], s[-1])):
         return None
     parts = split_top_level(s[1:-1], ",")
     if len(parts) != 2:
@@ -220,14 +220,16 @@ def _list(parts: list[str], kind: str) -> Value:
         names = tuple(v.names[0] for v in values)
         if len(set(names)) == 1:  # x = 1 or x = 2
             return Named(names[:1], Seq("list", tuple(v.value for v in values)))
-        if len(set(names)) == len(names):  # x = 1, y = 2
-            return Named(names, Seq("tuple", tuple(v.value for v in values)))
+        if len(set(names)) == len(names):  # x = 1, y = 2 (matched by name against named answers)
+            return Named(names, Seq("list", tuple(v.value for v in values)))
     return Seq(kind, values)
 
 
 def parse(text: str) -> Value:
     """The structured value of one cleaned answer string (see module doc)."""
     s = text.strip().rstrip(".").strip()
+    if not s:
+        return Text("")
     number = parse_number(s)
     if number is not None:
         return number
@@ -239,6 +241,8 @@ def parse(text: str) -> Value:
         if len(parts) > 1:
             return _union_or_list(parts)
     commas = split_top_level(s, ",")
+    if len(commas) == 1 and len(split_top_level(s, ";")) > 1:  # 1; 2; 3
+        commas = split_top_level(s, ";")
     if len(commas) > 1:
         return _union_or_list(commas)
     sides = split_top_level(s, "=")
@@ -276,8 +280,10 @@ def parse(text: str) -> Value:
     interval = _interval(s)
     if interval is not None:
         return interval
-    if wrapped_by(s, "(", ")") and len(split_top_level(s[1:-1], ",")) > 1:
-        return Seq("tuple", tuple(parse(p) for p in split_top_level(s[1:-1], ",")))
+    if wrapped_by(s, "(", ")"):
+        separator = "," if len(split_top_level(s[1:-1], ",")) > 1 else ";"  # (0;-2;6)
+        if len(split_top_level(s[1:-1], separator)) > 1:
+            return Seq("tuple", tuple(parse(p) for p in split_top_level(s[1:-1], separator)))
     if s.startswith("\\langle") and s.endswith("\\rangle"):
         return Seq("tuple", tuple(parse(p) for p in split_top_level(s[len("\\langle"):-len("\\rangle")], ",")))
     if wrapped_by(s, "[", "]") and len(split_top_level(s[1:-1], ",")) > 2:
