@@ -78,7 +78,8 @@ def test_paper_extraction_keeps_the_harness_order():
 
 @pytest.mark.parametrize("gold, pred, equal", [
     ("123456", "123457", False), ("100", "99.99", False), ("5", "5.0", True),
-    ("3.14", "3.1416", True), ("3.14", "3.1", False), ("0.5", "0.50", True), ("2.5", "2.6", False),
+    ("3.14", "3.1416", False), ("3.14", "3.1", False), ("0.5", "0.50", True), ("2.5", "2.6", False),
+    (r"\frac{14}{3}", "4.6667", True), (r"\frac{14}{3}", "4.67", False), ("4.12", r"\sqrt{17}", True),
     (r"\frac{1}{3}", "0.3333", True), (r"\frac{1}{3}", "0.33", False), (r"\frac{1}{3}", "0.3334", False),
     ("0.25", "25", False), ("25", "0.25", False), (r"25\%", "0.25", True), ("0.25", r"25\%", True),
     ("1112112_3", "1112122_3", False), ("1011_2", "1011_{2}", True),

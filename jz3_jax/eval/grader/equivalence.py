@@ -24,7 +24,7 @@ from jz3_jax.eval.grader.normalize import clean
 from jz3_jax.eval.grader.structure import (Equation, Expr, Infinity, Interval, Intervals, Matrix, Named, Number, Seq,
                                            Text, Value, parse, parse_number)
 
-MIN_SIGNIFICANT = 4  # digits a decimal needs before it may stand for an exact non-integer gold
+MIN_SIGNIFICANT = 4  # digits a decimal prediction needs before it may stand for an exact non-integer gold
 
 
 def answers_equivalent(gold: str, pred: str) -> tuple[bool, str]:
@@ -69,9 +69,8 @@ def numbers_equal(g: Number, p: Number) -> bool:
         return True
     if g.decimals is None and p.decimals is None:
         return False
-    if g.decimals is not None:
-        more_precise = p.decimals is None or p.decimals >= g.decimals
-        return more_precise and abs(p.value - g.value) <= _half_unit(g.decimals)
+    if g.decimals is not None:  # a rounded gold: an exact prediction that rounds to it
+        return p.decimals is None and abs(p.value - g.value) <= _half_unit(g.decimals)
     if g.value.denominator == 1:
         return False  # an integer gold is exact
     return _significant(p) >= MIN_SIGNIFICANT and abs(p.value - g.value) <= _half_unit(p.decimals)
@@ -185,10 +184,6 @@ def _matrices_equal(g: Value, p: Value) -> bool:
     gr, pr = rows(g), rows(p)
     if gr is None or pr is None:
         return False
-    if len(gr) == 1 and len(pr) > 1:
-        gr = tuple((x,) for x in gr[0])  # a row against a column of the same entries
-    if len(pr) == 1 and len(gr) > 1:
-        pr = tuple((x,) for x in pr[0])
     return len(gr) == len(pr) and all(len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
                                       for a, b in zip(gr, pr))
 
@@ -294,8 +289,14 @@ def _number_vs_expression(number: Number, latex: str, gold_is_number: bool) -> b
 
 def sympy_equal(a: str, b: str) -> bool:
     """Whether two LaTeX expressions are equal as sympy sees them."""
+    if _letters(a) != _letters(b) and {c.lower() for c in _letters(a)} == {c.lower() for c in _letters(b)}:
+        return False  # 3R^2 is not 3r^2 (the LaTeX parser folds case)
     x, y = to_sympy(a), to_sympy(b)
     return x is not None and y is not None and sympy_equal_objects(x, y)
+
+
+def _letters(latex: str) -> set[str]:
+    return set(re.findall(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", latex)))
 
 
 def sympy_equal_objects(x, y) -> bool:

@@ -18,9 +18,11 @@ from jz3_jax.eval.grader.latex import boxed_spans, last_boxed, strip_math_delimi
 from jz3_jax.eval.grader.units import ANSWER_WORDS, UNIT_WORDS
 
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
-_FINAL = re.compile(r"final answer(?: is|:)?\s*[:\-]?", re.IGNORECASE)
+_FINAL = re.compile(r"final answer(?: is|:)?\s*:?", re.IGNORECASE)
 _THE_ANSWER = re.compile(r"\banswer(?: to (?:the|this) (?:problem|question))?\s+(?:is|should be|would be|will be|"
-                         r"=)\s*[:\-]?", re.IGNORECASE)
+                         r"=)\s*:?", re.IGNORECASE)
+# A few-shot model that runs on into a new problem: what follows is not its answer.
+_NEXT_PROBLEM = re.compile(r"\n\s*(?:#+\s*)?(?:Question|Problem|Q)\s*(?:[:：]|\n)")
 _ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:\*\*)?\s*(?:[:：]|(?=\$|\\\[|\\\())\s*"
                           r"(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
@@ -62,12 +64,17 @@ def _answer_after(tail: str) -> str:
         return boxed[0][2]
     for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if tail.startswith(opener):
-            end = tail.find(closer, len(opener))
+            close = re.compile(r"(?<!\\)" + re.escape(closer)) if closer == "$" else re.compile(re.escape(closer))
+            found = close.search(tail, len(opener))
+            end = found.start() if found else -1
             if end > 0:
                 inner = tail[len(opener):end].strip()
                 inner_box = last_boxed(inner)
                 return inner_box if inner_box is not None else inner
     answer = sentence_end(tail).strip("*").strip()
+    remark = re.search(r"\s+\(([^()]*)\)$", answer)
+    if remark and _prose_words(remark.group(1)) > 1:  # "5 (it is the only prime)"
+        answer = answer[: remark.start()].strip()
     if _prose_words(answer) > 1:  # "The volume of $ABCD$ is 120": the answer follows the verb
         verb = list(re.finditer(r"\b(?:is|are|equals|was|be)\b|=", answer))
         if verb:
@@ -129,6 +136,9 @@ def last_number(text: str) -> str | None:
 def extract(text: str) -> Extracted:
     """The answer a free-form solution gives (`Extracted("", "none")` when nothing looks like one)."""
     text = _CHAT_TOKENS.sub(" ", text).strip()
+    run_on = _NEXT_PROBLEM.search(text)
+    if run_on and run_on.start() > 0:
+        text = text[: run_on.start()].rstrip()
     spans = boxed_spans(text)
     final = _last_match_tail(_FINAL, text)
     if final and (not spans or final[0] > spans[-1][0]):

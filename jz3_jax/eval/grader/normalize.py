@@ -15,10 +15,10 @@ import re
 from jz3_jax.eval.grader.latex import strip_math_delimiters, wrapped_by
 from jz3_jax.eval.grader.units import UNIT_WORDS
 
-_SPACING = re.compile(r"\\[!,;:>]|\\q?quad|\\(?:displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
+_SPACING = re.compile(r"\\[!,;:>]|(?<!\\)\\ |\\q?quad|\\(?:displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
                       r"middle)(?![a-zA-Z])")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textsf|mathrm|mathbf|mathit|mathsf|mbox|hbox|"
-                       r"operatorname|emph)\s*\{([^{}]*)\}")
+                       r"operatorname|emph)\s*\{([^{}]*)\}(\s*\^\s*\{?[23]\}?)?")
 _UNIT_TAIL = re.compile(r"^(.*?[\d}).!)])\s*((?:[A-Za-z]+\.?(?:\s*\^\s*\{?[23]\}?|[23])?\s*){1,3})$")
 
 
@@ -52,8 +52,8 @@ def _unwrap_text(s: str) -> str:
         words = re.findall(r"[A-Za-z]+", content)
         before = s[: match.start()].rstrip()
         if words and all(w.lower() in UNIT_WORDS for w in words) and before and before[-1] in "0123456789}).":
-            return ""
-        return f" {content} " if content in ("or", "and") else content
+            return ""  # a unit, with its square or cube
+        return (f" {content} " if content in ("or", "and") else content) + (match.group(2) or "")
     for _ in range(3):  # nested wrappers
         s = _WRAPPERS.sub(inner, s)
     return s
@@ -72,6 +72,8 @@ def _strip_unit_words(s: str) -> str:
 
 def _join_thousands(s: str) -> str:
     """`1,234,567` / `1 234 567` / `1{,}234` / `1\\,234` -> `1234567` where the grouping is unambiguous."""
+    if re.fullmatch(r"-?\d+\{,\}(?:\d{1,2}|\d{4,})", s) or re.fullmatch(r"-?0\{,\}\d+", s):
+        return s.replace("{,}", ".")  # a decimal comma: not a group of three after a non-zero
     s = s.replace("{,}", "")
     if re.fullmatch(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?", s):
         return s.replace(",", "")
@@ -103,7 +105,7 @@ def clean(answer: str) -> Cleaned:
     s = _replace_all(s, [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\lt", "<"),
                          ("\\gt", ">"), ("≤", "\\leq"), ("≥", "\\geq"), ("≠", "\\neq"), ("<=", "\\leq "),
                          (">=", "\\geq "), ("!=", "\\neq "), ("−", "-"), ("\\$", ""), ("\\infty", "\\infty "), ("∞", "\\infty"),
-                         ("\\emptyset", "\\varnothing"), ("\\{", "\\{ "), ("\\}", " \\}")])
+                         ("\\emptyset", "\\varnothing"), ("\\mathbb{R}", "(-\\infty,\\infty)"), ("\\{", "\\{ "), ("\\}", " \\}")])
     s = re.sub(r"\\(le|ge|ne)(?![a-zA-Z])", lambda m: {"le": "\\leq", "ge": "\\geq", "ne": "\\neq"}[m.group(1)], s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)
     percent = bool(re.search(r"\\?%|\b(?:percent|pct)\b", s))

@@ -154,7 +154,8 @@ def _numeric_equal(pred: str, gold: str) -> bool | None:
 
 
 def sympy_equal(a: str, b: str) -> bool:
-    """The harness's symbolic check: parse both, simplify the difference, else compare numerically."""
+    """The harness's symbolic check: parse both, simplify the difference, else compare their
+    numeric values within relative 1e-4."""
     import sympy
     from latex2sympy2_extended import latex2sympy
 
@@ -171,7 +172,7 @@ def sympy_equal(a: str, b: str) -> bool:
         diff = sympy.simplify(x - y)
         if diff == 0:
             return True
-        return bool(abs(complex(sympy.N(diff))) <= 1e-6)
+        return math.isclose(float(sympy.N(x)), float(sympy.N(y)), rel_tol=REL_TOL)  # as the harness does
     except Exception:  # noqa: BLE001 - sets, relations, matrices: compare their simplified forms
         try:
             return sympy.simplify(x) == sympy.simplify(y)

@@ -20,6 +20,9 @@ GREEK = ("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota
 _NAME = re.compile(r"(?:[a-zA-Z]|[A-Z]{2,3}|\\(?:" + "|".join(GREEK) + r"))(?:_\{?\w+\}?)?'*(?:\([a-zA-Z, ]*\))?")
 _RELATIONS = re.compile(r"(\\leq|\\geq|\\neq|<|>)")
 _MATRIX = re.compile(r"^\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
+NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
 _INFINITY = {"\\infty": 1, "+\\infty": 1, "-\\infty": -1, "oo": 1, "-oo": -1, "infinity": 1, "-infinity": -1}
 
 
@@ -53,7 +56,8 @@ class Infinity:
 
 @dataclasses.dataclass(frozen=True)
 class Seq:
-    """`tuple` (ordered, in parentheses), `set` (braces) or `list` (bare commas: unordered)."""
+    """`tuple` (ordered, in parentheses), `set` (braces), `list` (bare commas: unordered) or `pm`
+    (the two values of `a \\pm b`, unordered)."""
 
     kind: str
     items: tuple
@@ -107,6 +111,17 @@ def parse_number(s: str) -> Number | None:
         sign, t = (-1 if t[0] == "-" else 1), t[1:]
     if re.fullmatch(r"0,\d+", t):  # a decimal comma: a thousands group never starts with "0,"
         t = t.replace(",", ".")
+    if t.lower() in NUMBER_WORDS:
+        return Number(sign * Fraction(NUMBER_WORDS[t.lower()]), None, s)
+    repeating = re.fullmatch(r"(\d*)\.(\d*)\\overline\{(\d+)\}", t)
+    if repeating:  # 0.1\overline{6} = 1/6
+        whole, head, cycle = repeating.groups()
+        value = Fraction(int(whole or 0)) + Fraction(int(head or 0), 10 ** len(head)) + \
+            Fraction(int(cycle), (10 ** len(cycle) - 1) * 10 ** len(head))
+        return Number(sign * value, None, s)
+    e_notation = re.fullmatch(r"(\d+(?:\.\d+)?)[eE]([-+]?\d+)", t)
+    if e_notation:
+        t = f"{e_notation.group(1)}\\times10^{{{int(e_notation.group(2))}}}"
     decimal = re.fullmatch(r"(\d*)\.(\d+)|(\d+)\.?", t)
     if decimal:
         decimals = len(decimal.group(2)) if decimal.group(2) is not None else None
@@ -214,8 +229,16 @@ def _matrix(s: str) -> Matrix | None:
     return Matrix(tuple(tuple(parse(cell) for cell in row.split("&")) for row in rows))
 
 
+def _flat(values) -> tuple:
+    """Items with every `a \\pm b` spliced in as its two values."""
+    out: list = []
+    for v in values:
+        out += list(v.items) if isinstance(v, Seq) and v.kind == "pm" else [v]
+    return tuple(out)
+
+
 def _list(parts: list[str], kind: str) -> Value:
-    values = tuple(parse(p) for p in parts if p.strip())
+    values = _flat(parse(p) for p in parts if p.strip())
     if kind == "list" and values and all(isinstance(v, Named) and len(v.names) == 1 for v in values):
         names = tuple(v.names[0] for v in values)
         if len(set(names)) == 1:  # x = 1 or x = 2
@@ -268,15 +291,9 @@ def parse(text: str) -> Value:
         if all(isinstance(p, Interval) for p in parts):
             return Intervals(tuple(parts))
         return Expr(s)
-    if "\\pm" in s:
-        head, _, tail = s.partition("\\pm")
-        head, tail = head.strip(), tail.strip()
-        if not head:
-            return Seq("list", (parse(tail), parse(f"-{tail}")))
-        return Seq("list", (Expr(f"{head}+{tail}"), Expr(f"{head}-({tail})")))
     if wrapped_by(s, "\\{", "\\}"):
         inner = s[2:-2].strip()
-        return Seq("set", tuple(parse(p) for p in split_top_level(inner, ",") if p.strip())) if inner else Seq("set", ())
+        return Seq("set", _flat(parse(p) for p in split_top_level(inner, ",") if p.strip())) if inner else Seq("set", ())
     interval = _interval(s)
     if interval is not None:
         return interval
@@ -288,6 +305,12 @@ def parse(text: str) -> Value:
         return Seq("tuple", tuple(parse(p) for p in split_top_level(s[len("\\langle"):-len("\\rangle")], ",")))
     if wrapped_by(s, "[", "]") and len(split_top_level(s[1:-1], ",")) > 2:
         return Seq("tuple", tuple(parse(p) for p in split_top_level(s[1:-1], ",")))
+    if "\\pm" in s:
+        head, _, tail = s.partition("\\pm")
+        head, tail = head.strip(), tail.strip()
+        if not head:
+            return Seq("pm", (parse(tail), parse(f"-{tail}")))
+        return Seq("pm", (Expr(f"{head}+{tail}"), Expr(f"{head}-({tail})")))
     return _scalar(s)
 
 
