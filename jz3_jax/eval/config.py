@@ -17,7 +17,9 @@ class EvalConfig:
     `chat_template`: wrap each prompt as a user message of the tokenizer's chat template.
     Greedy decoding, `max_new_tokens` per generation call. Tool runs: `tool_timeout_s`,
     `tool_memory_mb`, output cut to `tool_output_chars`, `sandbox_workers` in parallel,
-    `isolation` (auto, namespaces, rlimits). Grading: `grade_policy` (strict, the default, or
+    `isolation` (auto, namespaces, rlimits); `allow_unsandboxed` must be true for model code to
+    run with rlimits, which is not a sandbox (also when auto finds no user namespaces).
+    Grading: `grade_policy` (strict, the default, or
     paper: the JiuZhang/math-evaluation-harness decisions, percentage variants and relative 1e-4
     included), `grade_timeout_s` per grader per item, `grade_workers` processes (0: one per core).
     `shard_size` finished samples per file written (the unit of resumption).
@@ -36,6 +38,7 @@ class EvalConfig:
     tool_output_chars: int = 400
     sandbox_workers: int = 4
     isolation: str = "auto"
+    allow_unsandboxed: bool = False
     grade_policy: str = "strict"
     grade_timeout_s: float = 3.0
     grade_workers: int = 0

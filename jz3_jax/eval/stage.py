@@ -158,7 +158,8 @@ def _generate(cfg: "Config", ctx: "StageContext", problems: list[Problem], sampl
             ctx.logger.info("eval: %d/%d samples done", finished[0], len(problems))
 
     pool = SandboxPool(ec.sandbox_workers, timeout_s=ec.tool_timeout_s, memory_mb=ec.tool_memory_mb,
-                       isolation=ec.isolation) if ec.setting == "tool" else None
+                       isolation=ec.isolation, allow_unsandboxed=ec.allow_unsandboxed
+                       ) if ec.setting == "tool" else None
     generator = EvalGenerator(loaded.engine, tokenizer, setting=ec.setting, stop=stop_strings(ec.setting),
                               max_new_tokens=ec.max_new_tokens, max_tool_calls=ec.max_tool_calls, pool=pool,
                               output_chars=ec.tool_output_chars, add_bos=tokenizer.adds_bos and not use_chat)
