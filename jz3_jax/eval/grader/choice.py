@@ -33,12 +33,15 @@ def strict_choice(text: str, choices: list[str]) -> str:
     letter = _letter_in(answer, letters)
     if letter:
         return letter
-    stated = re.findall(rf"\b(?:option|choice)\s+\(?([{letters}])\)?(?![A-Za-z])", text, re.IGNORECASE)
+    chosen = re.findall(rf"\b(?:is|choose|select|pick|correct)\s*:?\s+(?:option|choice)\s+\(?([{letters}])\)?(?![A-Za-z])",
+                        text, re.IGNORECASE)
+    stated = chosen or re.findall(rf"\b(?:option|choice)\s+\(?([{letters}])\)?(?![A-Za-z])", text, re.IGNORECASE)
     if stated:
         return stated[-1].upper()
     if answer:
         for i, choice in enumerate(choices):
-            if answers_equivalent(choice, answer)[0]:
+            text_of_option = re.sub(rf"^\(?[{letters}]\)\s*", "", choice.strip())  # "A) 40" or "(A) 40"
+            if answers_equivalent(text_of_option, answer)[0]:
                 return letters[i]
     return ""
 

@@ -17,7 +17,8 @@ import re
 from jz3_jax.eval.grader.latex import boxed_spans, last_boxed, strip_math_delimiters
 from jz3_jax.eval.grader.units import ANSWER_WORDS, UNIT_WORDS
 
-NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
+NUMBER = re.compile(r"-?0,\d+(?![\d,])|-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?: \d{3})+(?![\d,])|\d+)(?:\.\d+)?"
+                    r"(?:/\d+(?:\.\d+)?)?|-?\.\d+")
 _FINAL = re.compile(r"final answer(?: is|:)?\s*:?", re.IGNORECASE)
 _THE_ANSWER = re.compile(r"\banswer(?: to (?:the|this) (?:problem|question))?\s+(?:is|should be|would be|will be|"
                          r"=)\s*:?", re.IGNORECASE)
@@ -26,7 +27,9 @@ _NEXT_PROBLEM = re.compile(r"\n\s*(?:#+\s*)?(?:Question|Problem|Q)\s*(?:[:：]|\
 _ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:\*\*)?\s*(?:[:：]|(?=\$|\\\[|\\\())\s*"
                           r"(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
-_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_MATH = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_JOINED = re.compile(r"\s*(?:,|,?\s*\b(?:or|and)\b)\s*")  # "$x = -2$ or $x = 3$": one answer of two parts
+_IS_WORD = re.compile(r"\b(?:is|are|was|were)\s+([A-Za-z][\w'-]*(?:\s+[A-Z][\w'-]*)?)\s*[.!]?\s*$")
 _RELATION = re.compile(r"(-?[\w.\\{}]+\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*)?"
                        r"\b[a-zA-Z]\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*-?[\w.\\{}]+")
 _CHAT_TOKENS = re.compile(r"<\|[a-z_]+\|>(?:user|assistant|system)?")  # a chat template's turn markers
@@ -105,6 +108,7 @@ def _bare_answer(text: str) -> str | None:
     if not s or "\n" in s or len(s) > 120:
         return None
     s = strip_math_delimiters(s.rstrip(".").rstrip())
+    s = re.sub(r"^[^\W\d_]+\s*[:：]\s*", "", s)  # "Ergebnis: 0,125"
     return s if _prose_words(s) <= 1 else None
 
 
@@ -117,6 +121,26 @@ def _last_math(text: str) -> str | None:
     found = [next(g for g in m.groups() if g is not None) for m in _MATH.finditer(text)]
     found = [f.strip() for f in found if f.strip()]
     return found[-1] if found else None
+
+
+def _closing_math(sentence: str) -> str | None:
+    """The math that ends a sentence (only words, no numbers, after it), with the spans joined to it
+    by "or", "and" or commas (`$x = -2$ or $x = 3$`)."""
+    spans = list(_MATH.finditer(sentence))
+    if not spans or re.search(r"\d", sentence[spans[-1].end():]):
+        return None
+    parts = [spans[-1]]
+    for previous in reversed(spans[:-1]):
+        between = sentence[previous.end(): parts[0].start()]
+        if not _JOINED.fullmatch(between):
+            break
+        parts.insert(0, previous)
+    texts = [next(g for g in m.groups() if g is not None).strip() for m in parts]
+    texts = [t for t in texts if t]
+    if not texts:
+        return None
+    connective = "or" if len(parts) > 1 and "or" in sentence[parts[0].end(): parts[1].start()] else ","
+    return f" {connective} ".join(texts) if connective == "or" else ", ".join(texts)
 
 
 def _final_sentence(text: str) -> str:
@@ -166,11 +190,14 @@ def extract(text: str) -> Extracted:
     bare = _bare_answer(text)
     if bare:
         return Extracted(bare, "bare")
-    math = _last_math(_final_sentence(text))
+    math = _closing_math(_final_sentence(text))
     if math:
         return Extracted(math, "last_math")
     relations = list(_RELATION.finditer(_final_sentence(text)))
     if relations:
         return Extracted(relations[-1].group(0).strip(), "relation")
     number = last_number(text)
-    return Extracted(number, "last_number") if number else Extracted("", "none")
+    if number:
+        return Extracted(number, "last_number")
+    word = _IS_WORD.search(_final_sentence(text))  # "so the fastest runner is Evelyn."
+    return Extracted(word.group(1), "last_word") if word else Extracted("", "none")
