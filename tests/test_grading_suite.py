@@ -1,6 +1,8 @@
 """The grader against an independently labelled suite (tests/grading_cases.py), through the public
 `grade` stage: every case is a line of a generations file, graded by `python -m jz3_jax.launch grade`.
 
+The suite: hand-written cases in every answer shape (grading_cases.py), a holdout written blind in
+other projects' conventions (grading_holdout.jsonl), and rewritings of every MATH-500 gold answer.
 Targets (issue 24): `policy=strict` agrees with the labels on at least 95% of the cases with at
 most 1.5% false positives (accepted answers labelled wrong, over all cases); `policy=paper`
 reproduces the harness's decisions where they differ from the labels (`paper_label`: the
@@ -18,8 +20,18 @@ from grading_cases import CASES, Case, math500_cases
 MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "math_oai" / "test.jsonl"
 
 
+HOLDOUT = Path(__file__).with_name("grading_holdout.jsonl")
+
+
+def _holdout() -> list[Case]:
+    """Cases written blind (without seeing the grader) in the conventions of other projects' suites."""
+    rows = [json.loads(line) for line in HOLDOUT.read_text().splitlines() if line.strip()]
+    return [Case(r["gold"], r["generation"], r["label"], r["shape"], r.get("dataset", "math"),
+                 tuple(r.get("choices") or ())) for r in rows]
+
+
 def _suite() -> list[Case]:
-    return CASES + (math500_cases(MATH500) if MATH500.is_file() else [])
+    return CASES + _holdout() + (math500_cases(MATH500) if MATH500.is_file() else [])
 
 
 def _grade_through_the_stage(cases: list[Case], policy: str, tmp_path: Path, run_launch) -> list[dict]:
@@ -56,7 +68,7 @@ def _report(cases: list[Case], samples: list[dict], label_of) -> tuple[float, fl
 
 def test_strict_policy_agrees_with_the_labelled_suite(tmp_path, run_launch):
     cases = _suite()
-    assert len(CASES) >= 300
+    assert len(CASES) + len(_holdout()) >= 600
     samples = _grade_through_the_stage(cases, "strict", tmp_path, run_launch)
     agreement, false_positives, misses = _report(cases, samples, lambda c: c.label)
     print(f"strict: {len(cases)} cases, agreement {agreement:.4f}, false positives {false_positives:.4f}")
