@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from jz3_jax.decoding.engine import Event, Generation
-from jz3_jax.eval.sandbox import SandboxPool, SandboxResult
+from jz3_jax.eval.sandbox import SandboxResult
+from jz3_jax.eval.sandbox_pool import SandboxPool
 from jz3_jax.eval.tool_loop import EvalGenerator, Sample, program_to_run, tool_output
 
 

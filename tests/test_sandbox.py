@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from jz3_jax.eval import sandbox
-from jz3_jax.eval.sandbox import SandboxPool
+from jz3_jax.eval.sandbox_pool import SandboxPool
 
 
 

@@ -128,7 +128,7 @@ def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
 def _generate(cfg: "Config", ctx: "StageContext", problems: list[Problem], samples_dir, term) -> bool:
     """Run the engine over `problems`, writing shards; True if SIGTERM stopped it."""
     from jz3_jax.decoding.factory import load_engine
-    from jz3_jax.eval.sandbox import SandboxPool
+    from jz3_jax.eval.sandbox_pool import SandboxPool
     from jz3_jax.eval.tool_loop import EvalGenerator, Sample
 
     ec = cfg.eval

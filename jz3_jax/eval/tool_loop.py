@@ -15,7 +15,8 @@ import re
 from typing import Callable, Iterable
 
 from jz3_jax.decoding import Request, SamplingParams
-from jz3_jax.eval.sandbox import SandboxPool, SandboxResult
+from jz3_jax.eval.sandbox import SandboxResult
+from jz3_jax.eval.sandbox_pool import SandboxPool
 
 CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
