@@ -13,7 +13,7 @@ import dataclasses
 import re
 
 from jz3_jax.eval.grader.latex import strip_math_delimiters, wrapped_by
-from jz3_jax.eval.grader.units import UNIT_WORDS
+from jz3_jax.eval.grader.units import ANSWER_WORDS, UNIT_WORDS
 
 _SPACING = re.compile(r"\\[!,;:>]|(?<!\\)\\ |\\q?quad|\\(?:displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
                       r"middle)(?![a-zA-Z])")
@@ -60,12 +60,15 @@ def _unwrap_text(s: str) -> str:
 
 
 def _strip_unit_words(s: str) -> str:
-    """`10 weeks` -> `10`, `5 square units` -> `5`, `3 cm^2` -> `3`: trailing unit words after a value."""
+    """`10 weeks` -> `10`, `5 square units` -> `5`, `3 cm^2` -> `3`, `3 bolts` -> `3`: unit words after
+    a value, and the plain words naming what a number counts."""
     match = _UNIT_TAIL.match(s)
     if not match:
         return s
     words = re.findall(r"[A-Za-z]+", match.group(2))
-    if words and all(w.lower() in UNIT_WORDS for w in words):
+    counted_things = match.group(1)[-1].isdigit() and all(
+        len(w) > 1 and w.islower() and w not in ANSWER_WORDS for w in words)  # "3 bolts", "7 eggs"
+    if words and (all(w.lower() in UNIT_WORDS for w in words) or counted_things):
         return match.group(1).strip()
     return s
 
