@@ -14,21 +14,23 @@ Run it where a runaway simplification can be stopped: `worker.py` calls it in a 
 
 from __future__ import annotations
 
-import functools
-import itertools
+import math
 import random
 import re
 from fractions import Fraction
 
 from jz3_jax.eval.grader.normalize import clean
+from jz3_jax.eval.grader.sympy_parse import to_sympy
 from jz3_jax.eval.grader.structure import (Equation, Expr, Infinity, Interval, Intervals, Matrix, Named, Number, Seq,
                                            Text, Value, parse, parse_number)
 
 MIN_SIGNIFICANT = 4  # digits a decimal prediction needs before it may stand for an exact non-integer gold
+MIN_ROUNDED_GOLD = 3  # digits a decimal gold needs before it is read as a rounding (0.4 is exact, 4.12 rounded)
 
 
 def answers_equivalent(gold: str, pred: str) -> tuple[bool, str]:
-    """(equal?, the step that decided: "string", "structure", "different" or "empty")."""
+    """(equal?, the step that decided: "string" or "structure" when equal, "different" or "empty"
+    when not)."""
     g, p = clean(gold), clean(pred)
     if not p.text:
         return False, "empty"
@@ -36,8 +38,10 @@ def answers_equivalent(gold: str, pred: str) -> tuple[bool, str]:
         return True, "string"
     gv, pv = parse(g.text), parse(p.text)
     if isinstance(gv, Number) and isinstance(pv, Number) and (g.percent or p.percent):
-        return _percent_equal(gv, pv, g.percent, p.percent), "structure"
-    return values_equal(gv, pv), "structure"
+        equal = _percent_equal(gv, pv, g.percent, p.percent)
+    else:
+        equal = values_equal(gv, pv)
+    return equal, "structure" if equal else "different"
 
 
 def _percent_equal(g: Number, p: Number, g_percent: bool, p_percent: bool) -> bool:
@@ -70,7 +74,8 @@ def numbers_equal(g: Number, p: Number) -> bool:
     if g.decimals is None and p.decimals is None:
         return False
     if g.decimals is not None:  # a rounded gold: an exact prediction that rounds to it
-        return p.decimals is None and abs(p.value - g.value) <= _half_unit(g.decimals)
+        return p.decimals is None and _significant(g) >= MIN_ROUNDED_GOLD and \
+            abs(p.value - g.value) <= _half_unit(g.decimals)
     if g.value.denominator == 1:
         return False  # an integer gold is exact
     return _significant(p) >= MIN_SIGNIFICANT and abs(p.value - g.value) <= _half_unit(p.decimals)
@@ -83,7 +88,7 @@ def values_equal(g: Value, p: Value) -> bool:
         if isinstance(g, Equation) and isinstance(p, Equation):
             return equations_equal(g, p)
         if isinstance(p, Equation):  # "2 \cdot 1.5 = 3" for gold 3: the value it arrives at
-            return values_equal(g, parse(p.rhs))
+            return _arrives_at(p) and values_equal(g, parse(p.rhs))
         if _names_a_quantity(g):  # |AB| = 1, V_1 : V_2 = 11 : 21: the gold's value
             return values_equal(parse(g.rhs), p)
         return False
@@ -103,6 +108,19 @@ def _as_equation(v: Value, other: Value) -> Value:
     if isinstance(v, Named) and isinstance(other, Equation) and len(v.names) == 1 and isinstance(v.value, Expr):
         return Equation(v.names[0], v.value.latex)
     return v
+
+
+def _arrives_at(p: Equation) -> bool:
+    """Whether `p`'s right side is its value: the left names a quantity (`|AB| = 5`), is a formula
+    (`\\pi r^2 = 9\\pi`) or a computation that equals it (`2 \\cdot 1.5 = 3`); not `2x = 5` or `7 = 6`."""
+    if _names_a_quantity(p):
+        return True
+    lhs = p.lhs.replace(" ", "")
+    if re.fullmatch(r"-?[\d.]*(?:\\cdot)?[a-zA-Z](?:\^\{?\d+\}?)?", lhs):
+        return False  # an equation still to solve for its variable: 2x = 5, x^2 = 5
+    if re.search(r"(?<!\\)[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", p.lhs)):
+        return True  # a formula and its value: \pi r^2 = 9\pi
+    return values_equal(parse(p.rhs), parse(p.lhs))
 
 
 def _names_a_quantity(g: Equation) -> bool:
@@ -158,7 +176,7 @@ def _intervals_equal(g: Value, p: Value) -> bool:
 
 
 def _matched(gold_items, pred_items, same) -> bool:
-    """Whether the items pair up one to one in some order (small lists: tried by search)."""
+    """Whether the items pair up one to one in some order (greedy is exact: `same` is an equivalence)."""
     if len(gold_items) != len(pred_items):
         return False
     remaining = list(pred_items)
@@ -168,8 +186,7 @@ def _matched(gold_items, pred_items, same) -> bool:
                 del remaining[i]
                 break
         else:
-            return len(gold_items) <= 6 and any(all(same(a, b) for a, b in zip(gold_items, order))
-                                                 for order in itertools.permutations(pred_items))
+            return False
     return True
 
 
@@ -189,13 +206,10 @@ def _matrices_equal(g: Value, p: Value) -> bool:
 
 
 def _sequences_equal(g: Value, p: Value) -> bool:
-    if isinstance(g, Number) and isinstance(p, Seq) and len(p.items) == 2 and g.decimals is not None:
+    if isinstance(g, Number) and isinstance(p, Seq) and p.kind == "pair" and g.decimals is not None:
         # "2,5" for 2.5: a decimal comma, unambiguous because the gold is one non-integer number
-        joined = parse_number(f"{p.items[0].text}.{p.items[1].text}") if all(
-            isinstance(x, Number) and x.text.strip().isdigit() for x in p.items) else None
+        joined = parse_number(f"{p.items[0].text}.{p.items[1].text}")
         return joined is not None and numbers_equal(g, joined)
-    if isinstance(p, Number) and isinstance(g, Seq) and p.decimals is not None:
-        return _sequences_equal(p, g)  # the gold written with a decimal comma
     if not (isinstance(g, Seq) and isinstance(p, Seq)):
         return False
     if len(g.items) != len(p.items) and not (g.kind != "tuple" and p.kind != "tuple"):
@@ -241,22 +255,6 @@ def _texts_equal(g: Value, p: Value) -> bool:
     if isinstance(g, Text) and "_" in g.text and isinstance(p, Number):  # 1011_2 against a bare 1011
         return p.decimals is None and p.value.denominator == 1 and g.text.split("_")[0] == str(p.value)
     return False
-
-
-@functools.lru_cache(maxsize=4096)
-def to_sympy(latex: str):
-    """`latex` as a sympy object (LaTeX first, then plain sympy syntax), or None."""
-    import sympy
-    from latex2sympy2_extended import latex2sympy
-
-    try:
-        return latex2sympy(latex)
-    except Exception:  # noqa: BLE001 - not LaTeX: try plain syntax
-        pass
-    try:
-        return sympy.sympify(latex.replace("^", "**").replace("\\", ""), rational=True)
-    except Exception:  # noqa: BLE001 - neither: not comparable symbolically
-        return None
 
 
 def _numeric(expr) -> complex | None:
@@ -314,14 +312,17 @@ def sympy_equal_objects(x, y) -> bool:
             return True
         symbols = sorted(diff.free_symbols, key=str)
         if not symbols:
-            value = _numeric(diff)
-            scale = abs(_numeric(x) or 1)
-            return value is not None and abs(value) <= 1e-9 * max(1.0, scale)
+            if diff.is_Rational:  # exact: 2^64 + 1 is not 2^64, however close
+                return False
+            value, scale = _numeric(diff), _numeric(x)
+            return value is not None and scale is not None and math.isfinite(abs(scale)) and \
+                abs(value) <= 1e-9 * max(1.0, abs(scale))
         rng = random.Random(0)
         for _ in range(3):
             point = {s: sympy.Rational(rng.randint(11, 97), rng.randint(7, 13)) for s in symbols}
             value, scale = _numeric(diff.subs(point)), _numeric(x.subs(point))
-            if value is None or abs(value) > 1e-9 * max(1.0, abs(scale or 1)):
+            if value is None or scale is None or not math.isfinite(abs(scale)) or \
+                    abs(value) > 1e-9 * max(1.0, abs(scale)):
                 return False
         return True
     except Exception:  # noqa: BLE001 - sympy could not decide: not equal

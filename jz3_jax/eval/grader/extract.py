@@ -32,6 +32,10 @@ _JOINED = re.compile(r"\s*(?:,|,?\s*\b(?:or|and)\b)\s*")  # "$x = -2$ or $x = 3$
 _IS_WORD = re.compile(r"\b(?:is|are|was|were)\s+([A-Za-z][\w'-]*(?:\s+[A-Z][\w'-]*)?)\s*[.!]?\s*$")
 _RELATION = re.compile(r"(-?[\w.\\{}]+\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*)?"
                        r"\b[a-zA-Z]\s*(?:<|>|\\leq?|\\geq?|\\lt|\\gt|\\neq?|≤|≥|<=|>=)\s*-?[\w.\\{}]+")
+MAX_CHARS = 20_000  # the end of a generation holds its answer; a runaway one is read from its last part
+_ANSWERED = re.compile(r"\\boxed|\\fbox|answer|####", re.IGNORECASE)
+_BOX_LINK = re.compile(r"[\s$.,;]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad|,|"
+                       r"[a-zA-Z](?:_\{?\w+\}?)?\s*=)[\s$.,;]*)*")  # what may sit between the boxes of one answer
 _CHAT_TOKENS = re.compile(r"<\|[a-z_]+\|>(?:user|assistant|system)?")  # a chat template's turn markers
 _CONNECTIVE = re.compile(r",?\s+(?:since|because|as|so|which|where|when|given|for|and thus|and so|"
                          r"this is|that is)\b", re.IGNORECASE)
@@ -65,15 +69,16 @@ def _answer_after(tail: str) -> str:
     boxed = boxed_spans(tail)
     if boxed and boxed[0][0] < 3:
         return boxed[0][2]
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if tail.startswith(opener):
-            close = re.compile(r"(?<!\\)" + re.escape(closer)) if closer == "$" else re.compile(re.escape(closer))
-            found = close.search(tail, len(opener))
-            end = found.start() if found else -1
-            if end > 0:
-                inner = tail[len(opener):end].strip()
-                inner_box = last_boxed(inner)
-                return inner_box if inner_box is not None else inner
+    spans = list(_MATH.finditer(tail[:2000]))
+    if spans and spans[0].start() == 0:  # "$2$ or $-3$": every span joined to the first
+        run = [spans[0]]
+        for span in spans[1:]:
+            if not _JOINED.fullmatch(tail[run[-1].end():span.start()]):
+                break
+            run.append(span)
+        inner = _join_spans(tail, run)
+        inner_box = last_boxed(inner)
+        return inner_box if inner_box is not None else inner
     answer = sentence_end(tail).strip("*").strip()
     remark = re.search(r"\s+\(([^()]*)\)$", answer)
     if remark and _prose_words(remark.group(1)) > 1:  # "5 (it is the only prime)"
@@ -88,6 +93,7 @@ def _answer_after(tail: str) -> str:
 
 
 def _last_match_tail(pattern: re.Pattern, text: str) -> tuple[int, str] | None:
+    """(where the last match of `pattern` starts, the text after it), or None."""
     matches = list(pattern.finditer(text))
     if not matches:
         return None
@@ -113,14 +119,23 @@ def _bare_answer(text: str) -> str | None:
 
 
 def _final_line(text: str) -> str:
+    """The last non-empty line."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
 def _last_math(text: str) -> str | None:
+    """The content of the last `$...$`-style span in `text`, or None."""
     found = [next(g for g in m.groups() if g is not None) for m in _MATH.finditer(text)]
     found = [f.strip() for f in found if f.strip()]
     return found[-1] if found else None
+
+
+def _join_spans(text: str, run: list[re.Match]) -> str:
+    """The contents of math spans joined as one answer: "a or b" when "or" links them, else "a, b"."""
+    texts = [t for t in (next(g for g in m.groups() if g is not None).strip() for m in run) if t]
+    linked_by_or = len(run) > 1 and re.search(r"\bor\b", text[run[0].end():run[1].start()])
+    return (" or " if linked_by_or else ", ").join(texts)
 
 
 def _closing_math(sentence: str) -> str | None:
@@ -129,18 +144,12 @@ def _closing_math(sentence: str) -> str | None:
     spans = list(_MATH.finditer(sentence))
     if not spans or re.search(r"\d", sentence[spans[-1].end():]):
         return None
-    parts = [spans[-1]]
+    run = [spans[-1]]
     for previous in reversed(spans[:-1]):
-        between = sentence[previous.end(): parts[0].start()]
-        if not _JOINED.fullmatch(between):
+        if not _JOINED.fullmatch(sentence[previous.end(): run[0].start()]):
             break
-        parts.insert(0, previous)
-    texts = [next(g for g in m.groups() if g is not None).strip() for m in parts]
-    texts = [t for t in texts if t]
-    if not texts:
-        return None
-    connective = "or" if len(parts) > 1 and "or" in sentence[parts[0].end(): parts[1].start()] else ","
-    return f" {connective} ".join(texts) if connective == "or" else ", ".join(texts)
+        run.insert(0, previous)
+    return _join_spans(sentence, run) or None
 
 
 def _final_sentence(text: str) -> str:
@@ -157,12 +166,25 @@ def last_number(text: str) -> str | None:
     return found[-1] if found else None
 
 
+def _linked_boxes(text: str, spans: list[tuple[int, int, str]]) -> tuple[str, ...]:
+    """The contents of the last boxes when several are linked as one answer (`\\boxed{2} and
+    \\boxed{5}`, `\\boxed{1}, \\boxed{2}`); () for a single box or boxes apart in the working."""
+    run = [spans[-1]]
+    for previous in reversed(spans[:-1]):
+        if not _BOX_LINK.fullmatch(text[previous[1]: run[0][0]]):
+            break
+        run.insert(0, previous)
+    contents = tuple(dict.fromkeys(c.strip() for _, _, c in run if c.strip()))
+    return contents if len(contents) > 1 else ()
+
+
 def extract(text: str) -> Extracted:
     """The answer a free-form solution gives (`Extracted("", "none")` when nothing looks like one)."""
-    text = _CHAT_TOKENS.sub(" ", text).strip()
+    text = _CHAT_TOKENS.sub(" ", text).replace("−", "-").strip()
     run_on = _NEXT_PROBLEM.search(text)
-    if run_on and run_on.start() > 0:
+    if run_on and _ANSWERED.search(text[: run_on.start()]):
         text = text[: run_on.start()].rstrip()
+    text = text[-MAX_CHARS:]
     spans = boxed_spans(text)
     final = _last_match_tail(_FINAL, text)
     if final and (not spans or final[0] > spans[-1][0]):
@@ -170,8 +192,7 @@ def extract(text: str) -> Extracted:
         if answer:
             return Extracted(answer, "final_answer")
     if spans:
-        contents = tuple(dict.fromkeys(c.strip() for _, _, c in spans if c.strip()))
-        return Extracted(spans[-1][2].strip(), "boxed", contents if len(contents) > 1 else ())
+        return Extracted(spans[-1][2].strip(), "boxed", _linked_boxes(text, spans))
     found = _last_match_tail(_THE_ANSWER, text)
     if found:
         answer = _answer_after(found[1])
@@ -190,14 +211,15 @@ def extract(text: str) -> Extracted:
     bare = _bare_answer(text)
     if bare:
         return Extracted(bare, "bare")
-    math = _closing_math(_final_sentence(text))
+    sentence = _final_sentence(text)
+    math = _closing_math(sentence)
     if math:
         return Extracted(math, "last_math")
-    relations = list(_RELATION.finditer(_final_sentence(text)))
+    relations = list(_RELATION.finditer(sentence[-300:]))
     if relations:
         return Extracted(relations[-1].group(0).strip(), "relation")
     number = last_number(text)
     if number:
         return Extracted(number, "last_number")
-    word = _IS_WORD.search(_final_sentence(text))  # "so the fastest runner is Evelyn."
+    word = _IS_WORD.search(sentence)  # "so the fastest runner is Evelyn."
     return Extracted(word.group(1), "last_word") if word else Extracted("", "none")

@@ -22,22 +22,39 @@ def matching_brace(s: str, start: int) -> int:
     return -1
 
 
+def _brace_pairs(text: str) -> dict[int, int]:
+    """{index of each `{`: index of its closing `}`} for every balanced pair, in one pass."""
+    pairs, stack = {}, []
+    for i, ch in enumerate(text):
+        if ch == "{" and (i == 0 or text[i - 1] != "\\"):
+            stack.append(i)
+        elif ch == "}" and (i == 0 or text[i - 1] != "\\") and stack:
+            pairs[stack.pop()] = i
+    return pairs
+
+
 def boxed_spans(text: str) -> list[tuple[int, int, str]]:
-    """Every `\\boxed{...}` / `\\fbox{...}` (and `\\boxed 5`) as (start, end, content), in order."""
-    spans = []
+    """Every outermost `\\boxed{...}` / `\\fbox{...}` (and `\\boxed 5`) as (start, end, content), in
+    order; a box never closed is skipped. Linear in the text's length."""
+    pairs, spans = None, []
     for match in _BOXED.finditer(text):
         rest = match.end()
         while rest < len(text) and text[rest] == " ":
             rest += 1
         if rest < len(text) and text[rest] == "{":
-            end = matching_brace(text, rest)
-            if end > 0:
-                spans.append((match.start(), end + 1, text[rest + 1:end]))
+            pairs = _brace_pairs(text) if pairs is None else pairs
+            if rest in pairs:
+                spans.append((match.start(), pairs[rest] + 1, text[rest + 1:pairs[rest]]))
         else:
-            bare = re.match(r"([^\s$]+)", text[rest:])
+            bare = re.match(r"([^\s$]+)", text[rest:rest + 200])
             if bare:
                 spans.append((match.start(), rest + bare.end(), bare.group(1)))
-    return [span for span in spans if not any(o[0] < span[0] and span[1] <= o[1] for o in spans)]
+    outermost, reach = [], -1
+    for span in spans:  # sorted by start: a span inside the last kept one is nested in it
+        if span[0] >= reach:
+            outermost.append(span)
+            reach = span[1]
+    return outermost
 
 
 def last_boxed(text: str) -> str | None:

@@ -14,6 +14,7 @@ import math
 import re
 
 from jz3_jax.eval.grader.latex import last_boxed
+from jz3_jax.eval.grader.sympy_parse import to_sympy
 
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
 _UNITS = ("square units", "sq units", "units", "unit", "degrees", "degree", "cm", "meters", "meter", "inches", "inch",
@@ -157,16 +158,11 @@ def sympy_equal(a: str, b: str) -> bool:
     """The harness's symbolic check: parse both, simplify the difference, else compare their
     numeric values within relative 1e-4."""
     import sympy
-    from latex2sympy2_extended import latex2sympy
 
-    def parse(s: str):
-        try:
-            return latex2sympy(s)
-        except Exception:  # noqa: BLE001 - not LaTeX: try plain sympy syntax
-            return sympy.sympify(s.replace("^", "**"))
-
+    x, y = to_sympy(a), to_sympy(b)  # the harness's eval-based parse_expr is never used on model text
+    if x is None or y is None:
+        return False
     try:
-        x, y = parse(a), parse(b)
         if x == y:
             return True
         diff = sympy.simplify(x - y)

@@ -28,6 +28,7 @@ def check_policy(policy: str) -> str:
 
 
 def _gold_parts(gold: str) -> int:
+    """How many comma-separated parts an answer has (outside brackets)."""
     return len([p for p in split_top_level(clean(gold).text, ",") if p.strip()])
 
 
@@ -37,7 +38,7 @@ def predicted_answer(text: str, gold: str, policy: str) -> str:
         return paper.extract_answer(text)
     found = extract(text)
     parts = _gold_parts(gold)
-    if parts > 1 and len(found.parts) >= parts:
+    if parts > 1 and len(found.parts) >= parts and _gold_parts(found.answer) < parts:
         return ", ".join(found.parts[-parts:])
     return found.answer
 

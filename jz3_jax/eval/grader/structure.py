@@ -51,13 +51,15 @@ class Expr:
 
 @dataclasses.dataclass(frozen=True)
 class Infinity:
+    """`\\infty` (sign 1) or `-\\infty` (sign -1), as an interval's endpoint."""
+
     sign: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Seq:
-    """`tuple` (ordered, in parentheses), `set` (braces), `list` (bare commas: unordered) or `pm`
-    (the two values of `a \\pm b`, unordered)."""
+    """`tuple` (ordered, in parentheses), `set` (braces), `list` (bare commas: unordered), `pm`
+    (the two values of `a \\pm b`, unordered) or `pair` (`2,5`: a list, or a decimal comma)."""
 
     kind: str
     items: tuple
@@ -65,8 +67,10 @@ class Seq:
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-    lo: object
-    hi: object
+    """`(lo, hi]` and friends: endpoints with whether each is included."""
+
+    lo: "Value"
+    hi: "Value"
     left_closed: bool
     right_closed: bool
 
@@ -81,7 +85,9 @@ class Intervals:
 
 @dataclasses.dataclass(frozen=True)
 class Matrix:
-    rows: tuple[tuple, ...]
+    """A matrix in any environment (`pmatrix`, `bmatrix`, `array`, ...), as rows of entries."""
+
+    rows: tuple[tuple["Value", ...], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,42 +109,57 @@ class Equation:
 Value = TypingUnion[Number, Text, Expr, Infinity, Seq, Interval, Intervals, Matrix, Named, Equation]
 
 
+MAX_EXPONENT = 400  # beyond this a power of ten is left to sympy (as an expression), never expanded here
+MAX_DIGITS = 1000
+
+
 def parse_number(s: str) -> Number | None:
-    """Integers, decimals, a/b, `\\frac{a}{b}`, mixed numbers, `1.5 \\times 10^{3}`, `0,75`; else None."""
-    t = s.replace(" ", "")
+    """Integers, decimals, a/b, `\\frac{a}{b}`, mixed numbers (`2\\frac12`, `2 1/2`), `1.5 \\times 10^{3}`,
+    `4.5e33`, `0.\\overline{3}`, `0,75`, number words; else None. Spaces count: `1 2` is not 12."""
+    t = re.sub(r"\s*([{}])\s*", r"\1", s.strip())
     sign = 1
-    if t.startswith("-") or t.startswith("+"):
-        sign, t = (-1 if t[0] == "-" else 1), t[1:]
+    if t[:1] in ("-", "+"):
+        sign, t = (-1 if t[0] == "-" else 1), t[1:].lstrip()
+    if len(t) > MAX_DIGITS:
+        return None
+    try:
+        value = _unsigned(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None if value is None else Number(sign * value[0], value[1], s)
+
+
+def _unsigned(t: str) -> tuple[Fraction, int | None] | None:
+    """(value, decimals written) of an unsigned number `t`, or None."""
     if re.fullmatch(r"0,\d+", t):  # a decimal comma: a thousands group never starts with "0,"
         t = t.replace(",", ".")
     if t.lower() in NUMBER_WORDS:
-        return Number(sign * Fraction(NUMBER_WORDS[t.lower()]), None, s)
+        return Fraction(NUMBER_WORDS[t.lower()]), None
+    mixed = re.fullmatch(r"(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}|(\d+) +(\d+)/(\d+)", t)
+    if mixed:
+        whole, num, den = [int(g) for g in mixed.groups() if g is not None]
+        return (whole + Fraction(num, den), None) if num < den else None
+    if " " in t:
+        return None
     repeating = re.fullmatch(r"(\d*)\.(\d*)\\overline\{(\d+)\}", t)
     if repeating:  # 0.1\overline{6} = 1/6
         whole, head, cycle = repeating.groups()
-        value = Fraction(int(whole or 0)) + Fraction(int(head or 0), 10 ** len(head)) + \
-            Fraction(int(cycle), (10 ** len(cycle) - 1) * 10 ** len(head))
-        return Number(sign * value, None, s)
-    e_notation = re.fullmatch(r"(\d+(?:\.\d+)?)[eE]([-+]?\d+)", t)
-    if e_notation:
-        t = f"{e_notation.group(1)}\\times10^{{{int(e_notation.group(2))}}}"
+        return (Fraction(int(whole or 0)) + Fraction(int(head or 0), 10 ** len(head)) +
+                Fraction(int(cycle), (10 ** len(cycle) - 1) * 10 ** len(head))), None
     decimal = re.fullmatch(r"(\d*)\.(\d+)|(\d+)\.?", t)
     if decimal:
-        decimals = len(decimal.group(2)) if decimal.group(2) is not None else None
-        return Number(sign * Fraction(t.rstrip(".")), decimals, s)
-    scientific = re.fullmatch(r"(\d+(?:\.\d+)?)(?:\\times|\\cdot|\*|x)10\^\{?(-?\d+)\}?", t)
+        return Fraction(t.rstrip(".")), len(decimal.group(2)) if decimal.group(2) is not None else None
+    scientific = re.fullmatch(r"(\d+(?:\.\d+)?)(?:(?:\\times|\\cdot|\*|x)10\^\{?([-+]?\d+)\}?|[eE]([-+]?\d+))", t)
     if scientific:
-        mantissa = Fraction(scientific.group(1))
-        decimals = len(scientific.group(1).split(".")[1]) - int(scientific.group(2)) if "." in scientific.group(1) \
-            else None
-        return Number(sign * mantissa * Fraction(10) ** int(scientific.group(2)), decimals, s)
+        mantissa, exponent = scientific.group(1), int(scientific.group(2) or scientific.group(3))
+        if abs(exponent) > MAX_EXPONENT:
+            return None
+        decimals = len(mantissa.split(".")[1]) - exponent if "." in mantissa else None
+        return Fraction(mantissa) * Fraction(10) ** exponent, decimals
     fraction = re.fullmatch(r"\\frac\{(-?\d+)\}\{(-?\d+)\}|(\d+)/(\d+)", t)
     if fraction:
-        num, den = (fraction.group(1), fraction.group(2)) if fraction.group(1) else (fraction.group(3), fraction.group(4))
-        return Number(sign * Fraction(int(num), int(den)), None, s) if int(den) != 0 else None
-    mixed = re.fullmatch(r"(\d+)\\frac\{(\d+)\}\{(\d+)\}", t) or re.fullmatch(r"(\d+)\s+(\d+)/(\d+)", s.strip(" -+"))
-    if mixed and int(mixed.group(3)) != 0 and int(mixed.group(2)) < int(mixed.group(3)):
-        return Number(sign * (int(mixed.group(1)) + Fraction(int(mixed.group(2)), int(mixed.group(3)))), None, s)
+        num, den = [int(g) for g in fraction.groups() if g is not None]
+        return Fraction(num, den), None
     return None
 
 
@@ -178,10 +199,6 @@ def _names(lhs: str) -> tuple[str, ...] | None:
     return None
 
 
-def _endpoint(s: str) -> Value:
-    return _scalar(s)
-
-
 def _relation(s: str) -> Intervals | None:
     """`a < x < b`, `x \\geq a`, `a > x`, `x \\neq a` as intervals; None for other relations."""
     tokens = [t.strip() for t in _RELATIONS.split(s)]
@@ -193,7 +210,7 @@ def _relation(s: str) -> Intervals | None:
             op = {"<": ">", ">": "<", "\\leq": "\\geq", "\\geq": "\\leq", "\\neq": "\\neq"}[op]
         if not is_name(left) or is_name(right):
             return None
-        value, var = _endpoint(right), left.replace(" ", "")
+        value, var = _scalar(right), left.replace(" ", "")
         if op == "\\neq":
             return Intervals((Interval(Infinity(-1), value, False, False), Interval(value, Infinity(1), False, False)), var)
         is_less, closed = less[op]
@@ -205,7 +222,7 @@ def _relation(s: str) -> Intervals | None:
             return None
         if not less[op1][0]:  # b > x > a
             lo, hi, op1, op2 = hi, lo, op2, op1
-        return Intervals((Interval(_endpoint(lo), _endpoint(hi), less[op1][1], less[op2][1]),), var.replace(" ", ""))
+        return Intervals((Interval(_scalar(lo), _scalar(hi), less[op1][1], less[op2][1]),), var.replace(" ", ""))
     return None
 
 
@@ -215,7 +232,7 @@ def _interval(s: str) -> Interval | None:
     parts = split_top_level(s[1:-1], ",")
     if len(parts) != 2:
         return None
-    lo, hi = _endpoint(parts[0]), _endpoint(parts[1])
+    lo, hi = _scalar(parts[0]), _scalar(parts[1])
     if s[0] == "(" and s[-1] == ")" and not isinstance(lo, Infinity) and not isinstance(hi, Infinity):
         return None  # an ordered pair, unless compared with an interval (see equivalence)
     return Interval(lo, hi, s[0] == "[", s[-1] == "]")
@@ -243,8 +260,8 @@ def _list(parts: list[str], kind: str) -> Value:
         names = tuple(v.names[0] for v in values)
         if len(set(names)) == 1:  # x = 1 or x = 2
             return Named(names[:1], Seq("list", tuple(v.value for v in values)))
-        if len(set(names)) == len(names):  # x = 1, y = 2 (matched by name against named answers)
-            return Named(names, Seq("list", tuple(v.value for v in values)))
+        if len(set(names)) == len(names):  # x = 1, y = 2: ordered like its names
+            return Named(names, Seq("tuple", tuple(v.value for v in values)))
     return Seq(kind, values)
 
 
@@ -263,6 +280,8 @@ def parse(text: str) -> Value:
         parts = split_top_level(s, word)
         if len(parts) > 1:
             return _union_or_list(parts)
+    if re.fullmatch(r"-?\d+,\d+", s):  # "2,5": a list of two, or a decimal comma (see equivalence)
+        return Seq("pair", tuple(parse(p) for p in s.split(",")))
     commas = split_top_level(s, ",")
     if len(commas) == 1 and len(split_top_level(s, ";")) > 1:  # 1; 2; 3
         commas = split_top_level(s, ";")
