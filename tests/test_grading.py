@@ -148,6 +148,23 @@ def test_a_runaway_comparison_times_out_and_the_worker_recovers():
         worker.close()
 
 
+@pytest.mark.parametrize("policy", ["strict", "paper"])
+def test_model_text_is_never_run_as_python(tmp_path, policy):
+    marker = tmp_path / "ran"
+    payload = f"__import__('pathlib').Path('{marker}').touch()"
+    for text in (rf"\boxed{{{payload}}}", payload, f"The answer is {payload}."):
+        assert not grade(text, "5", policy=policy).correct
+    assert not marker.exists()
+
+
+def test_a_runaway_expansion_is_cut_off_and_grading_goes_on():
+    start = time.monotonic()
+    runaway = grade(r"\boxed{10^{10^{10}}}", "5", timeout_s=2.0)
+    assert not runaway.correct and (runaway.reason == "timeout" or runaway.reason.startswith("error"))
+    assert time.monotonic() - start < 2 * 2.0 + 30  # both graders' timeouts and a worker restart
+    assert grade(r"\boxed{5}", "5").correct
+
+
 def test_grade_all_on_a_pool_equals_one_by_one():
     items = [GradeItem(r"so \boxed{\frac{1}{2}}", "0.5"), GradeItem("The answer is 7.", "8"),
              GradeItem("x = 3", "3"), GradeItem("The answer is (B)", "B", ("1", "2")),

@@ -47,7 +47,7 @@ def _grade_with(pool: WorkerPool, item: GradeItem, policy: str, timeout_s: float
         pred, correct, reason = value
     else:
         pred = "" if choices else predicted_answer(item.text, item.gold, policy)
-        correct, reason = False, "timeout" if status == "timeout" else "error"
+        correct, reason = False, "timeout" if status == "timeout" else f"error: {value}"
     return Grade(pred, bool(correct), mv_status == "ok" and bool(mv_value), reason)
 
 

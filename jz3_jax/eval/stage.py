@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from jz3_jax.eval.datasets import Problem, get_spec, load_problems
 from jz3_jax.eval.errors import EvalError
+from jz3_jax.eval.grader.policies import check_policy
 from jz3_jax.eval.grading import POLICIES, GradeItem, grade_all
 from jz3_jax.eval.prompts import SETTINGS, build_prompt, stop_strings
 from jz3_jax.eval.records import ShardWriter, read_shards, sample_key
@@ -63,9 +64,11 @@ def _graded(records: list[dict], policy: str, timeout_s: float, workers: int) ->
 
 
 def _check_policy(policy: str, key: str) -> str:
-    if policy not in POLICIES:
-        raise EvalError(f"{key} must be one of {', '.join(POLICIES)}, got {policy!r}")
-    return policy
+    """`policy`, or an EvalError naming the config key and the choices."""
+    try:
+        return check_policy(policy)
+    except ValueError:
+        raise EvalError(f"{key} must be one of {', '.join(POLICIES)}, got {policy!r}") from None
 
 
 def _write_outputs(stage_dir, samples: list[dict], extra: dict, setting: str | None, model: str | None) -> dict:
@@ -110,10 +113,10 @@ def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
         return {"generated": len(mine)}
     order = {(p.dataset, p.id): i for i, p in enumerate(problems)}
     samples = sorted((r for r in read_shards(samples_dir) if sample_key(r) in order), key=lambda r: order[sample_key(r)])
-    samples = _graded(samples, ec.grade_policy, ec.grade_timeout_s, ec.grade_workers)  # always the current graders
     missing = len(problems) - len(samples)
     if missing:
         raise EvalError(f"{missing} samples are missing after generation; rerun the same command")
+    samples = _graded(samples, ec.grade_policy, ec.grade_timeout_s, ec.grade_workers)  # always the current graders
     model = cfg.model.checkpoint or f"{cfg.model.family}-random"
     result = _write_outputs(ctx.stage_dir, samples, {"policy": ec.grade_policy, "setting": ec.setting, "model": model,
                                                      "tool_calls": sum(len(s["tool_calls"]) for s in samples),

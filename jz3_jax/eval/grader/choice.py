@@ -18,10 +18,21 @@ from jz3_jax.eval.grader.normalize import clean
 LETTERS = "ABCDEFGHIJ"
 
 
+def gold_letter(gold: str) -> str:
+    """A gold option as its bare letter: `C`, `(C)`, `c` and `C)` are all `C`."""
+    return gold.strip().strip("()").strip().upper()
+
+
 def _letter_in(answer: str, letters: str) -> str:
-    """The option letter an answer string names (`C`, `(C)`, `\\text{(C)}`, `C) 29`, `option C`), or ""."""
+    """The option letter an answer string names (`C`, `(C)`, `c`, `\\text{(C)}`, `C) 29`, `option C`),
+    or "" (also for a hedge such as `(C) or (D)`)."""
     s = clean(answer).text.strip().strip("*").strip()
     s = re.sub(r"^(?:option|choice)\s+", "", s, flags=re.IGNORECASE)
+    if re.fullmatch(rf"\(?[{letters.lower()}]\)?", s):  # a lone lower-case letter: "the answer is c."
+        return s.strip("()").upper()
+    named = re.findall(rf"(?<![A-Za-z])\(?([{letters}])\)?(?![A-Za-z])", s)
+    if len(set(named)) > 1 and re.search(r"\bor\b", s):
+        return ""
     match = re.match(rf"^\(?([{letters}])\)?(?:$|[\s.:)])", s)
     return match.group(1) if match else ""
 
@@ -33,11 +44,10 @@ def strict_choice(text: str, choices: list[str]) -> str:
     letter = _letter_in(answer, letters)
     if letter:
         return letter
-    chosen = re.findall(rf"\b(?:is|choose|select|pick|correct)\s*:?\s+(?:option|choice)\s+\(?([{letters}])\)?(?![A-Za-z])",
-                        text, re.IGNORECASE)
-    stated = chosen or re.findall(rf"\b(?:option|choice)\s+\(?([{letters}])\)?(?![A-Za-z])", text, re.IGNORECASE)
-    if stated:
-        return stated[-1].upper()
+    chosen = re.findall(rf"\b(?:is|choose|select|pick|correct)\s*:?\s+(?:option|choice)\s+\(?([{letters}])\)?"
+                        rf"(?![A-Za-z])", text, re.IGNORECASE)
+    if chosen:  # "which is option C"; an option only checked along the way is never taken
+        return chosen[-1].upper()
     if answer:
         for i, choice in enumerate(choices):
             text_of_option = re.sub(rf"^\(?[{letters}]\)\s*", "", choice.strip())  # "A) 40" or "(A) 40"

@@ -24,7 +24,7 @@ _THE_ANSWER = re.compile(r"\banswer(?: to (?:the|this) (?:problem|question))?\s+
                          r"=)\s*:?", re.IGNORECASE)
 # A few-shot model that runs on into a new problem: what follows is not its answer.
 _NEXT_PROBLEM = re.compile(r"\n\s*(?:#+\s*)?(?:Question|Problem|Q)\s*(?:[:：]|\n)")
-_ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:\*\*)?\s*(?:[:：]|(?=\$|\\\[|\\\())\s*"
+_ANSWER_LINE = re.compile(r"^[\s>#*_-]*(?:\*\*)?\s*(?:(?:final|correct)\s+)?answer\s*(?:\*\*)?\s*(?:[:：]|(?=\$|\\\[|\\\())\s*"
                           r"(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
 _MATH = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from fractions import Fraction
 
 from jz3_jax.eval.grader.latex import strip_math_delimiters, wrapped_by
-from jz3_jax.eval.grader.units import ANSWER_WORDS, UNIT_WORDS
+from jz3_jax.eval.grader.units import ANSWER_WORDS, MAGNITUDES, NOT_UNITS, UNIT_WORDS
 
 _SPACING = re.compile(r"\\[!,;:>]|(?<!\\)\\ |\\q?quad|\\(?:displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|"
                       r"middle)(?![a-zA-Z])")
@@ -66,11 +67,24 @@ def _strip_unit_words(s: str) -> str:
     if not match:
         return s
     words = re.findall(r"[A-Za-z]+", match.group(2))
+    glued = not s[len(match.group(1))].isspace()
+    if not words or any(w.lower() in NOT_UNITS for w in words) or (glued and any(len(w) == 1 for w in words)):
+        return s  # "5 squared", "2 thirds"; "3h" and "2m" are algebra, not hours and metres
     counted_things = match.group(1)[-1].isdigit() and all(
         len(w) > 1 and w.islower() and w not in ANSWER_WORDS for w in words)  # "3 bolts", "7 eggs"
-    if words and (all(w.lower() in UNIT_WORDS for w in words) or counted_things):
+    if all(w.lower() in UNIT_WORDS for w in words) or counted_things:
         return match.group(1).strip()
     return s
+
+
+def _magnitudes(s: str) -> str:
+    """`5 million` -> `5000000`, `2 dozen` -> `24`, `1.5 thousand` -> `1500`."""
+    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+(hundred|thousand|million|billion|trillion|dozen)\b(.*)", s)
+    if not match:
+        return s
+    value = Fraction(match.group(1)) * MAGNITUDES[match.group(2)]
+    number = str(value.numerator) if value.denominator == 1 else str(float(value))
+    return (number + match.group(3)).strip()
 
 
 def _join_thousands(s: str) -> str:
@@ -103,13 +117,12 @@ def clean(answer: str) -> Cleaned:
     s = strip_math_delimiters(str(answer).strip())
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r",\\!\s*", ",", s)  # 32,\! 349: a thousands separator
-    s = _join_thousands(s.replace("\\,", "").replace("\\!", "")) if re.fullmatch(r"[\d\s,\\!{}.-]+", s) else s
     s = _SPACING.sub(" ", s)
-    s = _replace_all(s, [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\lt", "<"),
-                         ("\\gt", ">"), ("≤", "\\leq"), ("≥", "\\geq"), ("≠", "\\neq"), ("<=", "\\leq "),
+    s = _replace_all(s, [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("≤", "\\leq"), ("≥", "\\geq"), ("≠", "\\neq"), ("<=", "\\leq "),
                          (">=", "\\geq "), ("!=", "\\neq "), ("−", "-"), ("\\$", ""), ("\\infty", "\\infty "), ("∞", "\\infty"),
                          ("\\emptyset", "\\varnothing"), ("\\mathbb{R}", "(-\\infty,\\infty)"), ("\\{", "\\{ "), ("\\}", " \\}")])
-    s = re.sub(r"\\(le|ge|ne)(?![a-zA-Z])", lambda m: {"le": "\\leq", "ge": "\\geq", "ne": "\\neq"}[m.group(1)], s)
+    s = re.sub(r"\\(le|ge|ne|lt|gt)(?![a-zA-Z])",
+               lambda m: {"le": "\\leq", "ge": "\\geq", "ne": "\\neq", "lt": "<", "gt": ">"}[m.group(1)], s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)
     percent = bool(re.search(r"\\?%|\b(?:percent|pct)\b", s))
     s = re.sub(r"\\?%|\s*\b(?:percent(?:age)?|pct)\b", "", s)
@@ -117,6 +130,7 @@ def clean(answer: str) -> Cleaned:
     s = re.sub(r"\s+", " ", s).strip().rstrip(".,;").strip()
     s = s.replace("$", "").strip()  # a currency sign, or math delimiters around part of the answer
     s = _unwrap(s)
+    s = _magnitudes(s)
     s = _strip_unit_words(s)
     s = re.sub(r"\s*\bdegrees?\b$", "", s)
     s = _join_thousands(s)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from jz3_jax.eval.grader import paper
-from jz3_jax.eval.grader.choice import LETTERS, paper_choice, strict_choice
+from jz3_jax.eval.grader.choice import LETTERS, gold_letter, paper_choice, strict_choice
 from jz3_jax.eval.grader.equivalence import answers_equivalent
 from jz3_jax.eval.grader.extract import extract
 from jz3_jax.eval.grader.latex import boxed_spans, split_top_level
@@ -48,7 +48,7 @@ def judge(text: str, gold: str, choices: list[str] | None, policy: str) -> tuple
     check_policy(policy)
     if choices:
         letter = (paper_choice if policy == "paper" else strict_choice)(text, list(choices))
-        ok = bool(letter) and letter == gold.strip().upper()
+        ok = bool(letter) and letter == gold_letter(gold)
         return letter, ok, "choice" if letter else "empty"
     if policy == "strict" and "\\boxed" in gold:  # a gold given as worked text: its boxed answers
         gold = ", ".join(c for _, _, c in boxed_spans(gold))
@@ -64,7 +64,7 @@ def math_verify_verdict(text: str, gold: str, choices: list[str] | None) -> bool
     """math-verify's verdict on the whole text (gold first, as its API expects); for multiple
     choice, the strict option letter (math-verify has no notion of options)."""
     if choices:
-        return strict_choice(text, list(choices)) == gold.strip().upper()
+        return strict_choice(text, list(choices)) == gold_letter(gold)
     from math_verify import parse, verify
 
     gold_text = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"

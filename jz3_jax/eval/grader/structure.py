@@ -279,7 +279,7 @@ def parse(text: str) -> Value:
     for word in (" or ", " and ", "\\text{ or }", "\\text{ and }"):
         parts = split_top_level(s, word)
         if len(parts) > 1:
-            return _union_or_list(parts)
+            return _union_or_list(parts, both="and" in word)
     if re.fullmatch(r"-?\d+,\d+", s):  # "2,5": a list of two, or a decimal comma (see equivalence)
         return Seq("pair", tuple(parse(p) for p in s.split(",")))
     commas = split_top_level(s, ",")
@@ -333,9 +333,12 @@ def parse(text: str) -> Value:
     return _scalar(s)
 
 
-def _union_or_list(parts: list[str]) -> Value:
-    """Pieces joined by commas, "or", "and": relations and intervals join into one union, else a list."""
+def _union_or_list(parts: list[str], both: bool = False) -> Value:
+    """Pieces joined by commas, "or", "and": relations and intervals join into one union (or, for
+    two relations joined by "and", their intersection), else a list."""
     values = [parse(p) for p in parts if p.strip()]
+    if both and len(values) == 2 and all(isinstance(v, Intervals) and len(v.parts) == 1 for v in values):
+        return _intersection(values[0], values[1])
     if values and all(isinstance(v, (Intervals, Interval)) for v in values):
         intervals, variables = [], set()
         for v in values:
@@ -344,3 +347,18 @@ def _union_or_list(parts: list[str]) -> Value:
         if len(variables) <= 1 and any(isinstance(v, Intervals) for v in values):
             return Intervals(tuple(intervals), next(iter(variables), ""))
     return _list(parts, "list")
+
+
+def _intersection(a: Intervals, b: Intervals) -> Value:
+    """`-2 < x and x < 3` as `(-2, 3)`: a lower and an upper bound on one variable; an empty result
+    is the empty set; other pairs stay a list."""
+    (x,), (y,) = a.parts, b.parts
+    lower, upper = (x, y) if isinstance(y.lo, Infinity) else (y, x)
+    if a.variable != b.variable or not isinstance(lower.hi, Infinity) or not isinstance(upper.lo, Infinity):
+        return Seq("list", (a, b))
+    interval = Interval(lower.lo, upper.hi, lower.left_closed, upper.right_closed)
+    if isinstance(interval.lo, Number) and isinstance(interval.hi, Number) and (
+            interval.lo.value > interval.hi.value or (interval.lo.value == interval.hi.value
+                                                      and not (interval.left_closed and interval.right_closed))):
+        return Seq("set", ())
+    return Intervals((interval,), a.variable)

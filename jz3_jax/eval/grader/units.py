@@ -29,3 +29,12 @@ ANSWER_WORDS = frozenset("""
 and or yes no true false even odd none undefined infinity infinite impossible never always
 all real pi inf
 """.split())
+
+# Words after a number that change its value: never stripped as units.
+MAGNITUDES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12,
+              "dozen": 12}
+NOT_UNITS = frozenset("""
+hundred thousand million billion trillion dozen squared cubed factorial
+half halves third thirds fourth fourths fifth fifths sixth sixths seventh sevenths eighth eighths
+ninth ninths tenth tenths hundredth hundredths thousandth thousandths
+""".split())

@@ -47,11 +47,18 @@ def _warm() -> bool:
 _FUNCTIONS = {"judge": _judge, "math_verify": _math_verify, "warm": _warm}
 
 
+WORKER_MEMORY_BYTES = 4 << 30  # a runaway expansion (10^{10^{10}}) fails with MemoryError, not the host
+
+
 def _serve() -> None:
     """Worker main loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    import resource
     import warnings
 
     warnings.filterwarnings("ignore")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = WORKER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(WORKER_MEMORY_BYTES, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints of a library never corrupt the replies
     for line in sys.stdin:
@@ -89,10 +96,11 @@ class TimeoutWorker:
             self._stop()
             return ("timeout", None)
         line = self._process.stdout.readline()
-        if not line:
+        try:
+            status, value = json.loads(line)
+        except ValueError:
             self._stop()
-            return ("error", "the grading worker died")
-        status, value = json.loads(line)
+            return ("error", "the grading worker died" if not line else f"unreadable reply {line[:200]!r}")
         return (status, value)
 
     def call(self, name: str, *args, timeout: float = 3.0):
