@@ -202,8 +202,12 @@ def eval_section(run) -> list[str]:
         lines.append(f"| {name} | {cell(base, name)} | {cell(trained, name)} | " + " | ".join(paper) + " |")
     models = f"base `{(base or {}).get('model', '?')}`, trained `{(trained or {}).get('model', '?')}`"
     setting = (trained or base).get("setting")
-    return [*lines, "", f"Models: {models}; setting {setting}; our grader. The paper's figures are "
-            "JiuZhang3.0 at 7B / 8x7B on the full test sets; the demo's are a 135M model on a few problems."]
+    policy = (trained or base).get("policy", "strict")
+    agreement = (trained or base).get("agreement")
+    agree = f", math-verify agrees on {100 * agreement:.1f}% of items" if agreement is not None else ""
+    return [*lines, "", f"Models: {models}; setting {setting}; our grader, `{policy}` policy{agree}. The paper's "
+            "figures are JiuZhang3.0 at 7B / 8x7B on the full test sets; the demo's are a 135M model on a few "
+            "problems."]
 
 
 def status_section(run) -> list[str]:
