@@ -47,10 +47,14 @@ def _set_attrs(path: str, attr_set: int, attr_clr: int, recursive: bool) -> None
                         ctypes.byref(attr), ctypes.sizeof(attr)), f"mount_setattr {path}")
 
 
+_OWN_DEVICES: set[int] = set()  # the root's tmpfs and the scratch tmpfs: the only places parents are made
+
+
 def _inside(root: str, path: str) -> str:
-    """Where the program's `path` lies under `root`, its parent directories created on the root's
-    own tmpfs: never through a symlink or on a bound host directory (that would write to the host)."""
-    device, current = os.lstat(root).st_dev, root
+    """Where the program's `path` lies under `root`, its parent directories created on the sandbox's
+    own tmpfs (the root's, or the scratch one for an interpreter under /tmp): never through a
+    symlink or on a bound host directory (that would write to the host)."""
+    current = root
     for part in path.strip("/").split("/")[:-1]:
         current = os.path.join(current, part)
         try:
@@ -58,7 +62,7 @@ def _inside(root: str, path: str) -> str:
         except FileNotFoundError:
             os.mkdir(current, 0o755)
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_dev != device:
+        if not stat.S_ISDIR(st.st_mode) or st.st_dev not in _OWN_DEVICES:
             raise OSError(f"refusing to create {path} through {current}")
     return os.path.join(root, path.strip("/"))
 
@@ -101,6 +105,7 @@ def _make_scratch(root: str, spec: dict, uid: int) -> list[str]:
     scratch = spec["scratch"]
     _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={spec['tmpfs_bytes']},nr_inodes={spec['tmpfs_inodes']},mode=0755")
+    _OWN_DEVICES.add(os.lstat(scratch).st_dev)
     for name, mode in (("home", 0o700), ("tmp", 0o1777), ("shm", 0o1777)):
         os.mkdir(os.path.join(scratch, name))
         os.chmod(os.path.join(scratch, name), mode)
@@ -122,17 +127,17 @@ def _pivot(root: str) -> None:
 
 def build_root(spec: dict, program_uid: int) -> None:
     """The program's whole file system, on a fresh tmpfs at spec["root"]: read-only binds of the
-    system directories, a few /etc files and the interpreter's directories, the program itself,
-    /dev (`_make_dev`), a fresh /proc and the scratch tmpfs (`_make_scratch`). Then pivot into it
-    and make every mount read-only and nosuid except the scratch ones."""
+    system directories, a few /etc files, the program itself, /dev (`_make_dev`), a fresh /proc,
+    the scratch tmpfs (`_make_scratch`) and the interpreter's directories (bound last, so that one
+    under /tmp sits on the scratch tmpfs instead of being hidden by it). Then pivot into it and make
+    every mount read-only and nosuid except the scratch ones."""
     root = spec["root"]
     os.umask(0o022)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['root_bytes']},mode=0755")
+    _OWN_DEVICES.add(os.lstat(root).st_dev)
     for path in spec["system_paths"]:
         _replicate(root, path)
-    for source, target in spec["binds"]:
-        _bind(source, _inside(root, target))
     for path, text in spec["files"].items():
         _write(root, path, text.encode())
     with open(spec["script"], "rb") as f:
@@ -142,6 +147,8 @@ def build_root(spec: dict, program_uid: int) -> None:
     os.mkdir(proc, 0o555)
     _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     writable = _make_scratch(root, spec, program_uid)
+    for source, target in spec["binds"]:  # after the scratch mounts: an interpreter may live under /tmp
+        _bind(source, _inside(root, target))
     _pivot(root)
     _set_attrs("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
     for path in writable:
