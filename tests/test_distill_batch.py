@@ -134,8 +134,7 @@ class _BatchHandler(_Handler):
     def _json(self, body: dict) -> None:
         self._send(200, json.dumps(body).encode())
 
-    def _public(self, batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k not in ("polls", "lines")}
+    _public = staticmethod(lambda batch: {k: v for k, v in batch.items() if k not in ("polls", "lines")})
 
     def do_GET(self) -> None:
         server, parts = self.server, self.path.split("?")[0].strip("/").split("/")
@@ -200,10 +199,11 @@ def provider():
     server.close()
 
 
-def hashes_of(run_dir: Path, snippets: Path, url: str) -> list[str]:
+def requests_of(run_dir: Path, snippets: Path, url: str) -> list:
+    """The run's requests, as the stage builds them."""
     cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")), overrides(run_dir, snippets, url))
     plan = PromptPlan.build("distill", ["high_school"], ["cot"], "fixed", 0)
-    return [r.hash for r in build_requests(read_snippets(snippets), plan, cfg.teacher)]
+    return build_requests(read_snippets(snippets), plan, cfg.teacher)
 
 
 def write_ledger(path: Path, *events: dict) -> None:
@@ -222,7 +222,7 @@ FAULTS = ["[[b429]]", "[[b500]]", "[[bbad]]", "", "", "", "", "", "", ""]
 
 def test_faults_every_request_answered_and_paid_once_and_kd_equals_sync(provider, tmp_path):
     snippets = write_snippets(tmp_path / "snippets.jsonl", FAULTS)
-    digests = hashes_of(tmp_path, snippets, provider.url)
+    digests = [r.hash for r in requests_of(tmp_path, snippets, provider.url)]
     # a batch recorded by an earlier run that the provider does not know (404): s8, s9 are asked again
     write_ledger(tmp_path / "distill" / "batches.jsonl",
                  {"event": "intent", "ledger_id": "old", "hashes": digests[8:], "input_sha256": "x"},
@@ -290,11 +290,8 @@ def test_sigkill_mid_batch_then_the_same_command_reattaches(provider, tmp_path):
 def test_killed_between_create_and_its_record_finds_the_batch(provider, tmp_path):
     """The crash window the ledger cannot close by itself: the batch exists, its id was never written."""
     snippets = write_snippets(tmp_path / "snippets.jsonl", [""] * 3)
-    digests = hashes_of(tmp_path, snippets, provider.url)
-    lines = b"".join(input_line(r) for r in build_requests(
-        read_snippets(snippets), PromptPlan.build("distill", ["high_school"], ["cot"], "fixed", 0),
-        apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")),
-                        overrides(tmp_path, snippets, provider.url)).teacher))
+    digests = [r.hash for r in requests_of(tmp_path, snippets, provider.url)]
+    lines = b"".join(input_line(r) for r in requests_of(tmp_path, snippets, provider.url))
     file_id = provider.new_file(lines)
     provider.new_batch(file_id, {"jz3_ledger": "L1"})
     write_ledger(tmp_path / "distill" / "batches.jsonl",
@@ -334,7 +331,7 @@ def test_a_cache_shared_by_sync_and_batch_runs_never_asks_twice(provider, tmp_pa
     cache = f"distill.cache_dir={tmp_path / 'cache'}"
     assert run_distill(tmp_path / "a", snippets, provider.url, cache, "distill.num_snippets=3")["records"] == 3
     assert provider.total == 3
-    digests = hashes_of(tmp_path, snippets, provider.url)
+    digests = [r.hash for r in requests_of(tmp_path, snippets, provider.url)]
     report = run_distill(tmp_path / "b", snippets, provider.url, cache, *FAST)
     assert report["records"] == 6 and report["cache_hits"] == 3
     assert set(provider.submitted) == set(digests[3:]) and set(provider.submitted.values()) == {1}
@@ -357,10 +354,7 @@ def test_max_calls_counts_submissions_and_a_higher_budget_submits_the_rest(provi
 
 def test_max_tokens_reserves_the_bound_at_submission_and_cuts_the_batch(provider, tmp_path):
     snippets = write_snippets(tmp_path / "snippets.jsonl", [""] * 4)
-    cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")),
-                          overrides(tmp_path, snippets, provider.url))
-    plan = PromptPlan.build("distill", ["high_school"], ["cot"], "fixed", 0)
-    bound = max(r.token_bound for r in build_requests(read_snippets(snippets), plan, cfg.teacher))
+    bound = max(r.token_bound for r in requests_of(tmp_path, snippets, provider.url))
     report = run_distill(tmp_path, snippets, provider.url, *FAST, f"distill.max_tokens={2 * bound}")
     # two fit at once; their answers settle at 120 tokens each, which frees room for the other two
     assert max(len(b["lines"]) for b in provider.batches.values()) == 2
@@ -387,15 +381,11 @@ def test_an_oversized_line_is_split_into_its_own_batch_never_rejected(provider, 
 
 def test_pack_respects_both_limits(tmp_path, provider):
     snippets = write_snippets(tmp_path / "snippets.jsonl", [""] * 7)
-    cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")),
-                          overrides(tmp_path, snippets, provider.url))
-    requests = build_requests(read_snippets(snippets), PromptPlan.build("distill", ["high_school"], ["cot"],
-                                                                        "fixed", 0), cfg.teacher)
+    requests = requests_of(tmp_path, snippets, provider.url)
     assert [len(f) for f in pack(requests, 3, 10**9)] == [3, 3, 1]
     size = len(input_line(requests[0]))
     assert [len(f) for f in pack(requests, 100, 2 * size + 5)] == [2, 2, 2, 1]
     assert [len(f) for f in pack(requests, 100, 1)] == [1] * 7
-    assert b"".join(input_line(r) for r in requests[:1]).count(b"\n") == 1
 
 
 def test_pipeline_refuses_the_local_teacher_in_batch_mode(tmp_path):

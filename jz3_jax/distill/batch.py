@@ -50,6 +50,13 @@ def pack(requests: list[TeacherRequest], max_requests: int, max_bytes: int) -> l
     return files
 
 
+def _sleep(seconds: float, should_stop) -> None:
+    """Wait `seconds`, or less when a SIGTERM comes (a preemption's grace period is short)."""
+    end = time.monotonic() + seconds
+    while not should_stop() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
+
+
 class BatchRunner:
     """Submits, polls and collects batches; answers land in `answers` as in sync mode."""
 
@@ -87,7 +94,7 @@ class BatchRunner:
             if finished:  # what failed goes into the next batch at once
                 delay = self.dc.batch_poll_s
                 continue
-            time.sleep(delay)
+            _sleep(delay, should_stop)
             delay = min(delay * 1.5, self.dc.batch_poll_s * 8)
         return self.fallback
 

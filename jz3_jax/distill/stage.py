@@ -13,7 +13,10 @@ in the cache (see `cache.py`, `dispatch.py`). Then, from the cache alone, it wri
 - `rejected.jsonl`: answers that failed validation, with `reason` and the raw `answer`.
 - `report.json`: `requests`, `calls`, `cache_hits`, `retries`, `failures` by kind, `gave_up`,
   `rejected` by reason, `records`, `unfinished`, `prompt_tokens`, `completion_tokens`,
-  `cost_estimate`, `stopped_by` (null, "max_calls", "max_tokens" or "sigterm").
+  `cost_estimate`, `mode`, `batches`, `stopped_by` (null, "max_calls", "max_tokens" or "sigterm").
+
+`distill.mode=batch` sends the uncached requests through the provider's Batch API instead (see
+`batch.py`); the outputs are the same, from the same cache.
 
 The outputs are written (atomically) also when the run stops on a budget or a SIGTERM (exit 143);
 a run that fails on a teacher error (bad key, unknown model, unreachable: exit 2) rewrites them only
