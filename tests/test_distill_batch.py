@@ -1,13 +1,12 @@
 """`distill.mode=batch` against a loopback provider with the Files and Batches endpoints.
 
-The fake provider (on top of test_distill's fake chat endpoint, which answers the sync requests)
-counts, server side, how often each request (custom_id) was submitted in a batch and how often it
-was answered (200 lines of finished batches plus sync answers). Per-snippet scripts like
-`[[b429,b500]]` fault a request's batch lines in order: b429, b500 (error lines), bbad (a 200 whose
-body is not a chat completion). Provider faults: `expire` (the next batches expire with half their
-requests done), `drop_uploads` / `drop_creates` (the connection drops during an upload, or after a
-batch was created but before its id was sent), `hold` (batches stay in progress), `no_batches`
-(404 on /v1/batches); a ledger entry for a batch id the provider does not know gets a 404.
+The fake provider (on test_distill's fake chat endpoint, which answers sync requests) counts server
+side each request's (custom_id's) batch submissions and answers (good 200 lines plus sync answers).
+Snippet scripts like `[[b429,b500]]` fault a request's batch lines in order: b429, b500 (error
+lines), bbad (a 200 whose body is not a chat completion). Provider faults: `expire` (batches expire
+half done), `drop_uploads` / `drop_creates` (the connection drops during an upload, or after a batch
+was created), `hold` (batches stay in progress), `no_batches` (404 on /v1/batches); an unknown batch
+id gets a 404.
 """
 
 from __future__ import annotations
@@ -372,11 +371,14 @@ def test_no_batch_endpoint_names_the_mode_and_the_url_and_exits_2(provider, tmp_
     assert result.returncode == 2 and "distill.mode=batch" in result.stderr and provider.url in result.stderr
 
 
-def test_an_oversized_line_is_split_into_its_own_batch_never_rejected(provider, tmp_path):
-    snippets = write_snippets(tmp_path / "snippets.jsonl", [""] * 3)
-    report = run_distill(tmp_path, snippets, provider.url, *FAST, "distill.batch_max_bytes=100")
+def test_an_oversized_line_is_split_never_rejected_and_a_failed_one_falls_back_to_sync(provider, tmp_path):
+    snippets = write_snippets(tmp_path / "snippets.jsonl", ["[[b429]]", "", ""])
+    report = run_distill(tmp_path, snippets, provider.url, *FAST, "distill.batch_max_bytes=100",
+                         "distill.batch_fallback=sync")
     assert report["records"] == 3 and len(provider.batches) == 3
     assert all(len(b["lines"]) == 1 for b in provider.batches.values())
+    assert provider.total == 1 and all(provider.paid(p) == 1 for p in provider.batch_attempts)  # 429 -> sync
+    assert report["cost_estimate"] == pytest.approx((1 + 2 * 0.5) * (100 * 2.5 + 20 * 10) / 1e6)
 
 
 def test_pack_respects_both_limits(tmp_path, provider):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from jz3_jax.distill.answers import Answer, MalformedBody, parse_body
 from jz3_jax.distill.budget import Budget
 from jz3_jax.distill.cache import AnswerCache
-from jz3_jax.distill.client import RETRYABLE, TeacherClient
+from jz3_jax.distill.client import TeacherClient
 from jz3_jax.distill.dispatch import Dispatcher, RunStats
 from jz3_jax.distill.errors import DistillError
 from jz3_jax.distill.pacing import Pacer
@@ -229,7 +229,7 @@ def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget,
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     report = {
         "requests": len(requests), "calls": budget.calls, "cache_hits": cache_hits, "retries": stats.retries,
-        "failures": {**{kind: stats.failures[kind] for kind in RETRYABLE}, **stats.failures}, "gave_up": dict(stats.gave_up),
+        "failures": dict(stats.failures), "gave_up": dict(stats.gave_up),
         "rejected": dict(sorted(reasons.items())), "records": len(records), "included": len(included),
         "unfinished": sum(1 for r in requests if r.hash not in answers),
         "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
