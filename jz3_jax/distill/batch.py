@@ -163,6 +163,9 @@ class BatchRunner:
                 for digest in failed:
                     self._count("unknown_batch", digest)
             elif batch.status in TERMINAL:
+                if batch.status != "completed":
+                    self.logger.warning("distill: batch %s ended %s%s", entry.batch_id, batch.status,
+                                        f" ({batch.errors})" if getattr(batch, "errors", None) else "")
                 failed = self._collect(entry, batch)
             else:
                 counts = batch.request_counts
