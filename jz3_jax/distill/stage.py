@@ -111,7 +111,7 @@ def run(cfg, ctx) -> dict:
     def progress() -> None:
         bar.update(1)
         spend = _spend(tc, stats)
-        bar.set_postfix(calls=budget.calls, hits=len(requests) - len(todo), fail=sum(stats.failures.values()),
+        bar.set_postfix(calls=budget.calls, hits=cache_hits, fail=sum(stats.failures.values()),
                         spend=f"${spend:.4f}" if spend else f"{stats.prompt_tokens + stats.completion_tokens}tok",
                         refresh=False)
 
