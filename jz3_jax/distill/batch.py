@@ -118,7 +118,7 @@ class BatchRunner:
     def _submit(self, pending: list[TeacherRequest], waiting: bool) -> tuple[list[LedgerEntry], list]:
         """Reserve and submit what the budget allows of `pending`; (new entries, still pending)."""
         granted, rest = [], []
-        for i, request in enumerate(pending):
+        for request in pending:
             refusal = self.budget.try_reserve(request.token_bound)
             if refusal is None:
                 granted.append(request)

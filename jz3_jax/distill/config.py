@@ -54,6 +54,7 @@ class DistillConfig:
     `batch.py`): input files of at most `batch_max_requests` lines and `batch_max_bytes` bytes,
     polled every `batch_poll_s` seconds (growing while nothing changes); `batch_fallback`: what
     happens to a request that failed in a batch: `batch` (a later batch) or `sync` (sent at once).
+    In batch mode the budgets count a request when it is submitted, reserving its full bound.
     """
 
     snippets: str = ""
