@@ -101,8 +101,8 @@ class BatchRunner:
     def _reattach(self) -> list[LedgerEntry]:
         """The ledger's open batches, submitted ones first found again; never-submitted ones closed."""
         entries = self.ledger.open_entries()
-        unsubmitted = {e.ledger_id for e in entries if e.batch_id is None}
-        found = self.api.find(unsubmitted)
+        unsubmitted = [e for e in entries if e.batch_id is None]
+        found = self.api.find({e.ledger_id for e in unsubmitted}, min((e.created_at for e in unsubmitted), default=0))
         active = []
         for entry in entries:
             if entry.batch_id is None and entry.ledger_id in found:

@@ -73,8 +73,9 @@ class BatchAPI:
         except NotFound:
             raise self._no_batch_api("batches") from None
 
-    def find(self, ledger_ids: set[str]) -> dict[str, str]:
-        """ledger id -> batch id, for the provider's batches that carry one of `ledger_ids`."""
+    def find(self, ledger_ids: set[str], since: float = 0.0) -> dict[str, str]:
+        """ledger id -> batch id, for the provider's batches that carry one of `ledger_ids`; the list
+        (newest first) is read back to `since` (a time before the first of them was recorded)."""
         found: dict[str, str] = {}
         if not ledger_ids:
             return found
@@ -83,6 +84,8 @@ class BatchAPI:
         except NotFound:
             raise self._no_batch_api("batches") from None
         for batch in page:  # auto-paginates
+            if since and (batch.created_at or since) < since - 600:  # older than any of ours (clock skew)
+                break
             lid = (batch.metadata or {}).get("jz3_ledger")
             if lid in ledger_ids:
                 found.setdefault(lid, batch.id)

@@ -29,6 +29,7 @@ class LedgerEntry:
     hashes: list[str]
     input_sha256: str
     round: int = 0
+    created_at: float = 0.0  # when the intent was recorded
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # set once collected
@@ -54,7 +55,8 @@ class BatchLedger:
     def _fold(self, event: dict) -> None:
         kind, lid = event["event"], event["ledger_id"]
         if kind == "intent":
-            self.entries[lid] = LedgerEntry(lid, list(event["hashes"]), event["input_sha256"], event.get("round", 0))
+            self.entries[lid] = LedgerEntry(lid, list(event["hashes"]), event["input_sha256"], event.get("round", 0),
+                                            event.get("at", 0.0))
             return
         entry = self.entries[lid]
         if kind == "uploaded":
