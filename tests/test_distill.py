@@ -49,7 +49,7 @@ class FakeTeacher(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, delay: float = 0.0, hang_s: float = 3.0):
+    def __init__(self, delay: float = 0.0, hang_s: float = 3.0, handler=None):
         self.delay = delay
         self.hang_s = hang_s
         self.lock = threading.Lock()
@@ -58,7 +58,7 @@ class FakeTeacher(ThreadingHTTPServer):
         self.times: dict[str, list[float]] = collections.defaultdict(list)
         self.in_flight = 0
         self.max_in_flight = 0
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", 0), handler or _Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property

@@ -46,3 +46,17 @@ class Budget:
             self.reserved -= token_bound
             self.tokens += max(used, 0)
             self._changed.notify_all()
+
+    def try_reserve(self, token_bound: int) -> str | None:
+        """Like `reserve` without waiting (batch mode): None when granted; "wait" when only in-flight
+        reservations stand in the way; else the budget that refuses for good."""
+        with self._changed:
+            if self.max_calls and self.calls + 1 > self.max_calls:
+                return "max_calls"
+            if self.max_tokens and self.tokens + token_bound > self.max_tokens:
+                return "max_tokens"
+            if self.max_tokens and self.tokens + self.reserved + token_bound > self.max_tokens:
+                return "wait"
+            self.calls += 1
+            self.reserved += token_bound
+            return None

@@ -37,6 +37,8 @@ class RunStats:
         self.answered = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.batch_prompt_tokens = 0  # the part of the tokens paid at the batch discount
+        self.batch_completion_tokens = 0
         self.stopped_by: str | None = None
 
     def stop(self, reason: str) -> None:

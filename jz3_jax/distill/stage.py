@@ -13,7 +13,10 @@ in the cache (see `cache.py`, `dispatch.py`). Then, from the cache alone, it wri
 - `rejected.jsonl`: answers that failed validation, with `reason` and the raw `answer`.
 - `report.json`: `requests`, `calls`, `cache_hits`, `retries`, `failures` by kind, `gave_up`,
   `rejected` by reason, `records`, `unfinished`, `prompt_tokens`, `completion_tokens`,
-  `cost_estimate`, `stopped_by` (null, "max_calls", "max_tokens" or "sigterm").
+  `cost_estimate`, `mode`, `batches`, `stopped_by` (null, "max_calls", "max_tokens" or "sigterm").
+
+`distill.mode=batch` sends the uncached requests through the provider's Batch API instead (see
+`batch.py`); the outputs are the same, from the same cache.
 
 The outputs are written (atomically) also when the run stops on a budget or a SIGTERM (exit 143);
 a run that fails on a teacher error (bad key, unknown model, unreachable: exit 2) rewrites them only
@@ -32,7 +35,7 @@ from tqdm import tqdm
 from jz3_jax.distill.answers import Answer, MalformedBody, parse_body
 from jz3_jax.distill.budget import Budget
 from jz3_jax.distill.cache import AnswerCache
-from jz3_jax.distill.client import RETRYABLE, TeacherClient
+from jz3_jax.distill.client import TeacherClient
 from jz3_jax.distill.dispatch import Dispatcher, RunStats
 from jz3_jax.distill.errors import DistillError
 from jz3_jax.distill.pacing import Pacer
@@ -64,6 +67,13 @@ def check_settings(dc, tc) -> None:
         (tc.backoff_s >= 0 and tc.max_backoff_s >= 0, "teacher.backoff_s and teacher.max_backoff_s must be >= 0"),
         (bool(tc.model), "teacher.model is empty"),
         (bool(tc.base_url), "teacher.base_url is empty"),
+        (dc.mode in ("sync", "batch"), f"distill.mode must be sync or batch, got {dc.mode!r}"),
+        (dc.batch_max_requests >= 1, f"distill.batch_max_requests must be >= 1, got {dc.batch_max_requests}"),
+        (dc.batch_max_bytes >= 1, f"distill.batch_max_bytes must be >= 1, got {dc.batch_max_bytes}"),
+        (dc.batch_poll_s > 0, f"distill.batch_poll_s must be > 0, got {dc.batch_poll_s}"),
+        (dc.batch_fallback in ("batch", "sync"), f"distill.batch_fallback must be batch or sync, got "
+                                                 f"{dc.batch_fallback!r}"),
+        (0 <= tc.batch_discount <= 1, f"teacher.batch_discount must be in [0, 1], got {tc.batch_discount}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -94,32 +104,39 @@ def run(cfg, ctx) -> dict:
     ctx.logger.info("distill: %d snippets from %s, %d requests, %d answered in the cache, %d to ask %s at %s",
                     len(snippets), snippets_path, len(requests), len(requests) - len(todo), len(todo), tc.model,
                     tc.base_url)
+    cache_hits = len(requests) - len(todo)
     bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="distill", unit="req",
                disable=not todo)
 
     def progress() -> None:
         bar.update(1)
-        spend = _cost(tc, stats.prompt_tokens, stats.completion_tokens)
-        bar.set_postfix(calls=budget.calls, hits=len(requests) - len(todo), fail=sum(stats.failures.values()),
+        spend = _spend(tc, stats)
+        bar.set_postfix(calls=budget.calls, hits=cache_hits, fail=sum(stats.failures.values()),
                         spend=f"${spend:.4f}" if spend else f"{stats.prompt_tokens + stats.completion_tokens}tok",
                         refresh=False)
 
     term = TermFlag()
+    batches: dict[str, dict] = {}
     try:
         if todo:
-            client = TeacherClient(tc.base_url, _api_key(tc.api_key_env), tc.timeout_s)
-            Dispatcher(client, cache, budget, Pacer(dc.requests_per_minute), tc, dc.concurrency, answers, stats,
-                       progress, cfg.seed).run(todo, lambda: term.raised)
+            key = _api_key(tc.api_key_env)
+            if dc.mode == "batch":
+                todo = _run_batches(ctx, cfg, requests, todo, cache, budget, answers, stats, key, batches, bar,
+                                    lambda: term.raised)
+            if todo and not stats.stopped_by:
+                client = TeacherClient(tc.base_url, key, tc.timeout_s)
+                Dispatcher(client, cache, budget, Pacer(dc.requests_per_minute), tc, dc.concurrency, answers, stats,
+                           progress, cfg.seed).run(todo, lambda: term.raised)
     except BaseException:
         # A run that failed (bad key, unknown model, unreachable) keeps the outputs of the last run
         # unless it was paid for new answers: those go into the outputs at once.
         if stats.answered:
-            _write_outputs(ctx, cfg, requests, answers, stats, budget, len(requests) - len(todo))
+            _write_outputs(ctx, cfg, requests, answers, stats, budget, cache_hits, batches)
         raise
     finally:
         bar.close()
         term.restore()
-    report = _write_outputs(ctx, cfg, requests, answers, stats, budget, len(requests) - len(todo))
+    report = _write_outputs(ctx, cfg, requests, answers, stats, budget, cache_hits, batches)
     ctx.logger.info("distill: %d calls, %d cache hits, %d records, %d rejected, %d unfinished%s -> %s",
                     report["calls"], report["cache_hits"], report["records"], sum(report["rejected"].values()),
                     report["unfinished"], f", stopped by {report['stopped_by']}" if report["stopped_by"] else "",
@@ -155,7 +172,36 @@ def _cost(tc, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * tc.price_input_per_1m + completion_tokens * tc.price_output_per_1m) / 1e6
 
 
-def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget, cache_hits: int) -> dict:
+def _spend(tc, stats: RunStats) -> float:
+    """This run's cost: sync answers at the listed prices, batch answers at `teacher.batch_discount`."""
+    batch = _cost(tc, stats.batch_prompt_tokens, stats.batch_completion_tokens)
+    return _cost(tc, stats.prompt_tokens, stats.completion_tokens) - batch + batch * tc.batch_discount
+
+
+def _run_batches(ctx, cfg, requests, todo, cache, budget, answers, stats, key, batches, bar, should_stop):
+    """Batch mode (see batch.py); the requests left for the sync fallback."""
+    from jz3_jax.distill.batch import BatchRunner
+    from jz3_jax.distill.batch_api import BatchAPI
+    from jz3_jax.distill.batch_ledger import BatchLedger
+
+    def on_poll(summaries: dict) -> None:
+        batches.update(summaries)
+        bar.set_postfix_str("; ".join(f"{b['batch_id'][-8:]}: {b.get('status', '?')} {b.get('completed', 0)}ok "
+                                      f"{b.get('failed', 0)}fail" for b in summaries.values()
+                                      if b.get("status") not in ("completed", "unknown"))
+                            + f" spend=${_spend(cfg.teacher, stats):.4f}")
+
+    runner = BatchRunner(BatchAPI(cfg.teacher, key, cfg.seed), BatchLedger(ctx.stage_dir / "batches.jsonl"), cache,
+                         budget, stats, answers, cfg.distill, cfg.teacher, requests, ctx.logger,
+                         on_answer=lambda: bar.update(1), on_poll=on_poll)
+    try:
+        return runner.run(todo, should_stop)
+    finally:
+        batches.update(runner.summaries)
+
+
+def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget, cache_hits: int,
+                   batches: dict) -> dict:
     dc, tc = cfg.distill, cfg.teacher
     sampling = {"temperature": tc.temperature, "top_p": tc.top_p, "max_tokens": tc.max_tokens, "stop": list(tc.stop)}
     records, rejected, reasons = [], [], collections.Counter()
@@ -183,11 +229,11 @@ def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget,
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     report = {
         "requests": len(requests), "calls": budget.calls, "cache_hits": cache_hits, "retries": stats.retries,
-        "failures": {kind: stats.failures[kind] for kind in RETRYABLE}, "gave_up": dict(stats.gave_up),
+        "failures": dict(stats.failures), "gave_up": dict(stats.gave_up),
         "rejected": dict(sorted(reasons.items())), "records": len(records), "included": len(included),
         "unfinished": sum(1 for r in requests if r.hash not in answers),
         "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-        "cost_estimate": round(_cost(tc, stats.prompt_tokens, stats.completion_tokens), 6),
+        "cost_estimate": round(_spend(tc, stats), 6), "mode": dc.mode, "batches": list(batches.values()),
         "stopped_by": stats.stopped_by, "teacher": {"base_url": tc.base_url, "model": tc.model},
     }
     with atomic_write(ctx.stage_dir / "report.json") as f:

@@ -159,8 +159,14 @@ def _with_teacher(step_cfg: Config, teacher) -> Config:
 
 
 def _check_inputs(run_dir, chosen: list[str], by_name: dict, logger: logging.Logger) -> None:
-    """A step run without the steps it reads needs their finished artifacts in the run dir."""
+    """A step run without the steps it reads needs their finished artifacts in the run dir; the local
+    teacher (`serve`) has no Batch API, so it cannot answer a distill step in batch mode."""
     for name in chosen:
+        step, step_cfg, _ = by_name[name]
+        if step.stage == "distill" and step_cfg.pipeline.serve_teacher and step_cfg.distill.mode == "batch":
+            raise UserError(f"pipeline.serve_teacher=true cannot serve {name} with distill.mode=batch: the local "
+                            "teacher (serve) has no /v1/files and /v1/batches endpoints; use distill.mode=sync "
+                            f"for {name} or a provider's teacher (pipeline.serve_teacher=false)")
         for dep in by_name[name][0].deps:
             if dep in chosen:
                 continue
