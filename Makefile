@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all clean bench-device
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ test: install
 
 test-all: install
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+
+# The accelerator figures (README "Accelerator figures"): one process per benchmark, results appended
+# to BENCH_DEVICE_OUT. Installs nothing (no `install` prerequisite): it runs on the lent machine as it
+# is, with .venv's python where there is one, else python3. BENCH_DEVICE_SMALL=1: tiny shapes (CPU check).
+PYTHON_BENCH ?= $(if $(wildcard $(PY)),$(PY),python3)
+BENCH_DEVICE_OUT ?= runs/bench-device/results.jsonl
+bench-device:
+	BENCH_DEVICE_SMALL=$(BENCH_DEVICE_SMALL) $(PYTHON_BENCH) -m jz3_jax.bench.device_suite --out $(BENCH_DEVICE_OUT)
 
 clean:
 	rm -rf $(VENV) runs
