@@ -84,7 +84,8 @@ def run_one(config: str, overrides: list[str], timeout_s: float, run_dir: Path) 
         return None, f"timed out after {timeout_s:.0f} s"
     result = _last_json(proc.stdout) if proc.returncode == 0 else None
     if result is None:
-        return None, f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ['no output']}"
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"exit {proc.returncode}: {tail[:200]}"
     return result, ""
 
 
