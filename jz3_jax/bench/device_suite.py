@@ -112,7 +112,8 @@ def run_bench(config: str, bench: Bench, run_dir: Path) -> dict:
 def environment() -> dict:
     """jax version, device kind and UTC date, stamped on every record (read in a child process, so
     this process never initialises the accelerator the benchmarks need)."""
-    code = "import jax, json; print(json.dumps({'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind}))"
+    code = ("import jax, json; print(json.dumps({'jax_version': jax.__version__, "
+            "'device_kind': jax.devices()[0].device_kind}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     env = _last_json(proc.stdout) or {"jax_version": None, "device_kind": None}
     return {**env, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
