@@ -27,7 +27,7 @@ from flax import nnx
 from jz3_jax.decoding import attention
 from jz3_jax.decoding.sampling import row_keys, sample_tokens
 from jz3_jax.model.attention import KVCache
-from jz3_jax.model.layers import constrain
+from jz3_jax.model.params import constrain
 
 CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
 ROW_AXES = ("batch",)

@@ -17,7 +17,8 @@ from flax import nnx
 
 from jz3_jax.model.attention import KVCache, write_slot_info
 from jz3_jax.model.config import ModelConfig
-from jz3_jax.model.layers import DecoderLayer, RMSNorm, _param, constrain, dtype_of
+from jz3_jax.model.layers import DecoderLayer, RMSNorm
+from jz3_jax.model.params import constrain, dtype_of, param
 from jz3_jax.model.moe import MoEStats
 from jz3_jax.model.rope import inverse_frequencies, rope_tables
 from jz3_jax.runtime.sharding import parse_rules
@@ -46,7 +47,7 @@ class Decoder(nnx.Module):
             raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {cfg.remat!r}")
         self.cfg = cfg
         self.rules = rules_tuple(rules)
-        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
         if cfg.scan_layers:
             @nnx.split_rngs(splits=cfg.num_layers)
             @nnx.vmap(in_axes=0, out_axes=0)
@@ -58,7 +59,7 @@ class Decoder(nnx.Module):
             self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg, rngs=rngs)
         if not cfg.tie_embeddings:
-            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
+            self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
 
     def _layer_fn(self, graphdef):
         """A pure function (layer state, carry, kv) -> (carry, new kv, MoE stats or None),

@@ -15,31 +15,14 @@ from jz3_jax.model.attention_kernels import check_attention_kind, fused_attentio
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.lora import TARGETS, adapter
 from jz3_jax.model.moe import MoE
+from jz3_jax.model.params import constrain, dtype_of, param
 from jz3_jax.model.rope import apply_rope
 from jz3_jax.runtime.sharding import logical_to_spec
 
 
-def dtype_of(name: str):
-    """`"bfloat16"` -> jnp.bfloat16, etc."""
-    return jnp.dtype(name)
-
-
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple, cfg: ModelConfig, init=None) -> nnx.Param:
-    init = init or nnx.initializers.normal(stddev=0.02)
-    return nnx.Param(init(rngs.params(), shape, dtype_of(cfg.param_dtype)), logical_axes=axes)
-
-
-def constrain(x: jax.Array, names: tuple, rules: tuple) -> jax.Array:
-    """Sharding constraint by logical names under the mesh set with `jax.set_mesh` (else no-op)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or not rules:
-        return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, dict(rules), mesh, x.shape))
-
-
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.weight = _param(rngs, (dim,), ("norm",), cfg, nnx.initializers.ones)
+        self.weight = param(rngs, (dim,), ("norm",), cfg, nnx.initializers.ones)
         self.eps = cfg.rms_norm_eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -56,9 +39,9 @@ def _subkey(key, name: str):
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, m = cfg.hidden_size, cfg.intermediate_size
-        self.gate = _param(rngs, (e, m), ("embed", "mlp"), cfg)
-        self.up = _param(rngs, (e, m), ("embed", "mlp"), cfg)
-        self.down = _param(rngs, (m, e), ("mlp", "embed"), cfg)
+        self.gate = param(rngs, (e, m), ("embed", "mlp"), cfg)
+        self.up = param(rngs, (e, m), ("embed", "mlp"), cfg)
+        self.down = param(rngs, (m, e), ("mlp", "embed"), cfg)
         self.dtype = dtype_of(cfg.dtype)
 
     def _matmul(self, x: jax.Array, name: str, key) -> jax.Array:
@@ -81,15 +64,15 @@ class MLP(nnx.Module):
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, h, kvh, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-        self.q = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), cfg)
-        self.k = _param(rngs, (e, kvh, d), ("embed", "kv_heads", "head_dim"), cfg)
-        self.v = _param(rngs, (e, kvh, d), ("embed", "kv_heads", "head_dim"), cfg)
-        self.o = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), cfg)
+        self.q = param(rngs, (e, h, d), ("embed", "heads", "head_dim"), cfg)
+        self.k = param(rngs, (e, kvh, d), ("embed", "kv_heads", "head_dim"), cfg)
+        self.v = param(rngs, (e, kvh, d), ("embed", "kv_heads", "head_dim"), cfg)
+        self.o = param(rngs, (h, d, e), ("heads", "head_dim", "embed"), cfg)
         if cfg.qkv_bias:
             zeros = nnx.initializers.zeros
-            self.q_bias = _param(rngs, (h, d), ("heads", "head_dim"), cfg, zeros)
-            self.k_bias = _param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
-            self.v_bias = _param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
+            self.q_bias = param(rngs, (h, d), ("heads", "head_dim"), cfg, zeros)
+            self.k_bias = param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
+            self.v_bias = param(rngs, (kvh, d), ("kv_heads", "head_dim"), cfg, zeros)
         self.qkv_bias = cfg.qkv_bias
         self.sliding_window = cfg.sliding_window
         self.attention = check_attention_kind(cfg.attention)

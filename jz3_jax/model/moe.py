@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.params import constrain, dtype_of, param
 
 
 class MoEStats(NamedTuple):
@@ -116,7 +117,6 @@ def capacity_experts(x, experts, weights, mask, gate, up, down, factor: float, r
     """Capacity-limited experts over x [b, t, embed] (top-k ids/weights [b, t, k], token mask [b, t]).
 
     Returns (output [b, t, embed], number of non-padding assignments dropped)."""
-    from jz3_jax.model.layers import constrain  # layers imports this module
 
     b, t, e = x.shape
     k, num_experts = experts.shape[-1], gate.shape[0]
@@ -147,15 +147,14 @@ class MoE(nnx.Module):
     """Mixtral's sparse MoE block: router [embed, experts] and stacked SwiGLU experts."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        from jz3_jax.model.layers import _param, dtype_of
 
         e, m, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts
         if not 1 <= cfg.experts_per_token <= n:
             raise ValueError(f"experts_per_token must be in 1..{n}, got {cfg.experts_per_token}")
-        self.router = _param(rngs, (e, n), ("embed", None), cfg)
-        self.gate = _param(rngs, (n, e, m), ("experts", "embed", "mlp"), cfg)
-        self.up = _param(rngs, (n, e, m), ("experts", "embed", "mlp"), cfg)
-        self.down = _param(rngs, (n, m, e), ("experts", "mlp", "embed"), cfg)
+        self.router = param(rngs, (e, n), ("embed", None), cfg)
+        self.gate = param(rngs, (n, e, m), ("experts", "embed", "mlp"), cfg)
+        self.up = param(rngs, (n, e, m), ("experts", "embed", "mlp"), cfg)
+        self.down = param(rngs, (n, m, e), ("experts", "mlp", "embed"), cfg)
         self.k = cfg.experts_per_token
         self.capacity_factor = cfg.moe_capacity_factor
         self.dtype = dtype_of(cfg.dtype)
