@@ -22,129 +22,25 @@ fits; `compile.step_time_s` turns the step's model FLOPs into the MFU that step 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import os
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from jz3_jax.errors import ConfigError, UserError
+from jz3_jax.train.compile_analysis import (check_batch, compiled_cost, fmt_gib, kernels_in, memory_of,
+                                            mfu_report, out_of_memory, param_report, peak_flops_of,
+                                            search_max_batch, spec_json, tree_bytes_per_device)
+from jz3_jax.train.compile_decode import compile_decode_step, decode_summary
+from jz3_jax.train.tpu_topology import TpuCompilerMissing, parse_topology, tpu_devices  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from jz3_jax.config import Config
 
-GiB = 1024**3
 
 
 class DoesNotFit(UserError):
     """The compiled train step needs more memory per device than the chip has (exit code 2)."""
-
-
-class TpuCompilerMissing(UserError):
-    """libtpu (the TPU compiler) is not installed."""
-
-
-# --- topologies --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    prefix: str  # the generation in libtpu's topology names ("v5p:2x4x4")
-    cores_per_chip_in_name: int  # v4/v5p names count TensorCores (2 per chip), v5e/v6e count chips
-    chip_config_name: str  # "megacore": one device per chip (both TensorCores); "default" otherwise
-    hbm_bytes: int
-    shapes: dict[int, tuple[int, ...]]  # chips -> chip grid of the slice
-
-
-# 3D generations (v4, v5p): slices smaller than a 4x4x4 cube are open on every axis; from 64 chips
-# on, every dimension is a multiple of 4 and the slice has wrap-around links (a torus).
-_CUBES = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
-          256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
-# 2D generations (v5e, v6e): up to a 16x16 pod; a dimension of 16 wraps around.
-_GRIDS = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
-
-GENERATIONS = {
-    "v4": Generation("v4", 2, "megacore", 32 * GiB, _CUBES),
-    "v5p": Generation("v5p", 2, "megacore", 95 * GiB, _CUBES),
-    "v5e": Generation("v5e", 1, "default", 16 * GiB, _GRIDS),
-    "v6e": Generation("v6e", 1, "default", 32 * GiB, _GRIDS),
-}
-ALIASES = {"v5litepod": "v5e"}  # Cloud TPU's API name for v5e slices
-
-
-@dataclasses.dataclass(frozen=True)
-class TopologySpec:
-    """A Cloud TPU slice name resolved to the arguments of `get_topology_desc`."""
-
-    name: str  # canonical, e.g. "v5p-64"
-    generation: str
-    chips: int
-    topology_name: str  # e.g. "v5p:2x4x4"
-    chip_config_name: str
-    chips_per_host_bounds: tuple[int, int, int]
-    wrap: tuple[bool, bool, bool]
-    hbm_bytes: int
-
-
-def supported_topologies() -> list[str]:
-    names = []
-    for gen_name, gen in GENERATIONS.items():
-        names += [f"{gen_name}-{chips * gen.cores_per_chip_in_name}" for chips in gen.shapes]
-    return names
-
-
-def parse_topology(name: str) -> TopologySpec:
-    """`"v5p-64"` -> TopologySpec(chips=32, topology_name="v5p:2x4x4", ...); ConfigError if unknown."""
-    match = re.fullmatch(r"\s*(v\w+?)-(\d+)\s*", name.lower())
-    gen_name = match and ALIASES.get(match.group(1), match.group(1))
-    gen = GENERATIONS.get(gen_name) if match else None
-    count = int(match.group(2)) if match else 0
-    chips, rest = divmod(count, gen.cores_per_chip_in_name) if gen else (0, 1)
-    if gen is None or rest or chips not in gen.shapes:
-        raise ConfigError(f"compile.topology={name!r} is not a supported TPU slice; supported: "
-                          f"{', '.join(supported_topologies())} (v5litepod-N = v5e-N)")
-    shape = gen.shapes[chips]
-    if len(shape) == 3:
-        wrap = (chips >= 64,) * 3
-    else:
-        wrap = (shape[0] == 16, shape[1] == 16, False)
-    # v4/v5p hosts hold 4 chips; a v5e/v6e 8-chip slice is one 8-chip host (larger ones use 4-chip hosts)
-    host = (1, 1, 1) if chips == 1 else (2, 4, 1) if len(shape) == 2 and chips == 8 else (2, 2, 1)
-    return TopologySpec(
-        name=f"{gen_name}-{count}", generation=gen_name, chips=chips,
-        topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}", chip_config_name=gen.chip_config_name,
-        chips_per_host_bounds=host, wrap=wrap, hbm_bytes=gen.hbm_bytes)
-
-
-def tpu_devices(spec: TopologySpec, num_slices: int = 1) -> list:
-    """Compile-only TPU devices of the slice(s) described by libtpu (no TPU needed)."""
-    if importlib.util.find_spec("libtpu") is None:
-        import jax
-
-        raise TpuCompilerMissing(
-            "the compile stage needs libtpu (the TPU compiler); install the tpu extra: "
-            f"pip install 'jax[tpu]=={jax.__version__}' (or pip install -e '.[tpu]')")
-    if num_slices < 1:
-        raise ConfigError(f"compile.num_slices must be >= 1, got {num_slices}")
-    from jax.experimental import topologies
-
-    # libtpu takes a machine-wide lock file by default, so a second compile (another run, a test) would
-    # fail while one runs; compile-only devices touch no TPU, so several processes may load it.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        topology = topologies.get_topology_desc(
-            platform="tpu", topology_name=spec.topology_name, chip_config_name=spec.chip_config_name,
-            chips_per_host_bounds=spec.chips_per_host_bounds, num_slices=num_slices, wrap=spec.wrap)
-    except Exception as e:  # libtpu rejects the description (e.g. an older libtpu without this generation)
-        raise ConfigError(f"libtpu cannot describe {spec.name} ({spec.topology_name}, {spec.chip_config_name}, "
-                          f"{num_slices} slice(s)): {e}") from e
-    devices = list(topology.devices)
-    if len(devices) != spec.chips * num_slices:
-        raise ConfigError(f"libtpu describes {spec.topology_name} x {num_slices} slice(s) as {len(devices)} "
-                          f"devices, expected {spec.chips * num_slices}")
-    return devices
 
 
 def topology_mesh(cfg: Config, devices: list, num_slices: int):
@@ -171,82 +67,6 @@ def topology_mesh(cfg: Config, devices: list, num_slices: int):
 
 
 # --- checks and reports ------------------------------------------------------------------------
-
-
-def _spec_json(spec) -> list:
-    return [list(s) if isinstance(s, tuple) else s for s in spec]
-
-
-def _axes_size(entry, mesh) -> int:
-    if entry is None:
-        return 1
-    names = entry if isinstance(entry, tuple) else (entry,)
-    return math.prod(mesh.shape[a] for a in names)
-
-
-def check_batch(rows: int, length: int, rules, mesh) -> Any:
-    """The batch PartitionSpec; ConfigError when a dimension the rules shard does not divide."""
-    from jz3_jax.runtime.sharding import logical_to_spec
-
-    for name, size in (("batch", rows), ("length", length)):
-        axes = [a for a in rules.get(name, ()) if mesh.shape.get(a, 1) > 1]
-        shards = math.prod(mesh.shape[a] for a in axes)
-        if size % shards:
-            raise ConfigError(
-                f"the {name} dimension ({size}) does not divide its mesh axes {'x'.join(axes)} ({shards} shards): "
-                f"{'rows = compile.per_device_batch x devices' if name == 'batch' else 'data.max_length'} "
-                f"must be a multiple of {shards}")
-    return logical_to_spec((None, "batch", "length"), rules, mesh, (1, rows, length))
-
-
-def param_report(params_shardings, params_abstract, rules, mesh) -> tuple[dict, list, int]:
-    """({path: spec}, [dims left replicated because the axes do not divide], bytes per device)."""
-    from flax import nnx
-
-    specs, undivided, per_device = {}, [], 0
-    flat_sh = dict(nnx.to_flat_state(params_shardings))
-    for path, var in nnx.to_flat_state(params_abstract):
-        key = ".".join(map(str, path))
-        sharding = flat_sh[path].get_value()
-        value = var.get_value()
-        spec = tuple(sharding.spec) + (None,) * (len(value.shape) - len(sharding.spec))
-        specs[key] = _spec_json(spec)
-        shards = math.prod(_axes_size(s, mesh) for s in spec)
-        per_device += math.prod(value.shape) * value.dtype.itemsize // shards
-        names = tuple(var.get_metadata().get("logical_axes") or ())
-        if len(names) == len(value.shape) - 1:
-            names = ("layers",) + names
-        for dim, (name, s) in enumerate(zip(names, spec)):
-            wanted = [a for a in rules.get(name, ()) if mesh.shape.get(a, 1) > 1] if name else []
-            if wanted and s is None:
-                undivided.append(f"{key} dim {dim} ({name}={value.shape[dim]}) not divisible by "
-                                 f"{'x'.join(wanted)}: replicated")
-    return specs, undivided, per_device
-
-
-def tree_bytes_per_device(tree) -> int:
-    """Bytes one device holds of a pytree of ShapeDtypeStructs with NamedShardings."""
-    import jax
-
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shard = leaf.sharding.shard_shape(leaf.shape)
-        total += math.prod(shard) * leaf.dtype.itemsize
-    return total
-
-
-def _cost(compiled) -> dict:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return dict(cost or {})
-
-
-def _fmt_gib(n: float) -> str:
-    return f"{n / GiB:.2f} GiB"
-
-
-# --- the stage ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -300,87 +120,6 @@ def abstract_train_step(cfg: Config, mesh, rules, rows: int) -> AbstractTrainSte
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=batch_sharding)
              for k in BATCH_KEYS}
     return AbstractTrainStep(program, params, frozen, state, frozen_state, batch, model_cfg)
-
-
-def memory_of(compiled, hbm: int) -> dict:
-    """What the compiler says one device needs for `compiled` (bytes), against `hbm`."""
-    mem = compiled.memory_analysis()
-    argument, output = mem.argument_size_in_bytes, mem.output_size_in_bytes
-    alias, temp, code = mem.alias_size_in_bytes, mem.temp_size_in_bytes, mem.generated_code_size_in_bytes
-    # Outputs that alias (donated) arguments share their buffers, so they count once.
-    total = argument + output - alias + temp + code
-    return {"argument_bytes": argument, "output_bytes": output, "alias_bytes": alias, "temp_bytes": temp,
-            "generated_code_bytes": code, "total_bytes": total, "hbm_bytes": hbm, "fraction_of_hbm": total / hbm,
-            "host_temp_bytes": getattr(mem, "host_temp_size_in_bytes", 0)}
-
-
-def _out_of_memory(error: Exception) -> bool:
-    """Whether a compile failed because the program does not fit in HBM (not a bug)."""
-    text = str(error)
-    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeds the memory" in text
-
-
-def kernels_in(compiled) -> list[str]:
-    """Names of the Pallas (Mosaic) kernels the compiled TPU program calls, e.g. the splash kernels."""
-    text = compiled.as_text()
-    names = set()
-    for line in text.splitlines():
-        if 'custom_call_target="tpu_custom_call"' in line:
-            match = re.search(r"%([\w-]+?)(?:\.\d+)? = ", line)
-            names.add(match.group(1) if match else "tpu_custom_call")
-    return sorted(names)
-
-
-def peak_flops_of(device_kind: str, override_tflops: float = 0.0) -> float | None:
-    """Peak dense bf16 FLOP/s of one device of `device_kind` (`train.peak_tflops` when set)."""
-    from jz3_jax.train.metrics import PEAK_FLOPS
-
-    if override_tflops > 0:
-        return override_tflops * 1e12
-    for name, flops in PEAK_FLOPS.items():
-        if device_kind.startswith(name):
-            return flops
-    return None
-
-
-def mfu_report(flops_per_step: float, devices: int, peak: float | None, step_time_s: float) -> dict:
-    """The step time that 100% model-FLOPs utilisation would mean, and the MFU of `step_time_s`."""
-    if step_time_s < 0:
-        raise ConfigError(f"compile.step_time_s must be >= 0, got {step_time_s}")
-    full = flops_per_step / (devices * peak) if peak else None
-    return {"peak_flops_per_device": peak, "step_time_s_at_full_mfu": full,
-            "step_time_s": step_time_s or None,
-            "mfu": full / step_time_s if full and step_time_s > 0 else None}
-
-
-def search_max_batch(fits, start: int, limit: int) -> tuple[int, dict[int, bool]]:
-    """The largest batch b <= `limit` with `fits(b)` (0 if none), assuming fitting is monotone: double
-    from `start` while it fits (halve while it does not), then bisect. Returns (b, {tried: fits})."""
-    tried: dict[int, bool] = {}
-
-    def ok(b: int) -> bool:
-        if b not in tried:
-            tried[b] = fits(b)
-        return tried[b]
-
-    start = max(1, min(start, limit))
-    if ok(start):
-        lo, hi = start, None
-        while hi is None and lo < limit:
-            b = min(2 * lo, limit)
-            lo, hi = (b, None) if ok(b) else (lo, b)
-        if hi is None:
-            return lo, tried
-    else:
-        hi, lo = start, start // 2
-        while lo >= 1 and not ok(lo):
-            hi, lo = lo, lo // 2
-        if lo < 1:
-            return 0, tried
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo, tried
 
 
 def _compile(cfg: Config, mesh, rules, rows: int):
@@ -442,7 +181,7 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     specs, undivided, param_bytes = {**specs, **frozen_specs}, undivided + frozen_undivided, param_bytes + frozen_bytes
     state_bytes = tree_bytes_per_device(state) + tree_bytes_per_device(frozen_abstract)
     batch_bytes = tree_bytes_per_device(batch)
-    cost = _cost(compiled)
+    cost = compiled_cost(compiled)
     tokens = global_rows * length
     fpt = flops_per_token(model_cfg, length)
     # XLA's cost analysis counts a while loop's body once, not once per iteration: with scanned
@@ -460,7 +199,7 @@ def compile_train_step(cfg: Config, log=print) -> dict:
         "mesh": {a: int(mesh.shape[a]) for a in mesh.axis_names if a in MESH_AXES or mesh.shape[a] > 1},
         "batch": {"per_device_batch": c.per_device_batch, "grad_accum": accum, "rows_per_micro_step": rows,
                   "global_rows": global_rows, "train_global_batch_size": cfg.train.global_batch_size,
-                  "sequence_length": length, "tokens_per_step": tokens, "spec": _spec_json(batch_spec)},
+                  "sequence_length": length, "tokens_per_step": tokens, "spec": spec_json(batch_spec)},
         "model": {"family": model_cfg.family, "num_layers": model_cfg.num_layers,
                   "hidden_size": model_cfg.hidden_size, "vocab_size": model_cfg.vocab_size,
                   "params": num_params, "trainable_params": trainable, "lora_rank": cfg.lora.rank,
@@ -505,13 +244,13 @@ def _find_max_batch(cfg: Config, mesh, rules, n: int, hbm: int, configured_total
             check_batch(rows, cfg.data.max_length, rules, mesh)
             compiled = _compile(cfg, mesh, rules, rows)[0]
         except Exception as e:
-            if not _out_of_memory(e):
+            if not out_of_memory(e):
                 raise
             totals[per_device] = None  # the compiler itself gave up: far over HBM
             log(f"compile: per_device_batch {per_device}: out of memory at compile time")
             return False
         totals[per_device] = memory_of(compiled, hbm)["total_bytes"]
-        log(f"compile: per_device_batch {per_device}: {_fmt_gib(totals[per_device])} of {_fmt_gib(hbm)}")
+        log(f"compile: per_device_batch {per_device}: {fmt_gib(totals[per_device])} of {fmt_gib(hbm)}")
         return totals[per_device] <= hbm
 
     best, tried = search_max_batch(fits, c.per_device_batch, c.max_batch_limit)
@@ -523,7 +262,6 @@ def _find_max_batch(cfg: Config, mesh, rules, n: int, hbm: int, configured_total
 def summary(report: dict) -> str:
     """The report as the few lines the stage prints."""
     if report.get("program") == "decode":
-        from jz3_jax.train.compile_decode import decode_summary
 
         return decode_summary(report)
     m, f, t = report["memory_per_device"], report["flops"], report["topology"]
@@ -534,10 +272,10 @@ def summary(report: dict) -> str:
     lines = [
         f"compile: {count(report['model']['params'])} params ({count(report['model']['trainable_params'])} "
         f"trainable) on {t['name']} ({t['devices']} devices, mesh {report['mesh']})",
-        f"  per device: arguments {_fmt_gib(m['argument_bytes'])}, outputs {_fmt_gib(m['output_bytes'])}, "
-        f"aliased {_fmt_gib(m['alias_bytes'])}, temporaries {_fmt_gib(m['temp_bytes'])}, "
+        f"  per device: arguments {fmt_gib(m['argument_bytes'])}, outputs {fmt_gib(m['output_bytes'])}, "
+        f"aliased {fmt_gib(m['alias_bytes'])}, temporaries {fmt_gib(m['temp_bytes'])}, "
         f"code {m['generated_code_bytes'] / 2**20:.1f} MiB",
-        f"  total {_fmt_gib(m['total_bytes'])} of {_fmt_gib(m['hbm_bytes'])} HBM "
+        f"  total {fmt_gib(m['total_bytes'])} of {fmt_gib(m['hbm_bytes'])} HBM "
         f"({100 * m['fraction_of_hbm']:.1f}%): {'fits' if report['fits'] else 'DOES NOT FIT'}",
         f"  FLOPs per step per device: analytic {f['analytic_per_device']:.3e} "
         f"({f['analytic_per_token']:.3e}/token x {report['batch']['tokens_per_step']} tokens / {t['devices']}), "
@@ -578,7 +316,6 @@ def run(cfg: Config, ctx) -> None:
     if program not in PROGRAMS:
         raise ConfigError(f"compile.program must be one of {', '.join(PROGRAMS)}, got {program!r}")
     if program == "decode":
-        from jz3_jax.train.compile_decode import compile_decode_step
 
         report = compile_decode_step(cfg, log=ctx.logger.info)
     else:
@@ -593,6 +330,6 @@ def run(cfg: Config, ctx) -> None:
                   "larger slice" if program == "decode" else
                   "lower compile.per_device_batch, raise train.grad_accum, set train.loss_chunk, use more chips "
                   "or model.remat=full")
-        raise DoesNotFit(f"the {program} step needs {_fmt_gib(m['total_bytes'])} per device but a "
-                         f"{report['topology']['name']} chip has {_fmt_gib(m['hbm_bytes'])}: {advice} "
+        raise DoesNotFit(f"the {program} step needs {fmt_gib(m['total_bytes'])} per device but a "
+                         f"{report['topology']['name']} chip has {fmt_gib(m['hbm_bytes'])}: {advice} "
                          f"(report in {ctx.stage_dir / 'compile.json'})")

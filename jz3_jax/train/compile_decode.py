@@ -19,8 +19,8 @@ import time
 from typing import TYPE_CHECKING
 
 from jz3_jax.errors import ConfigError
-from jz3_jax.train.compile import (_fmt_gib, memory_of, param_report, parse_topology, tpu_devices,
-                                   tree_bytes_per_device)
+from jz3_jax.train.compile_analysis import fmt_gib, memory_of, param_report, tree_bytes_per_device
+from jz3_jax.train.tpu_topology import parse_topology, tpu_devices
 
 if TYPE_CHECKING:
     from jz3_jax.config import Config
@@ -107,10 +107,10 @@ def decode_summary(report: dict) -> str:
     lines = [
         f"compile: decode step of {report['model']['params'] / 1e9:.3f}B params on {t['devices']} chip(s) of "
         f"{t['name']} (mesh {report['mesh']}), {e['max_batch']} rows x {e['max_seq_len']} positions",
-        f"  per chip: weights {_fmt_gib(m['weight_bytes'])} ({report['model']['param_dtype']}), KV cache "
-        f"{_fmt_gib(m['kv_cache_bytes'])} ({report['model']['dtype']}), together {_fmt_gib(m['weights_plus_cache_bytes'])}",
-        f"  compiler: arguments {_fmt_gib(m['argument_bytes'])}, temporaries {_fmt_gib(m['temp_bytes'])}, total "
-        f"{_fmt_gib(m['total_bytes'])} of {_fmt_gib(m['hbm_bytes'])} HBM ({100 * m['fraction_of_hbm']:.1f}%): "
+        f"  per chip: weights {fmt_gib(m['weight_bytes'])} ({report['model']['param_dtype']}), KV cache "
+        f"{fmt_gib(m['kv_cache_bytes'])} ({report['model']['dtype']}), together {fmt_gib(m['weights_plus_cache_bytes'])}",
+        f"  compiler: arguments {fmt_gib(m['argument_bytes'])}, temporaries {fmt_gib(m['temp_bytes'])}, total "
+        f"{fmt_gib(m['total_bytes'])} of {fmt_gib(m['hbm_bytes'])} HBM ({100 * m['fraction_of_hbm']:.1f}%): "
         f"{'fits' if report['fits'] else 'DOES NOT FIT'}",
         f"  lowered in {report['seconds']['lower']} s, compiled in {report['seconds']['compile']} s",
     ]
