@@ -10,7 +10,8 @@ import pytest
 from etils import epath
 
 from helpers import REPO_ROOT, run_launch
-from jz3_jax.config import apply_overrides, load_config
+from jz3_jax.config import apply_overrides, build_spec, load_config
+from jz3_jax.corpus.spec import CorpusSpec
 from jz3_jax.corpus import stage
 from jz3_jax.corpus.cutting import cut
 from jz3_jax.corpus.sources import CorpusError, parse_spec
@@ -50,7 +51,7 @@ def _corpus_dir(root: Path) -> Path:
 
 def run_corpus(run_dir: Path, *extra: str) -> dict:
     cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")), [f"run_dir={run_dir}", *extra])
-    return stage.run(cfg, StageContext("corpus", epath.Path(run_dir) / "corpus", LOGGER))
+    return stage.run(build_spec(CorpusSpec, cfg), StageContext("corpus", epath.Path(run_dir) / "corpus", LOGGER))
 
 
 def snippets(run_dir: Path) -> list[dict]:

@@ -27,7 +27,8 @@ import pytest
 from etils import epath
 
 from helpers import REPO_ROOT, run_launch, subprocess_env
-from jz3_jax.config import apply_overrides, load_config
+from jz3_jax.config import apply_overrides, build_spec, load_config
+from jz3_jax.distill.spec import DistillSpec
 from jz3_jax.distill import stage
 from jz3_jax.distill.answers import parse_body
 from jz3_jax.distill.budget import Budget
@@ -164,7 +165,7 @@ def run_distill(run_dir: Path, snippets: Path, url: str, *extra: str) -> dict:
     cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")),
                           overrides(run_dir, snippets, url, *extra))
     ctx = StageContext("distill", epath.Path(run_dir) / "distill", LOGGER)
-    return stage.run(cfg, ctx)
+    return stage.run(build_spec(DistillSpec, cfg), ctx)
 
 
 def read_jsonl(path: Path) -> list[dict]:

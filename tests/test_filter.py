@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from jz3_jax.config import Config
 from jz3_jax.errors import UserError
 from jz3_jax.stages.registry import StageContext
 from jz3_jax.runtime.paths import atomic_write
 from jz3_jax.synth.dedup import NearDedup, lsh_params
 from jz3_jax.synth.config import FilterConfig
+from jz3_jax.synth.spec import FilterSpec
 from jz3_jax.synth.filter_stage import run
 from jz3_jax.synth.parse import Malformed, Parsed, has_boxed, parse_completion
 from jz3_jax.synth.text import WordHasher, normalize, words
@@ -73,12 +73,9 @@ def run_filter(tmp_path: Path, rows: list | None = None, **filter_kwargs) -> tup
     if rows is not None:
         filter_kwargs.setdefault("inputs", str(write_jsonl(tmp_path / "in" / "shard-0.jsonl", rows)))
     filter_kwargs.setdefault("decontaminate", False)
-    cfg = Config()
-    cfg.run_dir = str(tmp_path / "run")
-    cfg.filter = FilterConfig(**filter_kwargs)
     stage_dir = tmp_path / "run" / "filter"
     ctx = StageContext("filter", stage_dir, logging.getLogger("jz3_jax.test_filter"))
-    report = run(cfg, ctx)
+    report = run(FilterSpec(FilterConfig(**filter_kwargs)), ctx)
     assert json.loads((stage_dir / "report.json").read_text()) == report
     return report, read_jsonl(stage_dir / "records.jsonl"), read_jsonl(stage_dir / "removed.jsonl")
 

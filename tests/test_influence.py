@@ -22,13 +22,15 @@ LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q", "k", "v", "o",
 
 
 def tiny_cfg(**select):
-    from jz3_jax.config import load_config
+    """The select stage's spec of the tiny config, with `select.proj_dim=128` and `select` changes."""
+    from jz3_jax.config import build_spec, load_config
+    from jz3_jax.influence.spec import SelectSpec
 
     cfg = load_config("configs/tiny.py")
     cfg.select.proj_dim = 128
     for key, value in select.items():
         setattr(cfg.select, key, value)
-    return cfg
+    return build_spec(SelectSpec, cfg)
 
 
 def random_state(model, seed=0):

@@ -9,7 +9,7 @@ import pytest
 
 from jz3_jax.launch import main
 from jz3_jax.runtime import paths
-from jz3_jax.synth.completions import default_inputs
+from jz3_jax.runtime.artifacts import locate_str
 from jz3_jax import sweep
 
 URL = "gs://bucket/x"
@@ -31,7 +31,7 @@ def test_stage_directory_joins_keep_the_scheme(run_dir):
     stage = paths.stage_dir(run_dir, "pretrain")
     assert os.fspath(stage) == f"{base}/pretrain"
     assert os.fspath(stage / "checkpoints" / "12") == f"{base}/pretrain/checkpoints/12"
-    assert default_inputs(run_dir) == f"{base}/synthesize/completions/*.jsonl"
+    assert locate_str(run_dir, "synthesize.completions") == f"{base}/synthesize/completions/*.jsonl"
 
 
 def test_urls_stay_absolute_and_get_a_local_mirror_for_logs(tmp_path):

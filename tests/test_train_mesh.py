@@ -25,15 +25,16 @@ jax.config.update("jax_dump_ir_modes", "stablehlo")
 
 from etils import epath
 
-from jz3_jax.config import apply_overrides, load_config
+from jz3_jax.config import apply_overrides, build_spec, load_config
 from jz3_jax.stages import StageContext
 from jz3_jax.train import compile as aot
+from jz3_jax.train.spec import TrainSpec
 from jz3_jax.train.trainer import Trainer
 
 cfg = apply_overrides(load_config("configs/tiny.py"), [
     f"data.train_path={data}", "data.max_length=48", "train.steps=2", "train.global_batch_size=8",
     "train.export_hf=false", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
-trainer = Trainer(cfg, StageContext("sft", epath.Path(stage_dir), logging.getLogger("test")))
+trainer = Trainer(build_spec(TrainSpec, cfg), StageContext("sft", epath.Path(stage_dir), logging.getLogger("test")))
 trainer.run()
 
 abstract = aot.abstract_train_step(cfg, trainer.mesh, trainer.rules, rows=8)
