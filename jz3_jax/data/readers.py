@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from jz3_jax.errors import DataError
 
 Record = dict[str, str]
 _CHUNK = 4096  # records per sequential read while validating

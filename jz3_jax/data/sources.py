@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DataError
+from jz3_jax.errors import DataError
 from .readers import ArrayRecordFile, JsonlFile, ParquetFile, Record, RecordFile, TfdsSplit
 
 FORMATS = ("auto", "jsonl", "parquet", "array_record", "tfds")

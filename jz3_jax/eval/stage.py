@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from jz3_jax.eval.datasets import Problem, get_spec, load_problems
-from jz3_jax.eval.errors import EvalError
+from jz3_jax.errors import EvalError
 from jz3_jax.eval.grader.policies import check_policy
 from jz3_jax.eval.grading import POLICIES, GradeItem, grade_all
 from jz3_jax.eval.prompts import SETTINGS, build_prompt, stop_strings

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jz3_jax.synth.errors import FilterError
+from jz3_jax.errors import FilterError
 
 # The prompt library's education stages (jz3_jax.prompts.library.LEVELS; a leaf module cannot import it).
 ALL_LEVELS = ["grade_school", "middle_school", "high_school", "college", "amc8", "amc10", "amc12", "aime"]
