@@ -85,8 +85,7 @@ def run(cfg, ctx) -> dict:
     """Ask the teacher for every uncached request, then write kd.jsonl, rejected.jsonl, report.json."""
     dc, tc = cfg.distill, cfg.teacher
     check_settings(dc, tc)
-    plan = PromptPlan.build("distill", dc.levels, dc.kinds, dc.level_policy, cfg.seed, dc.source_levels,
-                            dc.source_kinds)
+    plan = PromptPlan.from_config("distill", dc, cfg.seed)
     if ctx.process_index != 0:
         return {}
     for name in dc.include:  # checked now: the outputs are written even when the run fails later

@@ -70,8 +70,7 @@ def prompts_from_snippets(path: str | Path, sc, seed: int) -> list[PromptRecord]
     from jz3_jax.prompts.plan import PromptPlan
     from jz3_jax.prompts.snippets import read_snippets
 
-    plan = PromptPlan.build("synthesize", sc.levels, sc.kinds, sc.level_policy, seed, sc.source_levels,
-                            sc.source_kinds)
+    plan = PromptPlan.from_config("synthesize", sc, seed)
     records = []
     for snippet in read_snippets(path, key="synthesize.snippets"):
         for p in plan.prompts(snippet.id, snippet.source, snippet.text):
