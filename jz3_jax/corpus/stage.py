@@ -17,6 +17,7 @@ import math
 from jz3_jax.corpus.cutting import cut
 from jz3_jax.corpus.sources import BadRecords, CorpusError, Fields, parse_spec, read_documents
 from jz3_jax.prompts.snippets import content_id
+from jz3_jax.records.jsonl import write_lines
 from jz3_jax.runtime.paths import atomic_write
 
 
@@ -70,14 +71,13 @@ def run(cfg, ctx) -> dict:
         candidates = candidates[:cc.max_snippets]
     if not candidates:
         raise CorpusError("the corpus sources gave no snippets (check corpus.sources and corpus.min_chars)")
-    with atomic_write(ctx.stage_dir / "snippets.jsonl") as f:
-        for _, record in candidates:
-            per_source[record["source"]]["kept"] += 1
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    report = {"snippets": len(candidates), "skipped_records": bad.count, "max_chars": cc.max_chars,
+    for _, record in candidates:
+        per_source[record["source"]]["kept"] += 1
+    write_lines(ctx.stage_dir / "snippets.jsonl", (record for _, record in candidates))
+    report = {"snippets": len(candidates), "skipped_records": bad.skipped, "max_chars": cc.max_chars,
               "sources": per_source}
     with atomic_write(ctx.stage_dir / "report.json") as f:
         json.dump(report, f, indent=2)
     ctx.logger.info("corpus: %d snippets from %d source(s) -> %s (%d bad records skipped)", len(candidates),
-                    len(specs), ctx.stage_dir / "snippets.jsonl", bad.count)
+                    len(specs), ctx.stage_dir / "snippets.jsonl", bad.skipped)
     return report
