@@ -209,7 +209,41 @@ class ParquetFile(RecordFile):
         return state
 
 
-class ArrayRecordFile(RecordFile):
+class _RowsFile(RecordFile):
+    """A reader over a random-access source (`source[row]`), opened lazily per process, that keeps the
+    numbers of its valid rows. Subclasses give `_open` (the source), `_decode` and `_where`."""
+
+    _rows: np.ndarray
+    _source: Any = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def read(self, index: int) -> Record:
+        if self._source is None:
+            with self._lock:
+                if self._source is None:
+                    self._source = self._open()
+        row = int(self._rows[index])
+        record, reason = self._decode(self._source[row])
+        if reason:
+            raise DataError(f"{self._where(row)}: {reason}")
+        return record
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _decode(self, value: Any) -> tuple[Record | None, str | None]:
+        raise NotImplementedError
+
+    def _where(self, row: int) -> str:
+        raise NotImplementedError
+
+    def _handles(self) -> tuple[str, ...]:
+        return ("_source",)
+
+
+class ArrayRecordFile(_RowsFile):
     """An ArrayRecord file whose records are JSON-encoded objects (utf-8 bytes).
 
     Random access reads a whole chunk of `group_size` records: write with `group_size:1` for shuffled reads.
@@ -218,29 +252,20 @@ class ArrayRecordFile(RecordFile):
     def __init__(self, path: str, fields: tuple[str, str], bad_records: str) -> None:
         super().__init__(path, fields, bad_records)
         self._rows = self._valid_rows(iter_rows(path, "array_record", self._bad))
-        self._source = None
 
-    def __len__(self) -> int:
-        return len(self._rows)
+    def _open(self) -> Any:
+        import grain
 
-    def read(self, index: int) -> Record:
-        if self._source is None:
-            import grain
+        return grain.sources.ArrayRecordDataSource([self.path])
 
-            with self._lock:
-                if self._source is None:
-                    self._source = grain.sources.ArrayRecordDataSource([self.path])
-        row = int(self._rows[index])
-        record, reason = self._parse(self._source[row])
-        if reason:
-            raise DataError(f"{self.path}: record {row} changed since it was indexed: {reason}")
-        return record
+    def _decode(self, value: Any) -> tuple[Record | None, str | None]:
+        return self._parse(value)
 
-    def _handles(self) -> tuple[str, ...]:
-        return ("_source",)
+    def _where(self, row: int) -> str:
+        return f"{self.path}: record {row} changed since it was indexed"
 
 
-class TfdsSplit(RecordFile):
+class TfdsSplit(_RowsFile):
     """One split of a TFDS builder directory written with file_format="array_record".
 
     Read through `tfds.builder_from_directory(path).as_data_source(split)`, which needs no TensorFlow; TFDS
@@ -250,26 +275,14 @@ class TfdsSplit(RecordFile):
     def __init__(self, path: str, split: str, fields: tuple[str, str], bad_records: str) -> None:
         super().__init__(path, fields, bad_records)
         self.split = split
-        source = self._open()  # the split and features are checked first
-        self._rows = self._valid_rows(source_rows(source, f"{path}: split {split!r}"))
+        self._source = self._open()  # the split and features are checked first
+        self._rows = self._valid_rows(source_rows(self._source, f"{path}: split {split!r}"))
 
-    def _open(self):
-        self._source = open_tfds(self.path, self.split, DataError, self._fields)
-        return self._source
+    def _open(self) -> Any:
+        return open_tfds(self.path, self.split, DataError, self._fields)
 
-    def __len__(self) -> int:
-        return len(self._rows)
+    def _decode(self, value: Any) -> tuple[Record | None, str | None]:
+        return self._record(value)
 
-    def read(self, index: int) -> Record:
-        if self._source is None:
-            with self._lock:
-                if self._source is None:
-                    self._open()
-        row = int(self._rows[index])
-        record, reason = self._record(self._source[row])
-        if reason:
-            raise DataError(f"{self.path}: split {self.split!r} record {row}: {reason}")
-        return record
-
-    def _handles(self) -> tuple[str, ...]:
-        return ("_source",)
+    def _where(self, row: int) -> str:
+        return f"{self.path}: split {self.split!r} record {row}"
