@@ -11,7 +11,8 @@ import json
 import random
 import sys
 
-from jz3_jax.config import Config, apply_overrides, config_to_dict, load_config, parse_override, save_config
+from jz3_jax.config import (Config, apply_overrides, build_spec, config_to_dict, load_config, parse_override,
+                            save_config)
 from jz3_jax.errors import UserError
 from jz3_jax.runtime import paths
 from jz3_jax.stages import STAGES, StageContext, get_stage
@@ -74,7 +75,8 @@ def run_stage(stage_name: str, cfg: Config, notes: tuple[str, ...] = ()) -> None
     from jz3_jax.runtime.logs import setup_logging
     from jz3_jax.runtime.preemption import Preempted
 
-    function = get_stage(stage_name).load()
+    stage = get_stage(stage_name)
+    function, spec_type = stage.load(), stage.spec_type()
     distributed.maybe_initialize(cfg.distributed)
     import jax
 
@@ -88,7 +90,7 @@ def run_stage(stage_name: str, cfg: Config, notes: tuple[str, ...] = ()) -> None
             save_config(cfg, stage_dir / "config.json")
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        ctx = StageContext(stage_name, stage_dir, logger, process, count)
+        ctx = StageContext(stage_name, stage_dir, logger, process, count, paths.as_path(cfg.run_dir))
         logger.info("stage %s: run dir %s, %d process(es), %d device(s), backend %s", stage_name, cfg.run_dir,
                     count, jax.device_count(), jax.default_backend())
         for note in notes:
@@ -96,7 +98,7 @@ def run_stage(stage_name: str, cfg: Config, notes: tuple[str, ...] = ()) -> None
         if not paths.is_local(stage_dir):
             logger.info("log files of this process: %s", paths.local_mirror(stage_dir / "logs"))
         try:
-            function(cfg, ctx)
+            function(build_spec(spec_type, cfg) if spec_type else cfg, ctx)
         except Preempted as stop:
             peers.agree(f"{stage_name} finished", stop)
         # The processes leave together: one that finished early waits here for the others (e.g. for

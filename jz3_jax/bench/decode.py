@@ -32,7 +32,7 @@ from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.stages import StageContext
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.bench.spec import BenchSpec
 
 COPY_BYTES = 512 * 1024 * 1024  # each of source and destination
 
@@ -61,7 +61,7 @@ def memory_bandwidth_gbs(repeats: int = 5, nbytes: int = COPY_BYTES) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def _reference_seconds(model, prompts: np.ndarray, new_tokens: int, cfg: Config, logger) -> float:
+def _reference_seconds(model, prompts: np.ndarray, new_tokens: int, spec: BenchSpec, logger) -> float:
     """Median seconds of transformers `generate` (greedy, KV cache) for `new_tokens` tokens per prompt."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -81,26 +81,26 @@ def _reference_seconds(model, prompts: np.ndarray, new_tokens: int, cfg: Config,
                                      pad_token_id=pad)
         assert out.shape == (prompts.shape[0], prompts.shape[1] + new_tokens), out.shape
 
-    times = time_call(step, cfg.bench.warmup, cfg.bench.repeats)
+    times = time_call(step, spec.bench.warmup, spec.bench.repeats)
     logger.info("reference (transformers generate, %d threads): median %.4f s", torch.get_num_threads(),
                 median(times))
     return median(times)
 
 
-def run(cfg: Config, ctx: StageContext) -> dict:
-    b = cfg.bench
+def run(spec: BenchSpec, ctx: StageContext) -> dict:
+    b = spec.bench
     if b.new_tokens < 2 or b.prompt_len < 1 or b.batch < 1:
         raise ValueError("bench.kind=decode needs bench.new_tokens >= 2, bench.prompt_len >= 1, bench.batch >= 1")
-    mesh, rules = engine_mesh(cfg)  # the mesh serve and synthesize decode on (`engine.mesh`)
+    mesh, rules = engine_mesh(spec.engine)  # the mesh serve and synthesize decode on (`engine.mesh`)
     with jax.set_mesh(mesh):
-        model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
-    prompts = np.random.default_rng(cfg.seed).integers(0, resolved.vocab_size, (b.batch, b.prompt_len),
+        model, resolved = load_model(spec.model, mesh, rules, spec.seed)
+    prompts = np.random.default_rng(spec.seed).integers(0, resolved.vocab_size, (b.batch, b.prompt_len),
                                                        dtype=np.int32)
     # Every prompt has the same length: one prefill shape without padding (the prompt bucket only
     # bounds the number of compiled shapes), and a cache of exactly prompt + new tokens.
     engine = Engine(model, max_batch=b.batch, max_seq_len=b.prompt_len + b.new_tokens, eos_ids=(),
-                    steps_per_dispatch=cfg.engine.steps_per_dispatch, prompt_bucket=b.prompt_len, mesh=mesh,
-                    max_top_k=cfg.engine.max_top_k, decode_attention=cfg.engine.decode_attention)
+                    steps_per_dispatch=spec.engine.steps_per_dispatch, prompt_bucket=b.prompt_len, mesh=mesh,
+                    max_top_k=spec.engine.max_top_k, decode_attention=spec.engine.decode_attention)
 
     def generate(new_tokens: int):
         params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
@@ -124,7 +124,7 @@ def run(cfg: Config, ctx: StageContext) -> dict:
 
     reference = None
     if b.reference and jax.default_backend() == "cpu":
-        reference = b.batch * b.new_tokens / _reference_seconds(model, prompts, b.new_tokens, cfg, ctx.logger)
+        reference = b.batch * b.new_tokens / _reference_seconds(model, prompts, b.new_tokens, spec, ctx.logger)
     return report("decode", "tokens/s", ours, reference, batch=b.batch, prompt_len=b.prompt_len,
                   new_tokens=b.new_tokens, steps_per_dispatch=engine.steps_per_dispatch, mesh=dict(mesh.shape),
                   decode_attention=engine.decode_layout,

@@ -20,10 +20,10 @@ from jz3_jax.runtime.mesh import mesh_and_rules
 from jz3_jax.stages import StageContext
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.bench.spec import BenchSpec
 
 
-def _reference_tokens_per_s(model, tokens: np.ndarray, cfg: Config, logger) -> float:
+def _reference_tokens_per_s(model, tokens: np.ndarray, spec: BenchSpec, logger) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -38,17 +38,17 @@ def _reference_tokens_per_s(model, tokens: np.ndarray, cfg: Config, logger) -> f
         with torch.no_grad():
             reference(inputs).logits.float().sum().item()
 
-    times = time_call(step, cfg.bench.warmup, cfg.bench.repeats)
+    times = time_call(step, spec.bench.warmup, spec.bench.repeats)
     logger.info("reference (transformers %d threads): median %.4f s", torch.get_num_threads(), median(times))
     return tokens.size / median(times)
 
 
-def run(cfg: Config, ctx: StageContext) -> dict:
-    mesh, rules = mesh_and_rules(cfg)
+def run(spec: BenchSpec, ctx: StageContext) -> dict:
+    mesh, rules = mesh_and_rules(spec.mesh)
     with jax.set_mesh(mesh):
-        model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    tokens = rng.integers(0, resolved.vocab_size, (cfg.bench.batch, cfg.bench.seq_len), dtype=np.int32)
+        model, resolved = load_model(spec.model, mesh, rules, spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    tokens = rng.integers(0, resolved.vocab_size, (spec.bench.batch, spec.bench.seq_len), dtype=np.int32)
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -57,11 +57,11 @@ def run(cfg: Config, ctx: StageContext) -> dict:
         return logits
 
     device_tokens = jnp.asarray(tokens)
-    times = time_call(lambda: forward(state, device_tokens).block_until_ready(), cfg.bench.warmup, cfg.bench.repeats)
+    times = time_call(lambda: forward(state, device_tokens).block_until_ready(), spec.bench.warmup, spec.bench.repeats)
     ours = tokens.size / median(times)
     ctx.logger.info("ours: median %.4f s over %d repeats", median(times), len(times))
     reference = None
-    if cfg.bench.reference and jax.default_backend() == "cpu":
-        reference = _reference_tokens_per_s(model, tokens, cfg, ctx.logger)
-    return report("forward", "tokens/s", ours, reference, batch=cfg.bench.batch, seq_len=cfg.bench.seq_len,
+    if spec.bench.reference and jax.default_backend() == "cpu":
+        reference = _reference_tokens_per_s(model, tokens, spec, ctx.logger)
+    return report("forward", "tokens/s", ours, reference, batch=spec.bench.batch, seq_len=spec.bench.seq_len,
                   model_params=sum(x.size for x in jax.tree.leaves(state)), dtype=resolved.dtype)

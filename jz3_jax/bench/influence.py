@@ -35,12 +35,13 @@ from jz3_jax.checkpoint import load_model
 from jz3_jax.influence.features import FeatureStore
 from jz3_jax.influence.featurize import FeatureModel, fill_store, local_mesh
 from jz3_jax.influence.inputs import Encoded
+from jz3_jax.influence.spec import SelectSpec
 from jz3_jax.influence.warmup import lora_settings
 from jz3_jax.runtime.sharding import parse_rules
 from jz3_jax.stages import StageContext
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.bench.spec import BenchSpec
 
 _LESS_COLUMNS = 8  # output columns per regenerated block in the LESS-style reference
 _BATCHED_ROWS = 1024  # parameter rows per shared sign block in the batched reference
@@ -63,9 +64,9 @@ def _random_state(model: FeatureModel, seed: int):
     return params, mu, nu
 
 
-def _run_ours(cfg: Config, model: FeatureModel, encoded: Encoded, count: int, directory: str) -> float:
-    store = FeatureStore(directory, count, cfg.select.proj_dim, {"bench": count})
-    stats = fill_store(model, store, encoded, np.arange(count), adam=True, cfg=cfg)
+def _run_ours(spec: BenchSpec, model: FeatureModel, encoded: Encoded, count: int, directory: str) -> float:
+    store = FeatureStore(directory, count, spec.select.proj_dim, {"bench": count})
+    stats = fill_store(model, store, encoded, np.arange(count), adam=True, select=spec.select)
     return stats["seconds"]
 
 
@@ -169,35 +170,36 @@ def _batched_reference(reference, adapters, mu, nu, encoded: Encoded, k: int, ad
                                              "grads": mode}
 
 
-def run(cfg: Config, ctx: StageContext) -> dict:
-    b, s = cfg.bench, cfg.select
-    lora = lora_settings(cfg)
+def run(spec: BenchSpec, ctx: StageContext) -> dict:
+    b, s = spec.bench, spec.select
+    select_spec = SelectSpec(spec.seed, spec.model, spec.mesh, spec.optimizer, spec.train, spec.lora, spec.select)
+    lora = lora_settings(select_spec)
     mesh = local_mesh()
-    base, resolved = load_model(cfg.model, mesh, parse_rules(cfg.mesh.rules), cfg.seed)
+    base, resolved = load_model(spec.model, mesh, parse_rules(spec.mesh.rules), spec.seed)
     want_reference = b.reference and jax.default_backend() == "cpu"
     # The token budget makes one micro-batch of exactly bench.batch rows (rounded to the devices).
-    cfg.select.token_budget = b.batch * b.seq_len
-    cfg.select.bucket, cfg.select.max_length = b.seq_len, b.seq_len
+    spec.select.token_budget = b.batch * b.seq_len
+    spec.select.bucket, spec.select.max_length = b.seq_len, b.seq_len
     tmp_hf = None
     if want_reference:  # exported before LoRA is attached: transformers gets the base weights
         from jz3_jax.checkpoint.hf_export import export_hf
 
         tmp_hf = tempfile.TemporaryDirectory()
         export_hf(base, f"{tmp_hf.name}/hf")
-    model = FeatureModel(cfg, lora, (cfg.optimizer.b1, cfg.optimizer.b2, cfg.optimizer.eps), model=base)
-    params, mu, nu = _random_state(model, cfg.seed)
+    model = FeatureModel(select_spec, lora, (spec.optimizer.b1, spec.optimizer.b2, spec.optimizer.eps), model=base)
+    params, mu, nu = _random_state(model, spec.seed)
     model.set_arrays(params, mu, nu)
     # 1x = two micro-batches, so both passes have one micro-batch in flight while the previous one is
     # written (the steady state of the feature loop); 4x = eight.
     count = 2 * b.batch
-    encoded = _examples(4 * count, b.seq_len, resolved.vocab_size, cfg.seed)
+    encoded = _examples(4 * count, b.seq_len, resolved.vocab_size, spec.seed)
     num_params = sum(x.size for x in params)
     ctx.logger.info("influence bench: %d LoRA parameters (%s), projection %s to %d, %d x %d tokens per micro-batch",
                     num_params, lora, s.projection, s.proj_dim, b.batch, b.seq_len)
     with tempfile.TemporaryDirectory() as tmp:
-        first_s = _run_ours(cfg, model, encoded, count, f"{tmp}/x1")
+        first_s = _run_ours(spec, model, encoded, count, f"{tmp}/x1")
         peak_1x = peak_memory_bytes()
-        four_s = _run_ours(cfg, model, encoded, 4 * count, f"{tmp}/x4")
+        four_s = _run_ours(spec, model, encoded, 4 * count, f"{tmp}/x4")
         peak_4x = peak_memory_bytes()
     ours = 4 * count / four_s
     ctx.logger.info("ours: %.1f s for %d examples (first pass with compile %.1f s for %d)", four_s, 4 * count,
@@ -213,7 +215,7 @@ def run(cfg: Config, ctx: StageContext) -> dict:
         by_path = dict(zip(model.paths(), zip(mu, nu)))
         torch_mu = [torch.from_numpy(by_path[p][0]) for p in order]
         torch_nu = [torch.from_numpy(by_path[p][1]) for p in order]
-        adam = (cfg.optimizer.b1, cfg.optimizer.b2, cfg.optimizer.eps)
+        adam = (spec.optimizer.b1, spec.optimizer.b2, spec.optimizer.eps)
         sub = Encoded(encoded.tokens[:b.batch], encoded.targets[:b.batch], encoded.loss_mask[:b.batch], 0)
         less_s, less_info = _less_reference(ref, adapters, torch_mu, torch_nu, sub, s.proj_dim, adam, ctx.logger)
         batched_s, batched_info = _batched_reference(ref, adapters, torch_mu, torch_nu, sub, s.proj_dim, adam,

@@ -21,7 +21,7 @@ from jz3_jax.train.program import build_program, split_model
 from jz3_jax.train.step import flops_per_token
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.bench.spec import BenchSpec
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -33,7 +33,7 @@ def synthetic_batch(rows: int, length: int, vocab: int, seed: int) -> dict[str, 
             "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy()}
 
 
-def _reference_seconds(model, batch: dict, cfg: Config, logger) -> float:
+def _reference_seconds(model, batch: dict, spec: BenchSpec, logger) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -42,7 +42,7 @@ def _reference_seconds(model, batch: dict, cfg: Config, logger) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(model, f"{tmp}/hf")
         reference = AutoModelForCausalLM.from_pretrained(f"{tmp}/hf", dtype=torch.float32).train()
-    o = cfg.optimizer
+    o = spec.optimizer
     optimizer = torch.optim.AdamW(reference.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
                                   weight_decay=o.weight_decay)
     tokens = torch.from_numpy(batch["tokens"]).long()
@@ -57,20 +57,20 @@ def _reference_seconds(model, batch: dict, cfg: Config, logger) -> float:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    times = time_call(step, cfg.bench.warmup, cfg.bench.repeats)
+    times = time_call(step, spec.bench.warmup, spec.bench.repeats)
     logger.info("reference (PyTorch AdamW, %d threads): median %.4f s", torch.get_num_threads(), median(times))
     return median(times)
 
 
-def run(cfg: Config, ctx: StageContext) -> dict:
-    mesh, rules = mesh_and_rules(cfg)
+def run(spec: BenchSpec, ctx: StageContext) -> dict:
+    mesh, rules = mesh_and_rules(spec.mesh)
     with jax.set_mesh(mesh):
-        model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
+        model, resolved = load_model(spec.model, mesh, rules, spec.seed)
         graphdef, params, frozen = split_model(model, lora=False)
-        program = build_program(cfg, graphdef, params, frozen, mesh, rules, total_steps=10_000, lora=False)
-        batch = synthetic_batch(cfg.bench.batch, cfg.bench.seq_len, resolved.vocab_size, cfg.seed)
-        if cfg.bench.reference and jax.default_backend() == "cpu":
-            reference_s = _reference_seconds(model, batch, cfg, ctx.logger)  # before `params` is donated
+        program = build_program(spec, graphdef, params, frozen, mesh, rules, total_steps=10_000, lora=False)
+        batch = synthetic_batch(spec.bench.batch, spec.bench.seq_len, resolved.vocab_size, spec.seed)
+        if spec.bench.reference and jax.default_backend() == "cpu":
+            reference_s = _reference_seconds(model, batch, spec, ctx.logger)  # before `params` is donated
         else:
             reference_s = None
         state = program.init_state(params)
@@ -81,11 +81,11 @@ def run(cfg: Config, ctx: StageContext) -> dict:
             holder["state"], metrics = program.train_step(holder["state"], frozen, device_batch)
             jax.block_until_ready(metrics["loss"])
 
-        times = time_call(step, cfg.bench.warmup, cfg.bench.repeats)
-    tokens = cfg.bench.batch * cfg.bench.seq_len
+        times = time_call(step, spec.bench.warmup, spec.bench.repeats)
+    tokens = spec.bench.batch * spec.bench.seq_len
     ours = tokens / median(times)
     ctx.logger.info("ours: median %.4f s per step over %d repeats", median(times), len(times))
-    peak = peak_flops_per_device(cfg.train.peak_tflops)
-    mfu = flops_per_token(resolved, cfg.bench.seq_len) * ours / (peak * jax.device_count()) if peak else None
+    peak = peak_flops_per_device(spec.train.peak_tflops)
+    mfu = flops_per_token(resolved, spec.bench.seq_len) * ours / (peak * jax.device_count()) if peak else None
     return report("train", "tokens/s", ours, tokens / reference_s if reference_s else None, mfu=mfu,
-                  batch=cfg.bench.batch, seq_len=cfg.bench.seq_len, dtype=resolved.dtype)
+                  batch=spec.bench.batch, seq_len=spec.bench.seq_len, dtype=resolved.dtype)

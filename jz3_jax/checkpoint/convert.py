@@ -14,32 +14,32 @@ from jz3_jax.errors import ConfigError
 from jz3_jax.runtime.mesh import mesh_and_rules
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.checkpoint.spec import ConvertSpec
     from jz3_jax.stages import StageContext
 
 FORMATS = ("orbax", "hf")
 
 
-def run(cfg: Config, ctx: StageContext) -> None:
+def run(spec: ConvertSpec, ctx: StageContext) -> None:
     """Load `convert.src` (or `model.checkpoint`) and write it to `convert.dst` as `convert.dst_format`."""
-    src = cfg.convert.src or cfg.model.checkpoint
+    src = spec.convert.src or spec.model.checkpoint
     if not src:
         raise ConfigError("convert needs convert.src=PATH (a HF dir, an orbax checkpoint dir or a .gguf file)")
-    if not cfg.convert.dst:
+    if not spec.convert.dst:
         raise ConfigError("convert needs convert.dst=DIR")
-    if cfg.convert.dst_format not in FORMATS:
-        raise ConfigError(f"convert.dst_format must be one of {', '.join(FORMATS)}, got {cfg.convert.dst_format!r}")
-    dst = Path(cfg.convert.dst)
+    if spec.convert.dst_format not in FORMATS:
+        raise ConfigError(f"convert.dst_format must be one of {', '.join(FORMATS)}, got {spec.convert.dst_format!r}")
+    dst = Path(spec.convert.dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CheckpointError(f"destination {dst} already exists and is not empty")
     kind = checkpoint_kind(src)
-    mesh, rules = mesh_and_rules(cfg)
-    model_cfg = dataclasses.replace(cfg.model, checkpoint=src)
+    mesh, rules = mesh_and_rules(spec.mesh)
+    model_cfg = dataclasses.replace(spec.model, checkpoint=src)
     ctx.logger.info("convert: loading %s checkpoint %s", kind, src)
     with jax.set_mesh(mesh):
-        model, resolved = load_model(model_cfg, mesh, rules, cfg.seed)
+        model, resolved = load_model(model_cfg, mesh, rules, spec.seed)
     tokenizer = load_stage_tokenizer(model_cfg, ctx.logger)
-    if cfg.convert.dst_format == "hf":
+    if spec.convert.dst_format == "hf":
         from jz3_jax.checkpoint.hf_export import export_hf
 
         export_hf(model, dst, tokenizer)
@@ -47,5 +47,5 @@ def run(cfg: Config, ctx: StageContext) -> None:
         from jz3_jax.checkpoint.orbax_io import save_orbax
 
         save_orbax(model, dst, tokenizer)
-    ctx.logger.info("convert: wrote %s (%s, %d layers, hidden %d) to %s", resolved.family, cfg.convert.dst_format,
+    ctx.logger.info("convert: wrote %s (%s, %d layers, hidden %d) to %s", resolved.family, spec.convert.dst_format,
                     resolved.num_layers, resolved.hidden_size, dst)

@@ -13,12 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import TYPE_CHECKING
 
 from jz3_jax.corpus.cutting import cut
 from jz3_jax.corpus.sources import BadRecords, CorpusError, Fields, parse_spec, read_documents
 from jz3_jax.prompts.snippets import content_id
 from jz3_jax.records.jsonl import write_lines
+from jz3_jax.corpus.spec import CorpusSpec
+from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import atomic_write
+
+if TYPE_CHECKING:
+    from jz3_jax.stages import StageContext
 
 
 def sample_key(seed: int, sid: str, weight: float) -> float:
@@ -29,9 +35,9 @@ def sample_key(seed: int, sid: str, weight: float) -> float:
     return math.log(uniform) / weight
 
 
-def run(cfg, ctx) -> dict:
+def run(spec: CorpusSpec, ctx: StageContext) -> dict:
     """Build the snippet file; returns the report."""
-    cc = cfg.corpus
+    cc, seed = spec.corpus, spec.seed
     if not cc.sources:
         raise CorpusError("corpus.sources is empty: list paths, folders or globs of math texts "
                           "(optionally path=weight)")
@@ -40,7 +46,7 @@ def run(cfg, ctx) -> dict:
                           f"{cc.min_chars}")
     if cc.max_snippets < 0:
         raise CorpusError(f"corpus.max_snippets must be >= 0 (0 = all), got {cc.max_snippets}")
-    specs = [parse_spec(entry) for entry in cc.sources]  # every entry checked before any is read
+    sources = [parse_spec(entry) for entry in cc.sources]  # every entry checked before any is read
     if ctx.process_index != 0:
         return {}
     fields = Fields(list(cc.text_fields), list(cc.question_fields), list(cc.answer_fields))
@@ -48,10 +54,10 @@ def run(cfg, ctx) -> dict:
     seen: set[str] = set()
     candidates: list[tuple[float, dict]] = []
     per_source: dict[str, dict] = {}
-    for spec in specs:
-        counts = per_source.setdefault(spec.tag, {"documents": 0, "snippets": 0, "duplicates": 0, "short": 0,
-                                                  "kept": 0, "weight": spec.weight})
-        for document in read_documents(spec, fields, bad):
+    for source in sources:
+        counts = per_source.setdefault(source.tag, {"documents": 0, "snippets": 0, "duplicates": 0, "short": 0,
+                                                  "kept": 0, "weight": source.weight})
+        for document in read_documents(source, fields, bad):
             counts["documents"] += 1
             for text in cut(document.text, cc.max_chars, document.kind):
                 if len(text) < cc.min_chars:
@@ -63,8 +69,8 @@ def run(cfg, ctx) -> dict:
                     continue
                 seen.add(sid)
                 counts["snippets"] += 1
-                if spec.weight > 0:
-                    candidates.append((sample_key(cfg.seed, sid, spec.weight), {"id": sid, "source": spec.tag,
+                if source.weight > 0:
+                    candidates.append((sample_key(seed, sid, source.weight), {"id": sid, "source": source.tag,
                                                                               "text": text}))
     candidates.sort(key=lambda item: (-item[0], item[1]["id"]))
     if cc.max_snippets:
@@ -73,11 +79,11 @@ def run(cfg, ctx) -> dict:
         raise CorpusError("the corpus sources gave no snippets (check corpus.sources and corpus.min_chars)")
     for _, record in candidates:
         per_source[record["source"]]["kept"] += 1
-    write_lines(ctx.stage_dir / "snippets.jsonl", (record for _, record in candidates))
+    write_lines(artifacts.output(ctx.stage_dir, "corpus.snippets"), (record for _, record in candidates))
     report = {"snippets": len(candidates), "skipped_records": bad.skipped, "max_chars": cc.max_chars,
               "sources": per_source}
-    with atomic_write(ctx.stage_dir / "report.json") as f:
+    with atomic_write(artifacts.output(ctx.stage_dir, "corpus.report")) as f:
         json.dump(report, f, indent=2)
     ctx.logger.info("corpus: %d snippets from %d source(s) -> %s (%d bad records skipped)", len(candidates),
-                    len(specs), ctx.stage_dir / "snippets.jsonl", bad.skipped)
+                    len(sources), artifacts.output(ctx.stage_dir, "corpus.snippets"), bad.skipped)
     return report

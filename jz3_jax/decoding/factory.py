@@ -1,4 +1,5 @@
-"""Build an `Engine` from the root config: model on the engine mesh, tokenizer, EOS ids, engine sizes."""
+"""Build an `Engine` from a stage's decoding sections (`DecodeSpec`: model, engine, sampling, seed):
+model on the engine mesh, tokenizer, EOS ids, engine sizes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from jz3_jax.runtime.mesh import build_mesh
 from jz3_jax.runtime.sharding import Rules, parse_rules
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.decoding.config import EngineConfig, SamplingConfig
+    from jz3_jax.decoding.spec import DecodeSpec
 
 
 @dataclasses.dataclass
@@ -48,38 +50,38 @@ def engine_devices(mesh_cfg: MeshConfig, devices: list) -> list:
     return devices
 
 
-def engine_mesh(cfg: Config) -> tuple[jax.sharding.Mesh, Rules]:
-    """The inference mesh (`cfg.engine.mesh` over this process's own devices) and its parsed rules.
+def engine_mesh(engine_cfg: EngineConfig) -> tuple[jax.sharding.Mesh, Rules]:
+    """The inference mesh (`engine.mesh` over this process's own devices) and its parsed rules.
 
     One engine replica per host: the mesh never spans processes, so a decode step has no
-    cross-host collectives. It is separate from the training `cfg.mesh` (whose default fsdp=-1 would
+    cross-host collectives. It is separate from the training `mesh` section (whose default fsdp=-1 would
     all-gather every weight at every decode step); the default is tensor-parallel over all local devices.
     """
-    mesh_cfg = cfg.engine.mesh
+    mesh_cfg = engine_cfg.mesh
     mesh = build_mesh(mesh_cfg, engine_devices(mesh_cfg, jax.local_devices()))
     return mesh, parse_rules(mesh_cfg.rules)
 
 
-def load_engine(cfg: Config, logger: logging.Logger, max_batch: int | None = None) -> LoadedEngine:
-    """The engine for `cfg.model` on the engine mesh (`engine_mesh`) with `cfg.engine` sizes
+def load_engine(spec: DecodeSpec, logger: logging.Logger, max_batch: int | None = None) -> LoadedEngine:
+    """The engine for `spec.model` on the engine mesh (`engine_mesh`) with `spec.engine` sizes
     (`max_batch` overrides). Every process that calls it runs its own replica on its own requests."""
-    ec = cfg.engine
+    ec = spec.engine
     if ec.decode_attention not in LAYOUTS:
         raise ConfigError(f"engine.decode_attention must be one of {', '.join(LAYOUTS)}; got {ec.decode_attention!r}")
     if ec.max_top_k < 1 or ec.prompt_bucket < 1:
         raise ConfigError(f"engine.max_top_k and engine.prompt_bucket must be >= 1; got {ec.max_top_k}, "
                           f"{ec.prompt_bucket}")
-    mesh, rules = engine_mesh(cfg)
+    mesh, rules = engine_mesh(ec)
     logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
                 jax.local_device_count())
-    tokenizer = load_stage_tokenizer(cfg.model, logger)
+    tokenizer = load_stage_tokenizer(spec.model, logger)
     if tokenizer is not None:
-        check_vocab_matches(tokenizer, resolve_model_config(cfg.model))  # before any weight is read
+        check_vocab_matches(tokenizer, resolve_model_config(spec.model))  # before any weight is read
     with jax.set_mesh(mesh):
-        model, resolved = load_model(cfg.model, mesh, rules, cfg.seed)
-        engine = Engine(model, max_batch=max_batch or cfg.engine.max_batch, max_seq_len=cfg.engine.max_seq_len,
+        model, resolved = load_model(spec.model, mesh, rules, spec.seed)
+        engine = Engine(model, max_batch=max_batch or ec.max_batch, max_seq_len=ec.max_seq_len,
                         eos_ids=eos_ids_of(resolved, tokenizer), tokenizer=tokenizer,
-                        steps_per_dispatch=cfg.engine.steps_per_dispatch, prompt_bucket=cfg.engine.prompt_bucket,
+                        steps_per_dispatch=ec.steps_per_dispatch, prompt_bucket=ec.prompt_bucket,
                         mesh=mesh, max_top_k=ec.max_top_k, decode_attention=ec.decode_attention)
     logger.info("engine: decode attention %s, max_top_k %d, prefill widths %s", engine.decode_layout,
                 engine.max_top_k, list(engine.prefill_widths))
@@ -95,9 +97,8 @@ def warm_up(engine: Engine, logger: logging.Logger) -> int:
     return compiled
 
 
-def sampling_from_config(cfg: Config, **changes) -> SamplingParams:
+def sampling_from_config(s: SamplingConfig, **changes) -> SamplingParams:
     """`SamplingParams` from the `sampling` section (seed as given; `changes` override fields)."""
-    s = cfg.sampling
     values = dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
                   seed=s.seed)
     values.update(changes)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -44,14 +45,19 @@ from jz3_jax.prompts.snippets import read_snippets
 from jz3_jax.distill.validate import validate
 from jz3_jax.prompts.plan import PromptPlan
 from jz3_jax.records.jsonl import read_lines, write_lines
+from jz3_jax.distill.spec import DistillSpec
+from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path, atomic_write
 from jz3_jax.runtime.preemption import Preempted, TermFlag
+
+if TYPE_CHECKING:
+    from jz3_jax.stages import StageContext
 
 
 def default_snippets(run_dir) -> str:
     """The selected snippets when the select stage ran, else the corpus stage's."""
-    selected = as_path(run_dir) / "select" / "selected.jsonl"
-    return str(selected if selected.exists() else as_path(run_dir) / "corpus" / "snippets.jsonl")
+    selected = artifacts.locate(run_dir, "select.selected")
+    return str(selected if selected.exists() else artifacts.locate(run_dir, "corpus.snippets"))
 
 
 def check_settings(dc, tc) -> None:
@@ -81,17 +87,17 @@ def check_settings(dc, tc) -> None:
             raise DistillError(message)
 
 
-def run(cfg, ctx) -> dict:
+def run(spec: DistillSpec, ctx: StageContext) -> dict:
     """Ask the teacher for every uncached request, then write kd.jsonl, rejected.jsonl, report.json."""
-    dc, tc = cfg.distill, cfg.teacher
+    dc, tc = spec.distill, spec.teacher
     check_settings(dc, tc)
-    plan = PromptPlan.from_config("distill", dc, cfg.seed)
+    plan = PromptPlan.from_config("distill", dc, spec.seed)
     if ctx.process_index != 0:
         return {}
     for name in dc.include:  # checked now: the outputs are written even when the run fails later
         if not as_path(name).exists():
             raise DistillError(f"distill.include: {name!r} does not exist")
-    snippets_path = as_path(dc.snippets or default_snippets(cfg.run_dir))
+    snippets_path = as_path(dc.snippets or default_snippets(ctx.run_dir))
     snippets = read_snippets(snippets_path)
     if dc.num_snippets:
         snippets = snippets[:dc.num_snippets]
@@ -121,26 +127,26 @@ def run(cfg, ctx) -> dict:
         if todo:
             key = _api_key(tc.api_key_env)
             if dc.mode == "batch":
-                todo = _run_batches(ctx, cfg, requests, todo, cache, budget, answers, stats, key, batches, bar,
+                todo = _run_batches(ctx, spec, requests, todo, cache, budget, answers, stats, key, batches, bar,
                                     lambda: term.raised)
             if todo and not stats.stopped_by:
                 client = TeacherClient(tc.base_url, key, tc.timeout_s)
                 Dispatcher(client, cache, budget, Pacer(dc.requests_per_minute), tc, dc.concurrency, answers, stats,
-                           progress, cfg.seed).run(todo, lambda: term.raised)
+                           progress, spec.seed).run(todo, lambda: term.raised)
     except BaseException:
         # A run that failed (bad key, unknown model, unreachable) keeps the outputs of the last run
         # unless it was paid for new answers: those go into the outputs at once.
         if stats.answered:
-            _write_outputs(ctx, cfg, requests, answers, stats, budget, cache_hits, batches)
+            _write_outputs(ctx, spec, requests, answers, stats, budget, cache_hits, batches)
         raise
     finally:
         bar.close()
         term.restore()
-    report = _write_outputs(ctx, cfg, requests, answers, stats, budget, cache_hits, batches)
+    report = _write_outputs(ctx, spec, requests, answers, stats, budget, cache_hits, batches)
     ctx.logger.info("distill: %d calls, %d cache hits, %d records, %d rejected, %d unfinished%s -> %s",
                     report["calls"], report["cache_hits"], report["records"], sum(report["rejected"].values()),
                     report["unfinished"], f", stopped by {report['stopped_by']}" if report["stopped_by"] else "",
-                    ctx.stage_dir / "kd.jsonl")
+                    artifacts.output(ctx.stage_dir, "distill.kd"))
     if report["stopped_by"] == "sigterm":
         raise Preempted()
     return report
@@ -178,7 +184,7 @@ def _spend(tc, stats: RunStats) -> float:
     return _cost(tc, stats.prompt_tokens, stats.completion_tokens) - batch + batch * tc.batch_discount
 
 
-def _run_batches(ctx, cfg, requests, todo, cache, budget, answers, stats, key, batches, bar, should_stop):
+def _run_batches(ctx, spec, requests, todo, cache, budget, answers, stats, key, batches, bar, should_stop):
     """Batch mode (see batch.py); the requests left for the sync fallback."""
     from jz3_jax.distill.batch import BatchRunner
     from jz3_jax.distill.batch_api import BatchAPI
@@ -189,10 +195,10 @@ def _run_batches(ctx, cfg, requests, todo, cache, budget, answers, stats, key, b
         bar.set_postfix_str("; ".join(f"{b['batch_id'][-8:]}: {b.get('status', '?')} {b.get('completed', 0)}ok "
                                       f"{b.get('failed', 0)}fail" for b in summaries.values()
                                       if b.get("status") not in ("completed", "unknown"))
-                            + f" spend=${_spend(cfg.teacher, stats):.4f}")
+                            + f" spend=${_spend(spec.teacher, stats):.4f}")
 
-    runner = BatchRunner(BatchAPI(cfg.teacher, key, cfg.seed), BatchLedger(ctx.stage_dir / "batches.jsonl"), cache,
-                         budget, stats, answers, cfg.distill, cfg.teacher, requests, ctx.logger,
+    runner = BatchRunner(BatchAPI(spec.teacher, key, spec.seed), BatchLedger(ctx.stage_dir / "batches.jsonl"), cache,
+                         budget, stats, answers, spec.distill, spec.teacher, requests, ctx.logger,
                          on_answer=lambda: bar.update(1), on_poll=on_poll)
     try:
         return runner.run(todo, should_stop)
@@ -200,9 +206,9 @@ def _run_batches(ctx, cfg, requests, todo, cache, budget, answers, stats, key, b
         batches.update(runner.summaries)
 
 
-def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget, cache_hits: int,
+def _write_outputs(ctx, spec, requests, answers, stats: RunStats, budget: Budget, cache_hits: int,
                    batches: dict) -> dict:
-    dc, tc = cfg.distill, cfg.teacher
+    dc, tc = spec.distill, spec.teacher
     sampling = {"temperature": tc.temperature, "top_p": tc.top_p, "max_tokens": tc.max_tokens, "stop": list(tc.stop)}
     records, rejected, reasons = [], [], collections.Counter()
     for request in requests:
@@ -221,7 +227,7 @@ def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget,
         else:
             records.append({"input": p.prompt, "output": output, **provenance})
     included = _included(dc.include, records)
-    write_lines(ctx.stage_dir / "kd.jsonl", records + included)
+    write_lines(artifacts.output(ctx.stage_dir, "distill.kd"), records + included)
     write_lines(ctx.stage_dir / "rejected.jsonl", rejected)
     report = {
         "requests": len(requests), "calls": budget.calls, "cache_hits": cache_hits, "retries": stats.retries,
@@ -232,7 +238,7 @@ def _write_outputs(ctx, cfg, requests, answers, stats: RunStats, budget: Budget,
         "cost_estimate": round(_spend(tc, stats), 6), "mode": dc.mode, "batches": list(batches.values()),
         "stopped_by": stats.stopped_by, "teacher": {"base_url": tc.base_url, "model": tc.model},
     }
-    with atomic_write(ctx.stage_dir / "report.json") as f:
+    with atomic_write(artifacts.output(ctx.stage_dir, "distill.report")) as f:
         json.dump(report, f, indent=2)
     return report
 

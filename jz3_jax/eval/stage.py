@@ -22,15 +22,16 @@ from jz3_jax.eval.grading import POLICIES, GradeItem, grade_all
 from jz3_jax.eval.prompts import SETTINGS, build_prompt, stop_strings
 from jz3_jax.eval.records import ShardWriter, read_shards, sample_key
 from jz3_jax.eval.report import metrics, table_markdown
+from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path, atomic_write
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.eval.config import EvalConfig
+    from jz3_jax.eval.spec import EvalSpec, GradeSpec
     from jz3_jax.stages import StageContext
 
 
-def _problems(cfg: "Config") -> list[Problem]:
-    ec = cfg.eval
+def _problems(ec: EvalConfig) -> list[Problem]:
     _check_policy(ec.grade_policy, "eval.grade_policy")
     if ec.setting not in SETTINGS:
         raise EvalError(f"eval.setting must be one of {', '.join(SETTINGS)}, got {ec.setting!r}")
@@ -76,14 +77,14 @@ def _write_outputs(stage_dir, samples: list[dict], extra: dict, setting: str | N
     """samples.jsonl, disagreements.jsonl (items where the two graders differ), metrics.json and,
     for `eval`, table.md."""
     result = {**metrics(samples), **extra}
-    with atomic_write(stage_dir / "samples.jsonl") as f:
+    with atomic_write(artifacts.output(stage_dir, "eval.samples")) as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
     with atomic_write(stage_dir / "disagreements.jsonl") as f:
         for s in samples:
             if bool(s["correct"]) != bool(s["correct_math_verify"]):
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    with atomic_write(stage_dir / "metrics.json") as f:
+    with atomic_write(artifacts.output(stage_dir, "eval.metrics")) as f:
         f.write(json.dumps(result, indent=1) + "\n")
     if setting is not None:
         with atomic_write(stage_dir / "table.md") as f:
@@ -91,14 +92,14 @@ def _write_outputs(stage_dir, samples: list[dict], extra: dict, setting: str | N
     return result
 
 
-def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
+def run_eval(spec: EvalSpec, ctx: StageContext) -> dict:
     """Generate, execute (tool setting) and grade this process's share of the problems not yet done;
     process 0 then writes samples.jsonl, metrics.json and table.md."""
     from jz3_jax.runtime import peers
     from jz3_jax.runtime.preemption import Preempted, TermFlag
 
-    ec = cfg.eval
-    problems = _problems(cfg)
+    ec = spec.eval
+    problems = _problems(ec)
     samples_dir = ctx.stage_dir / "samples"
     done = {sample_key(r) for r in read_shards(samples_dir)}
     mine = [p for i, p in enumerate(problems)
@@ -107,7 +108,7 @@ def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
                     ",".join(ec.datasets), len(done), len(mine), ctx.process_index)
     start, preempted = time.perf_counter(), False
     if mine:
-        preempted = _generate(cfg, ctx, mine, samples_dir, TermFlag())
+        preempted = _generate(spec, ctx, mine, samples_dir, TermFlag())
     error = Preempted() if preempted else None
     peers.agree("eval samples written", error)  # every process's shards are complete past this point
     if ctx.process_index != 0:
@@ -118,7 +119,7 @@ def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
     if missing:
         raise EvalError(f"{missing} samples are missing after generation; rerun the same command")
     samples = _graded(samples, ec.grade_policy, ec.grade_timeout_s, ec.grade_workers)  # always the current graders
-    model = cfg.model.checkpoint or f"{cfg.model.family}-random"
+    model = spec.model.checkpoint or f"{spec.model.family}-random"
     result = _write_outputs(ctx.stage_dir, samples, {"policy": ec.grade_policy, "setting": ec.setting, "model": model,
                                                      "tool_calls": sum(len(s["tool_calls"]) for s in samples),
                                                      "seconds": round(time.perf_counter() - start, 2)},
@@ -129,14 +130,14 @@ def run_eval(cfg: "Config", ctx: "StageContext") -> dict:
     return result
 
 
-def _generate(cfg: "Config", ctx: "StageContext", problems: list[Problem], samples_dir, term) -> bool:
+def _generate(spec: EvalSpec, ctx: StageContext, problems: list[Problem], samples_dir, term) -> bool:
     """Run the engine over `problems`, writing shards; True if SIGTERM stopped it."""
     from jz3_jax.decoding.factory import load_engine
     from jz3_jax.eval.sandbox_pool import SandboxPool
     from jz3_jax.eval.tool_loop import EvalGenerator, Sample
 
-    ec = cfg.eval
-    loaded = load_engine(cfg, ctx.logger)
+    ec = spec.eval
+    loaded = load_engine(spec, ctx.logger)
     tokenizer = loaded.tokenizer
     if tokenizer is None:
         raise EvalError("eval needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
@@ -203,11 +204,11 @@ def read_generations(path: str) -> list[dict]:
     return records
 
 
-def run_grade(cfg: "Config", ctx: "StageContext") -> dict | None:
+def run_grade(spec: GradeSpec, ctx: StageContext) -> dict | None:
     """Regrade `grade.input` with both graders; process 0 writes grade/samples.jsonl and metrics.json."""
-    if not cfg.grade.input:
+    if not spec.grade.input:
         raise EvalError("grade needs grade.input: a jsonl file with dataset, generation, gold (and choices) per line")
-    gc = cfg.grade
+    gc = spec.grade
     _check_policy(gc.policy, "grade.policy")
     records = read_generations(gc.input)
     if ctx.process_index != 0:

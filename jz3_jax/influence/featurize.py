@@ -28,7 +28,8 @@ from jz3_jax.runtime.mesh import build_mesh
 from jz3_jax.runtime.sharding import parse_rules
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.influence.config import SelectConfig
+    from jz3_jax.influence.spec import SelectSpec
 
 
 def local_mesh():
@@ -45,14 +46,14 @@ class FeatureModel:
     changes; this way a row's features are bitwise the same on any number of devices. The price
     is one compile per device (done on first use, in parallel threads)."""
 
-    def __init__(self, cfg: Config, lora: dict, adam: tuple[float, float, float] | None = None, model=None):
-        """`model`: a base model already loaded with `local_mesh()` (else loaded from `cfg.model`)."""
-        s = cfg.select
+    def __init__(self, spec: SelectSpec, lora: dict, adam: tuple[float, float, float] | None = None, model=None):
+        """`model`: a base model already loaded with `local_mesh()` (else loaded from `spec.model`)."""
+        s = spec.select
         self.mesh = local_mesh()
         if model is None:
-            model, _ = load_model(cfg.model, self.mesh, parse_rules(cfg.mesh.rules), cfg.seed)
+            model, _ = load_model(spec.model, self.mesh, parse_rules(spec.mesh.rules), spec.seed)
         self.model_cfg = model.cfg
-        add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], cfg.seed)
+        add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], spec.seed)
         self.graphdef, lora_state, self.frozen = nnx.split(model, LoRAParam, ...)
         self.local_devices = list(self.mesh.devices.flat)
         self.devices = len(self.local_devices)
@@ -150,9 +151,9 @@ def _per_device(tree, devices: list) -> list:
 
 
 def fill_store(model: FeatureModel, store: FeatureStore, encoded: Encoded, share: np.ndarray, *, adam: bool,
-               cfg: Config, logger=None) -> dict:
+               select: SelectConfig, logger=None) -> dict:
     """Compute and store the features of the rows of `share` not yet done; returns counters."""
-    s = cfg.select
+    s = select
     todo = share[~store.done()[share]] if len(share) else share
     plan = plan_batches(encoded, todo, bucket=s.bucket, max_length=s.max_length, token_budget=s.token_budget,
                         multiple=model.devices)

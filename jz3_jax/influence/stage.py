@@ -29,15 +29,16 @@ from jz3_jax.influence import inputs as inputs_lib
 from jz3_jax.influence.projection import PROJECTIONS
 from jz3_jax.influence.scoring import AGGREGATES, scores, top_indices
 from jz3_jax.runtime import peers
-from jz3_jax.runtime.paths import atomic_write, is_local, stage_dir
+from jz3_jax.runtime import artifacts
+from jz3_jax.runtime.paths import atomic_write, is_local
 from jz3_jax.stages import StageContext
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.influence.spec import SelectSpec
 
 
-def check_config(cfg: Config) -> None:
-    s = cfg.select
+def check_config(spec: SelectSpec) -> None:
+    s = spec.select
     if s.projection not in PROJECTIONS:
         raise ConfigError(f"select.projection must be one of {', '.join(PROJECTIONS)}, got {s.projection!r}")
     if s.aggregate not in AGGREGATES:
@@ -56,40 +57,40 @@ def _digest(values) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_inputs(cfg: Config):
+def _load_inputs(spec: SelectSpec, run_dir):
     """(candidates, targets, tokenizer): everything that can fail on bad input, before any compile."""
     from jz3_jax.checkpoint import check_vocab_matches, load_stage_tokenizer, resolve_model_config
 
     import logging
 
-    check_config(cfg)
-    s = cfg.select
-    candidates_path = s.candidates or os.fspath(stage_dir(cfg.run_dir, "corpus") / "snippets.jsonl")
+    check_config(spec)
+    s = spec.select
+    candidates_path = s.candidates or artifacts.locate_str(run_dir, "corpus.snippets")
     targets = inputs_lib.read_targets(s.targets)
     candidates = inputs_lib.read_candidates(candidates_path)
-    tokenizer = load_stage_tokenizer(cfg.model, logging.getLogger("jz3_jax"))
+    tokenizer = load_stage_tokenizer(spec.model, logging.getLogger("jz3_jax"))
     if tokenizer is None:
         raise ConfigError("select needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
-    check_vocab_matches(tokenizer, resolve_model_config(cfg.model))
+    check_vocab_matches(tokenizer, resolve_model_config(spec.model))
     return candidates, targets, tokenizer
 
 
-def run(cfg: Config, ctx: StageContext) -> None:
+def run(spec: SelectSpec, ctx: StageContext) -> None:
     """The whole stage (every process runs it; process 0 writes the scores)."""
-    if cfg.select.method not in ("influence", "random"):
-        raise ConfigError(f"select.method must be influence or random, got {cfg.select.method!r}")
-    if cfg.select.method == "random":
+    if spec.select.method not in ("influence", "random"):
+        raise ConfigError(f"select.method must be influence or random, got {spec.select.method!r}")
+    if spec.select.method == "random":
         from jz3_jax.influence.random_select import run_random
 
-        check_config(cfg)
-        run_random(cfg, ctx, cfg.select.candidates or os.fspath(stage_dir(cfg.run_dir, "corpus") / "snippets.jsonl"))
+        check_config(spec)
+        run_random(spec, ctx, spec.select.candidates or artifacts.locate_str(ctx.run_dir, "corpus.snippets"))
         return
     error, loaded = None, None
     try:
         if not is_local(ctx.stage_dir):
             raise ConfigError("select keeps its feature stores as memory-mapped files: run_dir must be a local "
                               "or NFS path (not a URL)")
-        loaded = _load_inputs(cfg)
+        loaded = _load_inputs(spec, ctx.run_dir)
     except Exception as e:  # noqa: BLE001 - re-raised by agree, here and as PeerFailed in the peers
         error = e
     peers.agree("select inputs", error)
@@ -98,22 +99,22 @@ def run(cfg: Config, ctx: StageContext) -> None:
 
     from jz3_jax.influence.warmup import run_warmup
 
-    warm = run_warmup(cfg, ctx, candidates)
-    features_dir, feature_stats = _features(cfg, ctx, candidates, targets, tokenizer, warm)
+    warm = run_warmup(spec, ctx, candidates)
+    features_dir, feature_stats = _features(spec, ctx, candidates, targets, tokenizer, warm)
     peers.agree("select features", None)
     if ctx.process_index != 0:
         return
-    _score_and_write(cfg, ctx, candidates, targets, warm, features_dir, feature_stats, time.perf_counter() - started)
+    _score_and_write(spec, ctx, candidates, targets, warm, features_dir, feature_stats, time.perf_counter() - started)
 
 
-def _features(cfg: Config, ctx: StageContext, candidates, targets, tokenizer, warm: dict):
+def _features(spec: SelectSpec, ctx: StageContext, candidates, targets, tokenizer, warm: dict):
     from jz3_jax.influence.features import FeatureStore
     from jz3_jax.influence.featurize import FeatureModel, fill_store
 
-    s = cfg.select
+    s = spec.select
     enc_c = inputs_lib.encode_items(candidates, tokenizer, s.max_length)
     enc_t = inputs_lib.encode_items(targets, tokenizer, s.max_length)
-    model = FeatureModel(cfg, warm["lora"], tuple(warm["adam"]))
+    model = FeatureModel(spec, warm["lora"], tuple(warm["adam"]))
     projection = {"dim": s.proj_dim, "kind": s.projection, "seed": s.proj_seed, "max_length": s.max_length}
     ids = {"candidates": _digest([inputs_lib.candidate_id(c, i) for i, c in enumerate(candidates)]
                                  + [[c.input, c.output] for c in candidates]),
@@ -129,15 +130,15 @@ def _features(cfg: Config, ctx: StageContext, candidates, targets, tokenizer, wa
                                  fingerprint, ctx.process_index)
             share = np.arange(ctx.process_index, len(encoded), ctx.process_count)
             stats["stores"][f"epoch_{epoch['epoch']}/{kind}"] = fill_store(model, store, encoded, share, adam=adam,
-                                                                           cfg=cfg, logger=ctx.logger)
+                                                                           select=spec.select, logger=ctx.logger)
     return base, stats
 
 
-def _score_and_write(cfg: Config, ctx: StageContext, candidates, targets, warm: dict, base, feature_stats: dict,
+def _score_and_write(spec: SelectSpec, ctx: StageContext, candidates, targets, warm: dict, base, feature_stats: dict,
                      seconds: float) -> None:
     from jz3_jax.influence.features import FeatureStore
 
-    s = cfg.select
+    s = spec.select
     cand_sets, targ_sets = [], []
     for epoch in warm["epochs"]:
         for kind, items, out in (("candidates", candidates, cand_sets), ("targets", targets, targ_sets)):
@@ -148,10 +149,10 @@ def _score_and_write(cfg: Config, ctx: StageContext, candidates, targets, warm: 
     values, per_task, names = scores(cand_sets, targ_sets, tasks, [e["mean_lr"] for e in warm["epochs"]], s.aggregate)
     chosen = top_indices(values, s.top_k, s.top_fraction)
     directory = ctx.stage_dir
-    with atomic_write(directory / "scores.jsonl") as f:
+    with atomic_write(artifacts.output(directory, "select.scores")) as f:
         for i, c in enumerate(candidates):
             f.write(json.dumps({"id": inputs_lib.candidate_id(c, i), "score": float(values[i])}) + "\n")
-    with atomic_write(directory / "selected.jsonl") as f:
+    with atomic_write(artifacts.output(directory, "select.selected")) as f:
         for i in chosen.tolist():
             f.write(json.dumps({**candidates[i].record, "score": float(values[i])}) + "\n")
     threshold = float(values[chosen[-1]]) if len(chosen) else None
@@ -161,7 +162,7 @@ def _score_and_write(cfg: Config, ctx: StageContext, candidates, targets, warm: 
               "checkpoints": warm["epochs"], "lora": warm["lora"], "warmup_records": warm["warmup_records"],
               "score_stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
               "features": feature_stats, "seconds": round(seconds, 3)}
-    with atomic_write(directory / "report.json") as f:
+    with atomic_write(artifacts.output(directory, "select.report")) as f:
         json.dump(report, f, indent=1)
     ctx.logger.info("selected %d of %d candidates (threshold %s); outputs in %s", len(chosen), len(candidates),
                     threshold, directory)

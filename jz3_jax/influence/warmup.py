@@ -1,6 +1,6 @@
 """Warm-up of the reference model: LoRA training on a random fraction of the candidates (LESS).
 
-Runs the project's `Trainer` on a sub-config writing into `RUN_DIR/select/warmup/` (resumable like
+Runs the project's `Trainer` on its own `TrainSpec` (built from the `select` section) writing into `RUN_DIR/select/warmup/` (resumable like
 any training run), one orbax checkpoint per epoch (LoRA adapters + AdamW state + data state). After
 training, each epoch's adapters and Adam moments are gathered to the host and written as
 `epoch_E.npz`, and `done.json` lists the epochs with their mean learning rates (the checkpoint
@@ -13,7 +13,6 @@ last batch, it takes the first records of the next epoch's order (the trainer st
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -28,16 +27,17 @@ from jz3_jax.runtime.paths import atomic_write
 from jz3_jax.stages import StageContext
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.influence.spec import SelectSpec
+    from jz3_jax.train.spec import TrainSpec
 
 LESS_LORA = {"rank": 128, "alpha": 512.0, "dropout": 0.1, "targets": ["q", "k", "v", "o"]}
 
 
-def lora_settings(cfg: Config) -> dict:
+def lora_settings(spec: SelectSpec) -> dict:
     """`lora.*`, or LESS's defaults when `lora.rank` is 0."""
-    if cfg.lora.rank > 0:
-        return {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
-                "targets": list(cfg.lora.targets)}
+    if spec.lora.rank > 0:
+        return {"rank": spec.lora.rank, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
+                "targets": list(spec.lora.targets)}
     return dict(LESS_LORA)
 
 
@@ -47,35 +47,38 @@ def warmup_indices(count: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(count)[:n])
 
 
-def warmup_config(cfg: Config, train_path: str, num_records: int, process_count: int) -> tuple[Config, int]:
-    """(the Trainer's config, steps per epoch)."""
-    s = cfg.select
-    sub = copy.deepcopy(cfg)
-    for key, value in lora_settings(cfg).items():
-        setattr(sub.lora, key, value)
-    d = sub.data
-    d.train_path, d.eval_path, d.eval_rows, d.format = train_path, "", 0, "jsonl"
-    d.input_field, d.output_field, d.pack, d.train_on_input = "input", "output", False, False
-    d.max_length, d.shuffle, d.bad_records, d.num_workers = s.max_length, True, "error", 0
-    o = sub.optimizer
-    o.lr, o.schedule, o.warmup_fraction, o.min_lr_fraction, o.weight_decay = s.warmup_lr, "linear", 0.03, 0.0, 0.0
+def warmup_spec(spec: SelectSpec, train_path: str, num_records: int, process_count: int) -> tuple[TrainSpec, int]:
+    """(the trainer's spec for the warm-up, steps per epoch): LoRA on the warm-up records with
+    `select.warmup_*` settings; the model, mesh, Adam moments' betas and the train section's
+    numerics (`train.loss_chunk`, `train.peak_tflops`) come from the select stage's own sections."""
+    from jz3_jax.data.config import DataConfig
+    from jz3_jax.train.config import LoraConfig
+    from jz3_jax.train.spec import TrainSpec
+
+    s = spec.select
     batch = max(process_count, s.warmup_batch_size // process_count * process_count)
     per_epoch = math.ceil(num_records / batch)
-    t = sub.train
-    t.global_batch_size, t.grad_accum, t.steps, t.epochs = batch, 1, per_epoch * s.warmup_epochs, s.warmup_epochs
-    t.checkpoint_every, t.keep_checkpoints, t.eval_every, t.export_hf = per_epoch, s.warmup_epochs, 0, False
-    t.log_every = t.sync_every = min(10, per_epoch)
-    return sub, per_epoch
+    data = DataConfig(train_path=train_path, format="jsonl", input_field="input", output_field="output",
+                      max_length=s.max_length, pack=False, train_on_input=False, bad_records="error", shuffle=True,
+                      num_workers=0)
+    optimizer = dataclasses.replace(spec.optimizer, lr=s.warmup_lr, schedule="linear", warmup_fraction=0.03,
+                                    min_lr_fraction=0.0, weight_decay=0.0)
+    train = dataclasses.replace(spec.train, global_batch_size=batch, grad_accum=1, steps=per_epoch * s.warmup_epochs,
+                                epochs=s.warmup_epochs, checkpoint_every=per_epoch, keep_checkpoints=s.warmup_epochs,
+                                eval_every=0, export_hf=False, log_every=min(10, per_epoch),
+                                sync_every=min(10, per_epoch))
+    lora = LoraConfig(**lora_settings(spec))
+    return TrainSpec(spec.seed, spec.model, spec.mesh, data, train, optimizer, lora), per_epoch
 
 
-def epoch_mean_lrs(sub: Config, per_epoch: int) -> list[float]:
+def epoch_mean_lrs(sub: TrainSpec, per_epoch: int, epochs: int) -> list[float]:
     """Each epoch's mean learning rate under the warm-up schedule."""
     from jz3_jax.train.schedules import make_schedule
 
     total = sub.train.steps
     schedule = make_schedule(sub.optimizer, total)
     lrs = np.asarray([float(schedule(step)) for step in range(total)])
-    return [float(lrs[e * per_epoch:(e + 1) * per_epoch].mean()) for e in range(sub.select.warmup_epochs)]
+    return [float(lrs[e * per_epoch:(e + 1) * per_epoch].mean()) for e in range(epochs)]
 
 
 def adam_state(opt_state):
@@ -102,7 +105,7 @@ def tree_paths(tree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def run_warmup(cfg: Config, ctx: StageContext, candidates: list[Item]) -> dict:
+def run_warmup(spec: SelectSpec, ctx: StageContext, candidates: list[Item]) -> dict:
     """Warm up (or find the finished warm-up) and return the contents of `warmup/done.json`."""
     from jz3_jax.train.checkpoints import checkpoint_manager, restore_checkpoint
     from jz3_jax.train.trainer import Trainer
@@ -112,25 +115,26 @@ def run_warmup(cfg: Config, ctx: StageContext, candidates: list[Item]) -> dict:
     if done_path.exists():
         ctx.logger.info("warm-up already done (%s)", done_path)
         return json.loads(done_path.read_text())
-    chosen = warmup_indices(len(candidates), cfg.select.warmup_fraction, cfg.seed)
+    chosen = warmup_indices(len(candidates), spec.select.warmup_fraction, spec.seed)
     train_path = directory / "train.jsonl"
     if ctx.process_index == 0:
         with atomic_write(train_path) as f:
             for i in chosen.tolist():
                 f.write(json.dumps({"input": candidates[i].input, "output": candidates[i].output}) + "\n")
     peers.agree("select warm-up data", None)
-    sub, per_epoch = warmup_config(cfg, str(train_path), len(chosen), ctx.process_count)
+    sub, per_epoch = warmup_spec(spec, str(train_path), len(chosen), ctx.process_count)
+    epochs_total = spec.select.warmup_epochs
     ctx.logger.info("warm-up: %d of %d candidates, %d epochs of %d steps, LoRA %s", len(chosen), len(candidates),
-                    sub.select.warmup_epochs, per_epoch, lora_settings(cfg))
+                    epochs_total, per_epoch, lora_settings(spec))
     trainer = Trainer(sub, dataclasses.replace(ctx, stage_dir=directory))
     trainer.run()
-    lrs = epoch_mean_lrs(sub, per_epoch)
+    lrs = epoch_mean_lrs(sub, per_epoch, epochs_total)
     manager = checkpoint_manager(directory / "checkpoints", sub.train.keep_checkpoints)
     abstract = trainer.program.abstract_state(trainer.state["params"])
     paths = tree_paths(trainer.state["params"])
     epochs = []
     try:
-        for e in range(sub.select.warmup_epochs):
+        for e in range(epochs_total):
             step = (e + 1) * per_epoch
             state, _ = restore_checkpoint(manager, step, abstract)
             adam = adam_state(state["opt_state"])
@@ -147,7 +151,7 @@ def run_warmup(cfg: Config, ctx: StageContext, candidates: list[Item]) -> dict:
     finally:
         manager.close()
     o = sub.optimizer
-    done = {"epochs": epochs, "paths": paths, "lora": lora_settings(cfg), "adam": [o.b1, o.b2, o.eps],
+    done = {"epochs": epochs, "paths": paths, "lora": lora_settings(spec), "adam": [o.b1, o.b2, o.eps],
             "warmup_records": len(chosen), "steps_per_epoch": per_epoch}
     if ctx.process_index == 0:
         with atomic_write(done_path) as f:

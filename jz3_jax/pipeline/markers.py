@@ -1,11 +1,11 @@
 """Fingerprints and completion markers: when a pipeline step is done, and for which config.
 
-A step's fingerprint is the SHA-256 of the config sections it reads (`Step.sections`, plus the root
-`seed`) and of the fingerprints of the steps it reads. Only keys set to something else than the
-schema's default count, so a key added to the code later does not rerun finished work, and the run
-directory's own path is written as `$RUN_DIR`, so a moved run dir keeps its markers. Changing one
-key therefore changes the fingerprint of the steps that read it and of every step downstream of
-them, and of no other.
+A step's fingerprint is the SHA-256 of the fully resolved values (defaults included) of exactly the
+config sections its stage's spec declares (`stages/registry.py`: `seed` and the sections), and of
+the fingerprints of the steps it reads. Changing a key, on the command line or as a default in the
+code, therefore changes the fingerprint of the steps whose stage reads it and of every step
+downstream of them, and of no other. The run directory's own path is written as `$RUN_DIR`, so a
+moved run dir keeps its markers.
 
 `STEP/pipeline.started.json` is written before a step runs, `STEP/pipeline.done.json` last, after
 every process finished it. A step whose done marker holds its fingerprint is skipped; one with a
@@ -33,10 +33,11 @@ STARTED = "pipeline.started.json"
 
 def fingerprint(step: Step, cfg: Config, step_cfg: Config, upstream: dict[str, str]) -> str:
     """The fingerprint of `step` run with `step_cfg` (see the module docstring)."""
-    from jz3_jax.config import Config, config_to_dict
+    from jz3_jax.config import resolved_sections
+    from jz3_jax.stages import get_stage
 
-    values, defaults = config_to_dict(step_cfg), config_to_dict(Config())
-    picked = {"seed": values["seed"], **{name: _changed(values[name], defaults[name]) for name in step.sections}}
+    spec_type = get_stage(step.stage).spec_type() if step.stage != "report" else None
+    picked = resolved_sections(spec_type, step_cfg) if spec_type else {}
     if step.stage == "distill" and cfg.pipeline.serve_teacher:  # the served teacher replaces teacher.*
         p = cfg.pipeline
         picked["served_teacher"] = [p.teacher_checkpoint or cfg.model.checkpoint, list(p.serve_overrides)]
@@ -46,21 +47,6 @@ def fingerprint(step: Step, cfg: Config, step_cfg: Config, upstream: dict[str, s
                       sort_keys=True)
     text = text.replace(json.dumps(os.fspath(as_path(cfg.run_dir)))[1:-1], "$RUN_DIR")
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _changed(values: dict, defaults: dict) -> dict:
-    """The keys of a section whose value differs from the schema's default (recursively): a key added
-    to the schema later, at its default, leaves every fingerprint as it was."""
-    out = {}
-    for key, value in values.items():
-        default = defaults.get(key)
-        if isinstance(value, dict) and isinstance(default, dict):
-            value = _changed(value, default)
-            if value:
-                out[key] = value
-        elif key not in defaults or value != default:
-            out[key] = value
-    return out
 
 
 def read(step_dir, name: str) -> dict | None:

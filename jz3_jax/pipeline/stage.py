@@ -179,7 +179,7 @@ def _check_inputs(run_dir, chosen: list[str], by_name: dict, logger: logging.Log
 
 
 def _run_step(step: Step, step_cfg: Config, digest: str, state: str, cfg: Config, ctx: StageContext) -> None:
-    from jz3_jax.config import save_config
+    from jz3_jax.config import build_spec, save_config
     from jz3_jax.runtime.preemption import Preempted
 
     step_dir = as_path(cfg.run_dir) / step.name
@@ -201,13 +201,15 @@ def _run_step(step: Step, step_cfg: Config, digest: str, state: str, cfg: Config
                 prepare(step, cfg)
             random.seed(step_cfg.seed)
             np.random.seed(step_cfg.seed % 2**32)
-            sub = StageContext(step.stage, step_dir, ctx.logger, ctx.process_index, ctx.process_count)
+            sub = StageContext(step.stage, step_dir, ctx.logger, ctx.process_index, ctx.process_count,
+                               as_path(cfg.run_dir))
             if step.name == "report":
                 from jz3_jax.pipeline.report import build_report
 
                 build_report(cfg, sub)
             else:
-                get_stage(step.stage).load()(step_cfg, sub)
+                stage = get_stage(step.stage)
+                stage.load()(build_spec(stage.spec_type(), step_cfg), sub)
         except (Preempted, KeyboardInterrupt):
             raise
         except peers.PeerFailed:

@@ -1,8 +1,9 @@
-"""The pipeline's steps: which stage each runs, what it reads, and the config sections it depends on.
+"""The pipeline's steps: which stage each runs and which artifacts of earlier steps it reads.
 
 Every step writes to its own directory `RUN_DIR/STEP/` (the two distill rounds and the two sft rounds
-get distinct ones) and reads the artifacts of the steps before it through ordinary config keys,
-set here by convention before the step's own overrides (`pipeline.STEP=key=value,...`) apply:
+get distinct ones) and reads the artifacts of the steps before it (`runtime/artifacts.py`) through
+ordinary config keys, set by the links below before the step's own overrides
+(`pipeline.STEP=key=value,...`) apply:
 
     corpus           corpus.sources                            -> corpus/snippets.jsonl
     distill_initial  corpus/snippets.jsonl                     -> distill_initial/kd.jsonl
@@ -17,6 +18,8 @@ set here by convention before the step's own overrides (`pipeline.STEP=key=value
     eval             pretrain/hf                               -> eval/metrics.json
     report           everything above                          -> report.md, report/*.png
 
+The config sections a step depends on are exactly those its stage's spec declares
+(`stages/registry.py`), so the fingerprint (`markers.py`) covers what the stage reads and nothing else.
 Both distill rounds share one answer cache, RUN_DIR/teacher_cache/ (unless `distill.cache_dir` is
 set), so rerunning a round after a config change never pays for an answer twice.
 """
@@ -25,43 +28,71 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jz3_jax.errors import ConfigError
 from jz3_jax.pipeline.config import STEPS
+from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path
 
 if TYPE_CHECKING:
     from jz3_jax.config import Config
 
-TRAINING = ("model", "mesh", "optimizer", "data", "train", "lora")
-DECODING = ("model", "engine", "sampling")
+BASE, SYNTHESIZER = "<model.checkpoint>", "<pipeline.synthesizer>"  # checkpoints the pipeline config names
+TEACHER_CACHE = "teacher_cache"  # RUN_DIR/teacher_cache/, shared by both distill rounds
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """Config key `key` of a step is set to artifact `artifact` of the earlier step `step` (as a
+    one-element list when `as_list`)."""
+
+    key: str
+    step: str
+    artifact: str
+    as_list: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One step: its directory name, the registered stage it runs, the config sections that decide
-    its output (its fingerprint covers these and its inputs' fingerprints), and the steps it reads."""
+    """One step: its directory name, the registered stage it runs, the artifacts it reads (`links`)
+    and fixed settings (`settings`: key -> value, `BASE` / `SYNTHESIZER` for the pipeline's checkpoints)."""
 
     name: str
     stage: str
-    sections: tuple[str, ...]
-    deps: tuple[str, ...]
+    links: tuple[Link, ...] = ()
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """The steps whose artifacts this step reads, in order."""
+        return tuple(dict.fromkeys(link.step for link in self.links))
 
 
 ALL = {s.name: s for s in [
-    Step("corpus", "corpus", ("corpus",), ()),
-    Step("distill_initial", "distill", ("teacher", "distill"), ("corpus",)),
-    Step("sft_initial", "sft", TRAINING, ("distill_initial",)),
-    Step("select", "select", (*TRAINING, "select"), ("corpus", "sft_initial")),
-    Step("distill_boost", "distill", ("teacher", "distill"), ("select", "distill_initial")),
-    Step("sft_boost", "sft", TRAINING, ("distill_boost",)),
-    Step("synthesize", "synthesize", (*DECODING, "synthesize"), ("corpus", "sft_boost")),
-    Step("filter", "filter", ("filter",), ("synthesize",)),
-    Step("pretrain", "pretrain", TRAINING, ("filter",)),
-    Step("eval_base", "eval", (*DECODING, "eval"), ()),
-    Step("eval", "eval", (*DECODING, "eval"), ("pretrain",)),
-    Step("report", "report", (), ()),
+    Step("corpus", "corpus"),
+    Step("distill_initial", "distill", (Link("distill.snippets", "corpus", "corpus.snippets"),)),
+    Step("sft_initial", "sft", (Link("data.train_path", "distill_initial", "distill.kd"),),
+         (("model.checkpoint", SYNTHESIZER),)),
+    Step("select", "select", (Link("select.candidates", "corpus", "corpus.snippets"),
+                              Link("model.checkpoint", "sft_initial", "sft.hf"))),
+    # Every selected snippet (select.top_k / top_fraction set how many); the first round already
+    # merged its own includes.
+    Step("distill_boost", "distill", (Link("distill.snippets", "select", "select.selected"),
+                                      Link("distill.include", "distill_initial", "distill.kd", as_list=True)),
+         (("distill.num_snippets", 0),)),
+    Step("sft_boost", "sft", (Link("data.train_path", "distill_boost", "distill.kd"),),
+         (("model.checkpoint", SYNTHESIZER),)),
+    # The synthesizer was fine-tuned on the raw prompts: no chat template.
+    Step("synthesize", "synthesize", (Link("synthesize.snippets", "corpus", "corpus.snippets"),
+                                      Link("model.checkpoint", "sft_boost", "sft.hf")),
+         (("synthesize.prompts", ""), ("synthesize.chat_template", False))),
+    Step("filter", "filter", (Link("filter.inputs", "synthesize", "synthesize.completions"),)),
+    Step("pretrain", "pretrain", (Link("data.train_path", "filter", "filter.records"),),
+         (("model.checkpoint", BASE),)),
+    Step("eval_base", "eval", (), (("model.checkpoint", BASE),)),
+    Step("eval", "eval", (Link("model.checkpoint", "pretrain", "pretrain.hf"),)),
+    Step("report", "report"),
 ]}
 assert list(ALL) == STEPS
 BOOST_ONLY = ("select", "distill_boost", "sft_boost")
@@ -69,13 +100,17 @@ ROUNDS = {"distill": ("distill_initial", "distill_boost"), "sft": ("sft_initial"
 
 
 def pipeline_steps(cfg: Config) -> list[Step]:
-    """The steps of this pipeline in order (without the boost round when `pipeline.boost` is off),
-    with `synthesize` reading the initial synthesizer when there is no boost round."""
-    steps = [s for s in ALL.values() if cfg.pipeline.boost or s.name not in BOOST_ONLY]
-    if not cfg.pipeline.boost:
-        steps = [dataclasses.replace(s, deps=("corpus", "sft_initial")) if s.name == "synthesize" else s
-                 for s in steps]
-    return steps
+    """The steps of this pipeline in order (without the boost round when `pipeline.boost` is off,
+    when `synthesize` reads the initial synthesizer)."""
+    if cfg.pipeline.boost:
+        return list(ALL.values())
+    steps = [s for s in ALL.values() if s.name not in BOOST_ONLY]
+    return [_reading(s, "sft_boost", "sft_initial") if s.name == "synthesize" else s for s in steps]
+
+
+def _reading(step: Step, old: str, new: str) -> Step:
+    links = tuple(dataclasses.replace(link, step=new) if link.step == old else link for link in step.links)
+    return dataclasses.replace(step, links=links)
 
 
 def selected_names(cfg: Config, steps: list[Step]) -> list[str]:
@@ -96,45 +131,21 @@ def selected_names(cfg: Config, steps: list[Step]) -> list[str]:
 
 
 def configure(step: Step, cfg: Config) -> Config:
-    """The config `step` runs with: a copy of the pipeline's config, its inputs and outputs set by
-    convention, then the step's own overrides (`pipeline.<step>`)."""
+    """The config `step` runs with: a copy of the pipeline's config, its inputs and settings from the
+    step table, then the step's own overrides (`pipeline.<step>`)."""
     from jz3_jax.config import apply_overrides
 
     c = _copy(cfg)
-    run = as_path(cfg.run_dir)
-
-    def path(*parts: str) -> str:
-        return os.fspath(run.joinpath(*parts))
-
-    base = cfg.model.checkpoint
-    synthesizer = cfg.pipeline.synthesizer or base
+    checkpoints = {BASE: cfg.model.checkpoint, SYNTHESIZER: cfg.pipeline.synthesizer or cfg.model.checkpoint}
     if step.stage == "distill":
-        c.distill.cache_dir = cfg.distill.cache_dir or path("teacher_cache")
-    if step.name == "distill_initial":
-        c.distill.snippets = path("corpus", "snippets.jsonl")
-    elif step.name == "distill_boost":
-        c.distill.snippets = path("select", "selected.jsonl")
-        c.distill.num_snippets = 0  # every selected snippet (select.top_k / top_fraction set how many)
-        c.distill.include = [path("distill_initial", "kd.jsonl")]  # the first round already merged its includes
-    elif step.name == "sft_initial":
-        c.model.checkpoint, c.data.train_path = synthesizer, path("distill_initial", "kd.jsonl")
-    elif step.name == "select":
-        c.model.checkpoint, c.select.candidates = path("sft_initial", "hf"), path("corpus", "snippets.jsonl")
-    elif step.name == "sft_boost":
-        c.model.checkpoint, c.data.train_path = synthesizer, path("distill_boost", "kd.jsonl")
-    elif step.name == "synthesize":
-        c.model.checkpoint = path("sft_boost" if cfg.pipeline.boost else "sft_initial", "hf")
-        c.synthesize.snippets, c.synthesize.prompts = path("corpus", "snippets.jsonl"), ""
-        c.synthesize.chat_template = False  # the synthesizer was fine-tuned on the raw prompts
-    elif step.name == "filter":
-        c.filter.inputs = path("synthesize", "completions", "*.jsonl")
-    elif step.name == "pretrain":
-        c.model.checkpoint = base
-        c.data.train_path = path("pretrain", "data") if cfg.pipeline.pretrain_mix else path("filter", "records.jsonl")
-    elif step.name == "eval_base":
-        c.model.checkpoint = base
-    elif step.name == "eval":
-        c.model.checkpoint = path("pretrain", "hf")
+        c.distill.cache_dir = cfg.distill.cache_dir or os.fspath(as_path(cfg.run_dir) / TEACHER_CACHE)
+    for key, value in step.settings:
+        _set(c, key, checkpoints.get(value, value) if isinstance(value, str) else value)
+    for link in step.links:
+        path = artifacts.locate_str(cfg.run_dir, link.artifact, link.step)
+        _set(c, link.key, [path] if link.as_list else path)
+    if step.name == "pretrain" and cfg.pipeline.pretrain_mix:
+        c.data.train_path = artifacts.locate_str(cfg.run_dir, "pretrain.data", step.name)
     own = getattr(cfg.pipeline, step.name, None) or []
     if any(o.split("=", 1)[0].strip().startswith("pipeline.") for o in own):
         raise ConfigError(f"pipeline.{step.name}: a step's overrides cannot set pipeline.* keys")
@@ -149,12 +160,18 @@ def prepare(step: Step, cfg: Config) -> None:
     mix = as_path(cfg.pipeline.pretrain_mix)
     if not mix.exists():
         raise ConfigError(f"pipeline.pretrain_mix: {cfg.pipeline.pretrain_mix!r} does not exist")
-    data = as_path(cfg.run_dir) / "pretrain" / "data"
+    data = artifacts.locate(cfg.run_dir, "pretrain.data", step.name)
     data.mkdir(parents=True, exist_ok=True)
-    records = as_path(cfg.run_dir) / "filter" / "records.jsonl"
+    records = artifacts.locate(cfg.run_dir, "filter.records", "filter")
     for source, name in ((records, "1_synthetic.jsonl"), (mix, "2_mix.jsonl")):
         if source.exists() and source.stat().length > 0:
             source.copy(data / name, overwrite=True)
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    """Set the config key `section.field` (the pipeline's own copy)."""
+    section, field = key.split(".")
+    setattr(getattr(cfg, section), field, value)
 
 
 def _copy(cfg: Config) -> Config:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh
@@ -12,8 +12,6 @@ from jz3_jax.errors import ConfigError
 from jz3_jax.runtime.config import MeshConfig
 from jz3_jax.runtime.sharding import parse_rules
 
-if TYPE_CHECKING:
-    from jz3_jax.config import Config
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -55,6 +53,6 @@ def build_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> 
     return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
-def mesh_and_rules(cfg: Config) -> tuple[Mesh, dict[str, tuple[str, ...]]]:
-    """The (global) training mesh and the parsed logical-axis rules of a root `Config` (`cfg.mesh`)."""
-    return build_mesh(cfg.mesh), parse_rules(cfg.mesh.rules)
+def mesh_and_rules(cfg: MeshConfig) -> tuple[Mesh, dict[str, tuple[str, ...]]]:
+    """The (global) training mesh and the parsed logical-axis rules of the `mesh` section."""
+    return build_mesh(cfg), parse_rules(cfg.rules)

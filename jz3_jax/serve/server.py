@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -28,6 +29,10 @@ from jz3_jax.serve.app import ServeState, create_app
 from jz3_jax.serve.metrics import Metrics
 from jz3_jax.serve.protocol import ModelInfo
 from jz3_jax.serve.worker import Worker
+
+if TYPE_CHECKING:
+    from jz3_jax.serve.spec import ServeSpec
+    from jz3_jax.stages import StageContext
 
 _MODEL_FILE_SUFFIXES = (".gguf", ".safetensors")
 _BACKLOG = 1024  # bursts of hundreds of connections are queued, not refused
@@ -107,13 +112,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(loaded: LoadedEngine, cfg, logger: logging.Logger | None = None) -> tuple[OpenAIServer, Worker]:
+def build_server(loaded: LoadedEngine, spec: ServeSpec, logger: logging.Logger | None = None) -> tuple[OpenAIServer, Worker]:
     """A listening server (not yet serving: run `server.serve_forever()` in a thread) and its started
-    engine worker, for `loaded` with the `serve`/`sampling` sections of `cfg`. `server.close()` stops both."""
+    engine worker, for `loaded` with the `serve`/`sampling` sections of `spec`. `server.close()` stops both."""
     logger = logger or logging.getLogger("jz3_jax")
     if loaded.tokenizer is None:
         raise UserError("serve needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
-    sc = cfg.serve
+    sc = spec.serve
     if (sc.max_queue < 1 or sc.request_timeout_s <= 0 or not 0 <= sc.port < 65536 or sc.max_body_bytes < 1
             or sc.drain_timeout_s < 0):
         raise UserError(f"serve needs max_queue >= 1, request_timeout_s > 0, a port in [0, 65535], "
@@ -121,12 +126,12 @@ def build_server(loaded: LoadedEngine, cfg, logger: logging.Logger | None = None
                         f"{sc.port}, {sc.max_body_bytes}, {sc.drain_timeout_s}")
     key = auth.api_key(sc.api_key_env)
     auth.warn_if_open(sc.host, key, logger)
-    defaults = sampling_from_config(cfg, seed=None)  # unseeded requests draw a fresh seed each
+    defaults = sampling_from_config(spec.sampling, seed=None)  # unseeded requests draw a fresh seed each
     try:
         loaded.engine.check_sampling(defaults)
     except RequestError as error:
         raise UserError(f"the sampling section's defaults: {error}") from None
-    model = ModelInfo(sc.model_name or default_model_name(cfg.model), loaded.tokenizer, loaded.engine.max_seq_len,
+    model = ModelInfo(sc.model_name or default_model_name(spec.model), loaded.tokenizer, loaded.engine.max_seq_len,
                       defaults)
     worker = Worker(loaded.engine, sc.max_queue, logger)
     metrics = Metrics(queue_depth=lambda: worker.waiting, running_rows=lambda: worker.running_rows,
@@ -143,14 +148,14 @@ def warm_up(engine: Engine, logger: logging.Logger | None = None) -> int:
     return warm_up_engine(engine, logger or logging.getLogger("jz3_jax"))
 
 
-def run(cfg, ctx) -> dict:
-    """The stage: serve `cfg.model` until SIGTERM/SIGINT, then drain; returns the number of finished completions."""
+def run(spec: ServeSpec, ctx: StageContext) -> dict:
+    """The stage: serve `spec.model` until SIGTERM/SIGINT, then drain; returns the number of finished completions."""
     if ctx.process_count > 1:
         raise UserError("serve runs in a single process (one engine); launch it without multi-process settings")
     started = time.monotonic()
-    loaded = load_engine(cfg, ctx.logger)
+    loaded = load_engine(spec, ctx.logger)
     warm_up(loaded.engine, ctx.logger)
-    server, worker = build_server(loaded, cfg, ctx.logger)
+    server, worker = build_server(loaded, spec, ctx.logger)
     interrupted = threading.Event()
     thread = threading.Thread(target=server.serve_forever, name="serve-http", daemon=True)
     with TermFlag() as term:
@@ -158,14 +163,14 @@ def run(cfg, ctx) -> dict:
         try:
             thread.start()
             ctx.logger.info("serve: engine max_batch=%d max_seq_len=%d, max_queue=%d, ready in %.1fs",
-                            loaded.engine.max_batch, loaded.engine.max_seq_len, cfg.serve.max_queue,
+                            loaded.engine.max_batch, loaded.engine.max_seq_len, spec.serve.max_queue,
                             time.monotonic() - started)
             print(f"serving {server.model.name} on {server.url}", flush=True)
             while not (term.raised or interrupted.wait(0.05)):
                 if not worker.is_alive() or not thread.is_alive():
                     raise RuntimeError("the engine worker or the HTTP server stopped unexpectedly")
-            ctx.logger.info("serve: draining (up to %gs)", cfg.serve.drain_timeout_s)
-            server.drain(cfg.serve.drain_timeout_s)
+            ctx.logger.info("serve: draining (up to %gs)", spec.serve.drain_timeout_s)
+            server.drain(spec.serve.drain_timeout_s)
         finally:
             server.close()
             thread.join(10)

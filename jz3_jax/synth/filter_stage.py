@@ -23,14 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import TYPE_CHECKING
 
 from jz3_jax.runtime.paths import atomic_write
-from jz3_jax.synth.completions import default_inputs, iter_completions, resolve_inputs
+from jz3_jax.synth.completions import iter_completions, resolve_inputs
 from jz3_jax.synth.contamination import EvalIndex
 from jz3_jax.synth.dedup import ExactDedup, NearDedup
 from jz3_jax.synth.config import FilterConfig
+from jz3_jax.synth.spec import FilterSpec
+from jz3_jax.runtime import artifacts
 from jz3_jax.synth.parse import KINDS, MALFORMED_REASONS, Malformed, parse_completion
 from jz3_jax.synth.text import WordHasher, words
+
+if TYPE_CHECKING:
+    from jz3_jax.stages import StageContext
 
 REASONS = ("truncated", "malformed", "contaminated", "exact_duplicate", "near_duplicate")
 SOLUTION_HEADERS = {"cot": "## Solution", "tool": "## Code Solution"}
@@ -41,14 +47,14 @@ def training_input(problem: str, kind: str) -> str:
     return f"## Question\n{problem}\n\n{SOLUTION_HEADERS[kind]}\n"
 
 
-def run(cfg, ctx) -> dict:
+def run(spec: FilterSpec, ctx: StageContext) -> dict:
     """Run the stage (process 0 only: it is a single-host CPU job); returns the report."""
-    fc: FilterConfig = getattr(cfg, "filter", None) or FilterConfig()
+    fc: FilterConfig = spec.filter
     fc.validate()
     if ctx.process_index != 0:
         ctx.logger.info("filter: process %d has nothing to do (process 0 writes the outputs)", ctx.process_index)
         return {}
-    files = resolve_inputs(fc.inputs or default_inputs(cfg.run_dir))
+    files = resolve_inputs(fc.inputs or artifacts.locate_str(ctx.run_dir, "synthesize.completions"))
     start = time.perf_counter()
     hasher = WordHasher()
     index = None
@@ -64,7 +70,7 @@ def run(cfg, ctx) -> dict:
     counts = _Counts()
     stage_dir = ctx.stage_dir
     loop_start = time.perf_counter()
-    with atomic_write(stage_dir / "records.jsonl") as out, atomic_write(stage_dir / "removed.jsonl") as removed:
+    with atomic_write(artifacts.output(stage_dir, "filter.records")) as out, atomic_write(artifacts.output(stage_dir, "filter.removed")) as removed:
         kept_hash, removed_hash = hashlib.sha256(), hashlib.sha256()
         for rec in iter_completions(files):
             counts.read(rec.kind)
@@ -99,7 +105,7 @@ def run(cfg, ctx) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "records_per_second": round(counts.total / loop_seconds, 1) if loop_seconds > 0 else None,
     }
-    with atomic_write(stage_dir / "report.json") as f:
+    with atomic_write(artifacts.output(stage_dir, "filter.report")) as f:
         f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     removed_total = report["read"] - report["kept"]
     ctx.logger.info("filter: read %d, kept %d, removed %d %s (%.0f records/s)", report["read"], report["kept"],

@@ -25,16 +25,22 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from jz3_jax.decoding import Request, RequestError
 from jz3_jax.decoding.factory import load_engine, sampling_from_config, warm_up
+from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path
 from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.errors import SynthesizeError
 from jz3_jax.synth.prompts import PromptRecord, prompts_from_snippets, read_prompts
 from jz3_jax.synth.shards import ShardWriter, done_ids
+from jz3_jax.synth.spec import SynthesizeSpec
+
+if TYPE_CHECKING:
+    from jz3_jax.stages import StageContext
 
 def prompt_seed(base_seed: int, prompt_id) -> int:
     """A 63-bit seed for one prompt from the run's seed and the prompt's id (1 and "1" differ)."""
@@ -42,15 +48,15 @@ def prompt_seed(base_seed: int, prompt_id) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _snippet_prompts(cfg) -> list[PromptRecord]:
+def _snippet_prompts(spec: SynthesizeSpec, run_dir) -> list[PromptRecord]:
     """With `synthesize.prompts` empty: prompts rendered from `synthesize.snippets` (default the
     corpus stage's snippets) by the prompt library, as distill renders them."""
-    sc = cfg.synthesize
-    path = sc.snippets or str(as_path(cfg.run_dir) / "corpus" / "snippets.jsonl")
+    sc = spec.synthesize
+    path = sc.snippets or artifacts.locate_str(run_dir, "corpus.snippets")
     if not sc.snippets and not as_path(path).exists():
         raise SynthesizeError("synthesize needs synthesize.prompts (a jsonl file of {id, prompt} records) or "
                               f"snippet records: synthesize.snippets, or {path} from the corpus stage")
-    return prompts_from_snippets(path, sc, cfg.seed)
+    return prompts_from_snippets(path, sc, spec.seed)
 
 
 def my_prompts(prompts: list[PromptRecord], done: set, process_index: int, process_count: int) -> list[PromptRecord]:
@@ -66,19 +72,19 @@ def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
     return tokenizer.encode(record.prompt, add_bos=tokenizer.adds_bos)
 
 
-def run(cfg, ctx) -> dict:
+def run(spec: SynthesizeSpec, ctx: StageContext) -> dict:
     """Generate completions for this process's remaining prompts; returns counts and throughput."""
-    sc = cfg.synthesize
-    prompts = read_prompts(sc.prompts) if sc.prompts else _snippet_prompts(cfg)
-    out_dir = ctx.stage_dir / "completions"
+    sc = spec.synthesize
+    prompts = read_prompts(sc.prompts) if sc.prompts else _snippet_prompts(spec, ctx.run_dir)
+    out_dir = artifacts.output(ctx.stage_dir, "synthesize.completions").parent
     done = done_ids(out_dir)
     mine = my_prompts(prompts, done, ctx.process_index, ctx.process_count)
     ctx.logger.info("synthesize: %d prompts, %d already done, %d for process %d", len(prompts),
                     len(done & {p.id for p in prompts}), len(mine), ctx.process_index)
-    base = sampling_from_config(cfg)  # validates the sampling section
+    base = sampling_from_config(spec.sampling)  # validates the sampling section
     if not mine:
         return {"prompts": len(prompts), "generated": 0}
-    loaded = load_engine(cfg, ctx.logger)
+    loaded = load_engine(spec, ctx.logger)
     engine, tokenizer = loaded.engine, loaded.tokenizer
     if tokenizer is None:
         raise SynthesizeError("synthesize needs a tokenizer: set model.tokenizer or use a checkpoint that has one")
@@ -88,7 +94,7 @@ def run(cfg, ctx) -> dict:
         raise SynthesizeError(f"the sampling section: {error}") from None
     warm_up(engine, ctx.logger)  # every prefill bucket and the decode step, before the first prompt
     use_chat = sc.chat_template and tokenizer.chat_template is not None
-    model_name = cfg.model.checkpoint or "random-init"
+    model_name = spec.model.checkpoint or "random-init"
     writer = ShardWriter(out_dir, ctx.process_index, sc.shard_size, key="synthesize.shard_size")
     metrics_name = "metrics.jsonl" if ctx.process_index == 0 else f"metrics-p{ctx.process_index:05d}.jsonl"
     metrics_path = ctx.stage_dir / metrics_name

@@ -35,7 +35,7 @@ from jz3_jax.train.compile_decode import compile_decode_step, decode_summary
 from jz3_jax.train.tpu_topology import TpuCompilerMissing, parse_topology, tpu_devices  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.train.spec import CompileSpec
 
 
 
@@ -43,7 +43,7 @@ class DoesNotFit(UserError):
     """The compiled train step needs more memory per device than the chip has (exit code 2)."""
 
 
-def topology_mesh(cfg: Config, devices: list, num_slices: int):
+def topology_mesh(cfg: CompileSpec, devices: list, num_slices: int):
     """The (data, fsdp, tensor) mesh over the compile-only devices.
 
     One slice: `build_mesh` (what the trainer does). Several slices: data parallelism runs across
@@ -82,7 +82,7 @@ class AbstractTrainStep:
     model_cfg: Any
 
 
-def abstract_train_step(cfg: Config, mesh, rules, rows: int) -> AbstractTrainStep:
+def abstract_train_step(cfg: CompileSpec, mesh, rules, rows: int) -> AbstractTrainStep:
     """The trainer's train program for `cfg` on `mesh`, built from an abstract model.
 
     `rows` is the number of rows per micro-step over all devices. With a concrete mesh of this
@@ -122,7 +122,7 @@ def abstract_train_step(cfg: Config, mesh, rules, rows: int) -> AbstractTrainSte
     return AbstractTrainStep(program, params, frozen, state, frozen_state, batch, model_cfg)
 
 
-def _compile(cfg: Config, mesh, rules, rows: int):
+def _compile(cfg: CompileSpec, mesh, rules, rows: int):
     """(compiled train step, AbstractTrainStep, lower seconds, compile seconds) for `rows` per micro-step."""
     t0 = time.perf_counter()
     abstract = abstract_train_step(cfg, mesh, rules, rows)
@@ -133,7 +133,7 @@ def _compile(cfg: Config, mesh, rules, rows: int):
     return compiled, abstract, t_lower, time.perf_counter() - t1
 
 
-def compile_train_step(cfg: Config, log=print) -> dict:
+def compile_train_step(cfg: CompileSpec, log=print) -> dict:
     """Lower and compile the train step for `cfg.compile.topology`; the report (also when it does not fit)."""
     import jax
 
@@ -231,7 +231,7 @@ def compile_train_step(cfg: Config, log=print) -> dict:
     return report
 
 
-def _find_max_batch(cfg: Config, mesh, rules, n: int, hbm: int, configured_total: int, log) -> dict:
+def _find_max_batch(cfg: CompileSpec, mesh, rules, n: int, hbm: int, configured_total: int, log) -> dict:
     """The largest per-device batch whose train step fits (`compile.find_max_batch`), by compiling."""
     c = cfg.compile
     totals: dict[int, int | None] = {c.per_device_batch: configured_total}
@@ -310,7 +310,7 @@ def summary(report: dict) -> str:
 PROGRAMS = ("train", "decode")
 
 
-def run(cfg: Config, ctx) -> None:
+def run(cfg: CompileSpec, ctx) -> None:
     """The `compile` stage: print the per-device report, write `compile.json`, fail if it does not fit."""
     program = cfg.compile.program
     if program not in PROGRAMS:

@@ -23,7 +23,7 @@ from jz3_jax.train.compile_analysis import fmt_gib, memory_of, param_report, tre
 from jz3_jax.train.tpu_topology import parse_topology, tpu_devices
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.train.spec import CompileSpec
 
 
 def host_devices(devices: list) -> list:
@@ -32,7 +32,7 @@ def host_devices(devices: list) -> list:
     return [d for d in devices if d.process_index == first]
 
 
-def compile_decode_step(cfg: Config, log=print) -> dict:
+def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
     """Lower and compile one engine decode dispatch for one host of `cfg.compile.topology`; the report."""
     import jax
     from flax import nnx

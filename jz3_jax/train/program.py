@@ -21,7 +21,7 @@ from jz3_jax.train.optimizer import make_optimizer
 from jz3_jax.train.step import BATCH_KEYS, make_steps
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.train.spec import TrainSpec
 
 
 @dataclasses.dataclass
@@ -67,11 +67,12 @@ def split_model(model, lora: bool):
     return nnx.split(model, LoRAParam if lora else nnx.Param, ...)
 
 
-def build_program(cfg: Config, graphdef, params, frozen, mesh: Mesh, rules: Rules, total_steps: int,
+def build_program(spec: TrainSpec, graphdef, params, frozen, mesh: Mesh, rules: Rules, total_steps: int,
                   lora: bool) -> TrainProgram:
-    """Optimizer, shardings and jitted steps for `params` (concrete or abstract) on `mesh`."""
-    tx, schedule = make_optimizer(cfg.optimizer, total_steps)
-    steps = make_steps(graphdef, tx, schedule, cfg.seed, lora and cfg.lora.dropout > 0, cfg.train.loss_chunk)
+    """Optimizer, shardings and jitted steps for `params` (concrete or abstract) on `mesh`, with the
+    optimizer, train, lora sections and seed of `spec`."""
+    tx, schedule = make_optimizer(spec.optimizer, total_steps)
+    steps = make_steps(graphdef, tx, schedule, spec.seed, lora and spec.lora.dropout > 0, spec.train.loss_chunk)
     param_shardings = state_shardings(params, rules, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_abstract = jax.eval_shape(tx.init, params)

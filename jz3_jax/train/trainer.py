@@ -28,6 +28,7 @@ from jz3_jax.checkpoint import check_vocab_matches, load_model, load_stage_token
 from jz3_jax.errors import ConfigError
 from jz3_jax.model.lora import add_lora, merge_lora
 from jz3_jax.runtime import peers
+from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.mesh import mesh_and_rules
 from jz3_jax.runtime.paths import is_local, local_mirror
 from jz3_jax.runtime.preemption import Preempted, TermFlag
@@ -38,10 +39,10 @@ from jz3_jax.train.program import build_program, split_model
 from jz3_jax.train.step import BATCH_KEYS, flops_per_token
 
 if TYPE_CHECKING:
-    from jz3_jax.config import Config
+    from jz3_jax.train.spec import TrainSpec
 
 
-def _data(cfg: Config, tokenizer, ctx: StageContext, rows_per_process: int):
+def _data(cfg: TrainSpec, tokenizer, ctx: StageContext, rows_per_process: int):
     """(train data, eval data or None) for this process."""
     from jz3_jax.data import TrainData, read_records
 
@@ -77,14 +78,14 @@ def global_rows_per_epoch(train_data, process_count: int) -> int:
     return int(multihost_utils.process_allgather(local).sum())
 
 
-def total_steps(cfg: Config, rows_per_epoch: int) -> int:
+def total_steps(cfg: TrainSpec, rows_per_epoch: int) -> int:
     """`train.steps`, else enough steps for `train.epochs` passes over `rows_per_epoch` global rows."""
     if cfg.train.steps > 0:
         return cfg.train.steps
     return max(1, math.ceil(cfg.train.epochs * rows_per_epoch / cfg.train.global_batch_size))
 
 
-def _check_batch(cfg: Config, process_count: int) -> int:
+def _check_batch(cfg: TrainSpec, process_count: int) -> int:
     t = cfg.train
     if t.global_batch_size % (process_count * t.grad_accum):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} must divide by processes ({process_count}) "
@@ -98,13 +99,13 @@ def _check_batch(cfg: Config, process_count: int) -> int:
 class Trainer:
     """Holds the sharded model state and runs steps; `run()` is the whole stage."""
 
-    def __init__(self, cfg: Config, ctx: StageContext):
+    def __init__(self, cfg: TrainSpec, ctx: StageContext):
         self.cfg, self.ctx = cfg, ctx
         # What can fail in one process alone (config, tokenizer, this process's data) runs before any
         # collective, and the processes agree on the outcome: all go on, or all stop with the error.
         error = None
         try:
-            self.mesh, self.rules = mesh_and_rules(cfg)
+            self.mesh, self.rules = mesh_and_rules(cfg.mesh)
             rows_per_process = _check_batch(cfg, ctx.process_count)
             self.tokenizer = load_stage_tokenizer(cfg.model, ctx.logger)
             if self.tokenizer is None:
@@ -211,7 +212,7 @@ class Trainer:
             log.close()
             manager.close()
         if cfg.train.export_hf:
-            self.export(ctx.stage_dir / "hf")
+            self.export(_export_dir(ctx))
 
     def export(self, dst: epath.Path) -> None:
         """Write the trained model (LoRA merged into the base) as a HF directory, once.
@@ -285,6 +286,12 @@ class _MetricsLog:
         self.writer.close()
 
 
+def _export_dir(ctx: StageContext) -> epath.Path:
+    """Where the trained model is exported: the running stage's `hf` artifact (`sft.hf`, `pretrain.hf`)."""
+    name = f"{ctx.name}.hf"
+    return artifacts.output(ctx.stage_dir, name if name in artifacts.ARTIFACTS else "sft.hf")
+
+
 def _upload(local: epath.Path, dst: epath.Path) -> None:
     """Copy the files of the local directory `local` to `dst` (an object store path)."""
     for path in sorted(local.rglob("*")):
@@ -294,6 +301,6 @@ def _upload(local: epath.Path, dst: epath.Path) -> None:
             target.write_bytes(path.read_bytes())
 
 
-def run(cfg: Config, ctx: StageContext) -> None:
-    """The `sft` and `pretrain` stages (the difference is in their configs)."""
-    Trainer(cfg, ctx).run()
+def run(spec: TrainSpec, ctx: StageContext) -> None:
+    """The `sft` and `pretrain` stages (the difference is in their configs and what they produce)."""
+    Trainer(spec, ctx).run()
