@@ -93,7 +93,7 @@ def test_weights_and_max_snippets_sample_by_source(tmp_path):
 def test_a_malformed_file_is_named_with_its_line_or_skipped(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "A fine first record about algebra."}\n\n{"text": "broken\n{"title": "no text"}\n')
-    with pytest.raises(CorpusError, match=r"bad\.jsonl:3: invalid JSON"):
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:3: not valid JSON"):
         run_corpus(tmp_path, f"corpus.sources={bad}")
     report = run_corpus(tmp_path, f"corpus.sources={bad}", "corpus.bad_records=skip")
     assert report["skipped_records"] == 2 and report["snippets"] == 1

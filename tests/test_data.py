@@ -180,7 +180,7 @@ def test_malformed_jsonl_line_is_reported_or_skipped(tmp_path, records):
              json.dumps({"input": "x", "output": 3}), json.dumps(records[2])]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"bad\.jsonl: line 3: invalid JSON") as error:
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON") as error:
         read_records(str(path))
     assert isinstance(error.value, UserError)
     src = read_records(str(path), bad_records="skip")
@@ -190,7 +190,7 @@ def test_malformed_jsonl_line_is_reported_or_skipped(tmp_path, records):
     take(data, 1)
     assert data.stats()["skipped_records"] == 3
     path.write_text(json.dumps(records[0]) + "\n" + json.dumps({"input": "x", "output": ["list"]}) + "\n")
-    with pytest.raises(DataError, match=r"bad\.jsonl: line 2: field 'output' is list, not a string"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'output' is list, not a string"):
         read_records(str(path))
 
 

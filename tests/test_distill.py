@@ -33,7 +33,7 @@ from jz3_jax.distill import stage
 from jz3_jax.distill.answers import parse_body
 from jz3_jax.distill.budget import Budget
 from jz3_jax.distill.client import backoff_delay, retry_after_seconds
-from jz3_jax.distill.errors import TeacherError
+from jz3_jax.errors import TeacherError
 from jz3_jax.distill.validate import validate
 from jz3_jax.stages.registry import StageContext
 

@@ -29,7 +29,7 @@ from test_distill import (GOOD, KEY, KEY_ENV, MODEL, SCRIPT, FakeTeacher, _Handl
 
 from jz3_jax.config import apply_overrides, load_config
 from jz3_jax.distill.batch import input_line, pack
-from jz3_jax.distill.errors import TeacherError
+from jz3_jax.errors import TeacherError
 from jz3_jax.distill.requests import build_requests
 from jz3_jax.errors import UserError
 from jz3_jax.prompts.plan import PromptPlan

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jz3_jax.eval.datasets import DATASETS, dataset_file, load_problems
-from jz3_jax.eval.errors import EvalError
+from jz3_jax.errors import EvalError
 from jz3_jax.eval.prompts import build_prompt, demonstrations
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jz3_jax.eval.datasets import problems_from_file
-from jz3_jax.eval.errors import EvalError
+from jz3_jax.errors import EvalError
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 tfds = pytest.importorskip("tensorflow_datasets")

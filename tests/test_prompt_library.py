@@ -6,10 +6,10 @@ import collections
 
 import pytest
 
-from jz3_jax.distill.config import ALL_LEVELS as DISTILL_LEVELS, DistillConfig
+from jz3_jax.distill.config import DistillConfig
 from jz3_jax.prompts.library import KINDS, LEVELS, PROBLEM_HEADER, render
 from jz3_jax.prompts.plan import PromptPlan, PromptPlanError
-from jz3_jax.synth.config import ALL_LEVELS as SYNTH_LEVELS, SynthesizeConfig
+from jz3_jax.synth.config import SynthesizeConfig
 from jz3_jax.synth.parse import Parsed, parse_completion
 
 NASTY = ("Let {x} be {} and {0} with {name!r} %s %(k)d $\\frac{a}{b}$, \\section{Intro} \\\\ \\n "
@@ -41,8 +41,8 @@ def test_levels_differ_and_the_answer_format_is_the_one_filter_parses():
 
 
 def test_config_defaults_name_all_eight_levels():
-    assert tuple(DISTILL_LEVELS) == tuple(SYNTH_LEVELS) == LEVELS
     assert DistillConfig().levels == list(LEVELS) and SynthesizeConfig().levels == list(LEVELS)
+    assert len(LEVELS) == 8 and LEVELS[0] == "grade_school" and LEVELS[-1] == "aime"
 
 
 def test_random_policy_draws_one_level_per_snippet_stably_and_spread():

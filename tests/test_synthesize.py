@@ -15,7 +15,7 @@ import pytest
 
 from helpers import REPO_ROOT, subprocess_env
 from jz3_jax.synth.completions import iter_completions, resolve_inputs
-from jz3_jax.synth.errors import SynthesizeError
+from jz3_jax.errors import SynthesizeError
 from jz3_jax.synth.prompts import PromptRecord, read_prompts
 from jz3_jax.synth.synthesize_stage import my_prompts, prompt_seed
 

@@ -1,22 +1,23 @@
 """Corpus sources: parse `corpus.sources` entries and read their documents.
 
 An entry is `PATH[=WEIGHT]` (a file, a folder searched recursively, or a glob),
-`hf:NAME[:CONFIG][:SPLIT]` or `tfds:BUILDER_DIR[:SPLIT]`. Files are read by extension: `.jsonl` /
-`.json` and `.parquet` hold records, `.md` / `.markdown` are markdown, `.tex` / `.latex` LaTeX,
-`.txt` plain text.
+`hf:NAME[:CONFIG][:SPLIT]` or `tfds:BUILDER_DIR[:SPLIT]`. Files are read by extension: `.jsonl`,
+`.json`, `.parquet` and `.array_record` hold records (read through `jz3_jax.records.formats`),
+`.md` / `.markdown` are markdown, `.tex` / `.latex` LaTeX, `.txt` plain text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from jz3_jax.errors import UserError
+from jz3_jax.records.formats import Row, format_of, iter_rows
+from jz3_jax.records.jsonl import BadRecords as _BadRecords
 
-RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
+RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".array_record")
 TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".latex": "latex", ".txt": "plain"}
 SUFFIXES = (*RECORD_SUFFIXES, *TEXT_SUFFIXES)
 
@@ -100,30 +101,28 @@ def source_files(spec: SourceSpec) -> list[str]:
     elif os.path.isdir(location):
         candidates = sorted(os.path.join(root, name) for root, _, names in os.walk(location) for name in names)
     elif os.path.isfile(location):
-        if not location.lower().endswith(SUFFIXES):
+        if not _readable(location):
             raise CorpusError(f"{location}: unknown file type (expected one of {', '.join(SUFFIXES)})")
         return [location]
     else:
         raise CorpusError(f"corpus source {location!r} does not exist")
-    files = [f for f in candidates if os.path.isfile(f) and f.lower().endswith(SUFFIXES)]
+    files = [f for f in candidates if os.path.isfile(f) and _readable(f)]
     if not files:
         raise CorpusError(f"corpus source {location!r} has no {', '.join(SUFFIXES)} files")
     return files
 
 
-class BadRecords:
-    """The `corpus.bad_records` policy: raise naming the place, or count."""
+def _readable(name: str) -> bool:
+    """Whether file `name` is a record or text file by its extension."""
+    return format_of(name) is not None or os.path.splitext(name)[1].lower() in TEXT_SUFFIXES
 
-    def __init__(self, policy: str):
-        if policy not in ("error", "skip"):
-            raise CorpusError(f"corpus.bad_records must be 'error' or 'skip', got {policy!r}")
-        self.skip = policy == "skip"
-        self.count = 0
 
-    def __call__(self, where: str, reason: str) -> None:
-        if not self.skip:
-            raise CorpusError(f"{where}: {reason} (set corpus.bad_records=skip to skip such records)")
-        self.count += 1
+@dataclasses.dataclass
+class BadRecords(_BadRecords):
+    """The `corpus.bad_records` policy: raise CorpusError naming the place, or count (`skipped`)."""
+
+    key: str = "corpus.bad_records"
+    error: type[UserError] = CorpusError
 
 
 def read_documents(spec: SourceSpec, fields: Fields, bad: BadRecords) -> Iterator[Document]:
@@ -136,20 +135,18 @@ def read_documents(spec: SourceSpec, fields: Fields, bad: BadRecords) -> Iterato
         return
     for path in source_files(spec):
         suffix = os.path.splitext(path)[1].lower()
-        if suffix in TEXT_SUFFIXES:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-            except UnicodeDecodeError as error:
-                bad(path, f"not UTF-8 text ({error})")
-                continue
-            except OSError as error:
-                raise CorpusError(f"cannot read {path}: {error.strerror or error}") from error
-            yield Document(text, TEXT_SUFFIXES[suffix], path)
-        elif suffix == ".parquet":
-            yield from _parquet_documents(path, fields, bad)
-        else:
-            yield from _jsonl_documents(path, fields, bad)
+        if suffix not in TEXT_SUFFIXES:
+            yield from _documents(iter_rows(path, format_of(path), bad), fields, bad)
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as error:
+            bad(path, f"not UTF-8 text ({error})")
+            continue
+        except OSError as error:
+            raise CorpusError(f"cannot read {path}: {error.strerror or error}") from error
+        yield Document(text, TEXT_SUFFIXES[suffix], path)
 
 
 def record_document(row: Any, fields: Fields, where: str) -> tuple[Document | None, str | None]:
@@ -169,44 +166,14 @@ def record_document(row: Any, fields: Fields, where: str) -> tuple[Document | No
     return None, f"no non-empty text field ({wanted})"
 
 
-def _jsonl_documents(path: str, fields: Fields, bad: BadRecords) -> Iterator[Document]:
-    try:
-        handle = open(path, "rb")
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror or error}") from error
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                bad(where, f"invalid JSON ({error})")
-                continue
-            document, reason = record_document(row, fields, where)
-            if document is None:
-                bad(where, reason)
-            else:
-                yield document
-
-
-def _parquet_documents(path: str, fields: Fields, bad: BadRecords) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    try:
-        handle = pq.ParquetFile(path)
-    except Exception as error:  # pyarrow raises several types for a bad file
-        raise CorpusError(f"{path}: not a readable Parquet file: {error}") from error
-    row_index = 0
-    for batch in handle.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            document, reason = record_document(row, fields, f"{path}: row {row_index}")
-            if document is None:
-                bad(f"{path}: row {row_index}", reason)
-            else:
-                yield document
-            row_index += 1
+def _documents(rows: Iterable[Row], fields: Fields, bad: BadRecords) -> Iterator[Document]:
+    """The documents of decoded records; a record without one goes to `bad`."""
+    for row in rows:
+        document, reason = record_document(row.value, fields, row.where)
+        if document is None:
+            bad(row.where, reason)
+        else:
+            yield document
 
 
 def _hf_documents(spec: SourceSpec, fields: Fields, bad: BadRecords) -> Iterator[Document]:
@@ -219,28 +186,9 @@ def _hf_documents(spec: SourceSpec, fields: Fields, bad: BadRecords) -> Iterator
     except Exception as error:  # network, auth, unknown dataset: all end the stage with the cause
         raise CorpusError(f"cannot load Hugging Face dataset {spec.location!r} split {spec.split!r}: "
                           f"{error}") from error
-    for index, row in enumerate(rows):
-        where = f"hf:{spec.location}:{spec.split} record {index}"
-        document, reason = record_document(row, fields, where)
-        if document is None:
-            bad(where, reason)
-        else:
-            yield document
+    where = f"hf:{spec.location}:{spec.split}"
+    yield from _documents((Row(f"{where} record {i}", i, row) for i, row in enumerate(rows)), fields, bad)
 
 
 def _tfds_documents(spec: SourceSpec, fields: Fields, bad: BadRecords) -> Iterator[Document]:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as error:
-        raise CorpusError(f"corpus source tfds:{spec.location} needs tensorflow-datasets ({error})") from error
-    try:
-        source = tfds.builder_from_directory(spec.location).as_data_source(spec.split)
-    except Exception as error:  # TFDS raises its own types for a missing builder or split
-        raise CorpusError(f"cannot read TFDS builder {spec.location!r} split {spec.split!r}: {error}") from error
-    for index in range(len(source)):
-        where = f"tfds:{spec.location}:{spec.split} record {index}"
-        document, reason = record_document(source[index], fields, where)
-        if document is None:
-            bad(where, reason)
-        else:
-            yield document
+    yield from _documents(iter_rows(spec.location, "tfds", bad, split=spec.split), fields, bad)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from jz3_jax.corpus.cutting import cut
 from jz3_jax.corpus.sources import BadRecords, CorpusError, Fields, parse_spec, read_documents
 from jz3_jax.prompts.snippets import content_id
+from jz3_jax.records.jsonl import write_lines
 from jz3_jax.corpus.spec import CorpusSpec
 from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import atomic_write
@@ -76,14 +77,13 @@ def run(spec: CorpusSpec, ctx: StageContext) -> dict:
         candidates = candidates[:cc.max_snippets]
     if not candidates:
         raise CorpusError("the corpus sources gave no snippets (check corpus.sources and corpus.min_chars)")
-    with atomic_write(artifacts.output(ctx.stage_dir, "corpus.snippets")) as f:
-        for _, record in candidates:
-            per_source[record["source"]]["kept"] += 1
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    report = {"snippets": len(candidates), "skipped_records": bad.count, "max_chars": cc.max_chars,
+    for _, record in candidates:
+        per_source[record["source"]]["kept"] += 1
+    write_lines(artifacts.output(ctx.stage_dir, "corpus.snippets"), (record for _, record in candidates))
+    report = {"snippets": len(candidates), "skipped_records": bad.skipped, "max_chars": cc.max_chars,
               "sources": per_source}
     with atomic_write(artifacts.output(ctx.stage_dir, "corpus.report")) as f:
         json.dump(report, f, indent=2)
     ctx.logger.info("corpus: %d snippets from %d source(s) -> %s (%d bad records skipped)", len(candidates),
-                    len(sources), artifacts.output(ctx.stage_dir, "corpus.snippets"), bad.count)
+                    len(sources), artifacts.output(ctx.stage_dir, "corpus.snippets"), bad.skipped)
     return report

@@ -13,7 +13,7 @@ from jz3_jax.lazy import lazy_exports
 
 # Public name -> the module that defines it (imported lazily, see `__getattr__`).
 _EXPORTS = {
-    "DataError": ".errors",
+    "DataError": "jz3_jax.errors",
     "Example": ".examples",
     "encode_example": ".examples",
     "TrainData": ".pipeline",

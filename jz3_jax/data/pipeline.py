@@ -14,7 +14,7 @@ import grain
 import numpy as np
 
 from .epochs import EPOCH, EpochsIterDataset
-from .errors import DataError
+from jz3_jax.errors import DataError
 from .examples import encode_example
 from .packing import ROW_KEYS, TRUNCATED, example_features, pack_examples, pad_batch, pad_example
 from .sources import RecordSource

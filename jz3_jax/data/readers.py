@@ -9,30 +9,34 @@ from __future__ import annotations
 
 import array
 import collections
-import json
 import os
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import DataError
+from jz3_jax.errors import DataError
+from jz3_jax.records.formats import Row, iter_rows, open_parquet, open_tfds, source_rows
+from jz3_jax.records.jsonl import BadRecords, parse_line, read_lines
 
 Record = dict[str, str]
-_CHUNK = 4096  # records per sequential read while validating
 
 
 class RecordFile:
     """Base for the readers: `len`, `read(i)` of the i-th valid record, `path`, `skipped`."""
 
     path: str
-    skipped: int = 0
 
     def __init__(self, path: str, fields: tuple[str, str], bad_records: str) -> None:
         self.path = path
         self._fields = fields
-        self._skip = bad_records == "skip"
+        self._bad = BadRecords(bad_records, key="data.bad_records", error=DataError)
         self._lock = threading.Lock()
+
+    @property
+    def skipped(self) -> int:
+        """Malformed records skipped while indexing (bad_records="skip")."""
+        return self._bad.skipped
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -40,12 +44,6 @@ class RecordFile:
     def read(self, index: int) -> Record:
         """The `index`-th valid record as {"input": str, "output": str}."""
         raise NotImplementedError
-
-    def _bad(self, where: str, reason: str) -> None:
-        """Count a bad record under the skip policy, else raise naming the file and `where`."""
-        if not self._skip:
-            raise DataError(f"{self.path}: {where}: {reason} (set data.bad_records=skip to skip such records)")
-        self.skipped += 1
 
     def _record(self, obj: Any) -> tuple[Record | None, str | None]:
         """(record, None) for a valid decoded object, else (None, reason)."""
@@ -67,11 +65,19 @@ class RecordFile:
         return record, None
 
     def _parse(self, data: bytes) -> tuple[Record | None, str | None]:
-        try:
-            obj = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            return None, f"invalid JSON ({error})"
-        return self._record(obj)
+        obj, reason = parse_line(data)
+        return (None, reason) if reason else self._record(obj)
+
+    def _valid_rows(self, rows: Iterable[Row]) -> np.ndarray:
+        """The indices of the valid records among `rows`; each invalid one goes to the bad-record policy."""
+        valid = array.array("q")
+        for row in rows:
+            _, reason = self._record(row.value)
+            if reason:
+                self._bad(row.where, reason)
+            else:
+                valid.append(row.index)
+        return np.frombuffer(valid, dtype=np.int64) if valid else np.zeros(0, np.int64)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -94,18 +100,9 @@ class JsonlFile(RecordFile):
     def __init__(self, path: str, fields: tuple[str, str], bad_records: str) -> None:
         super().__init__(path, fields, bad_records)
         starts, ends = array.array("q"), array.array("q")
-        offset = 0
-        with _open(path, "rb") as handle:
-            for line_number, line in enumerate(handle, 1):
-                start, offset = offset, offset + len(line)
-                if not line.strip():
-                    continue
-                _, reason = self._parse(line)
-                if reason:
-                    self._bad(f"line {line_number}", reason)
-                    continue
-                starts.append(start)
-                ends.append(offset)
+        for line in read_lines(path, self._bad, validate=lambda record: self._record(record)[1]):
+            starts.append(line.start)
+            ends.append(line.end)
         self._starts = np.frombuffer(starts, dtype=np.int64) if starts else np.zeros(0, np.int64)
         self._ends = np.frombuffer(ends, dtype=np.int64) if ends else np.zeros(0, np.int64)
         self._fd: int | None = None
@@ -167,18 +164,13 @@ class ParquetFile(RecordFile):
             for field in fields:
                 ok &= ~table.column(field).is_null().to_numpy(zero_copy_only=False)
             for row in np.flatnonzero(~ok):
-                self._bad(f"row index {int(row + self._group_starts[group])}", "null field")
+                self._bad(f"{path}: row index {int(row + self._group_starts[group])}", "null field")
             valid.append(np.flatnonzero(ok) + self._group_starts[group])
         self._rows = np.concatenate(valid).astype(np.int64) if valid else np.zeros(0, np.int64)
         self._cache: collections.OrderedDict[int, Any] = collections.OrderedDict()
 
     def _open(self):
-        import pyarrow.parquet as pq
-
-        try:
-            self._file = pq.ParquetFile(self.path)
-        except Exception as error:  # pyarrow raises several types for a bad file
-            raise DataError(f"{self.path}: not a readable Parquet file: {error}") from error
+        self._file = open_parquet(self.path, DataError)
         return self._file
 
     def _may_have_nulls(self, group_meta) -> bool:
@@ -217,7 +209,41 @@ class ParquetFile(RecordFile):
         return state
 
 
-class ArrayRecordFile(RecordFile):
+class _RowsFile(RecordFile):
+    """A reader over a random-access source (`source[row]`), opened lazily per process, that keeps the
+    numbers of its valid rows. Subclasses give `_open` (the source), `_decode` and `_where`."""
+
+    _rows: np.ndarray
+    _source: Any = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def read(self, index: int) -> Record:
+        if self._source is None:
+            with self._lock:
+                if self._source is None:
+                    self._source = self._open()
+        row = int(self._rows[index])
+        record, reason = self._decode(self._source[row])
+        if reason:
+            raise DataError(f"{self._where(row)}: {reason}")
+        return record
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _decode(self, value: Any) -> tuple[Record | None, str | None]:
+        raise NotImplementedError
+
+    def _where(self, row: int) -> str:
+        raise NotImplementedError
+
+    def _handles(self) -> tuple[str, ...]:
+        return ("_source",)
+
+
+class ArrayRecordFile(_RowsFile):
     """An ArrayRecord file whose records are JSON-encoded objects (utf-8 bytes).
 
     Random access reads a whole chunk of `group_size` records: write with `group_size:1` for shuffled reads.
@@ -225,47 +251,21 @@ class ArrayRecordFile(RecordFile):
 
     def __init__(self, path: str, fields: tuple[str, str], bad_records: str) -> None:
         super().__init__(path, fields, bad_records)
-        from array_record.python.array_record_module import ArrayRecordReader
+        self._rows = self._valid_rows(iter_rows(path, "array_record", self._bad))
 
-        try:
-            reader = ArrayRecordReader(path)
-            total = reader.num_records()
-        except (RuntimeError, OSError, ValueError) as error:
-            raise DataError(f"{path}: not a readable ArrayRecord file: {error}") from error
-        valid = np.ones(total, dtype=bool)
-        try:
-            for start in range(0, total, _CHUNK):
-                for offset, data in enumerate(reader.read(start, min(start + _CHUNK, total))):
-                    _, reason = self._parse(data)
-                    if reason:
-                        self._bad(f"record {start + offset}", reason)
-                        valid[start + offset] = False
-        finally:
-            reader.close()
-        self._rows = np.flatnonzero(valid).astype(np.int64)
-        self._source = None
+    def _open(self) -> Any:
+        import grain
 
-    def __len__(self) -> int:
-        return len(self._rows)
+        return grain.sources.ArrayRecordDataSource([self.path])
 
-    def read(self, index: int) -> Record:
-        if self._source is None:
-            import grain
+    def _decode(self, value: Any) -> tuple[Record | None, str | None]:
+        return self._parse(value)
 
-            with self._lock:
-                if self._source is None:
-                    self._source = grain.sources.ArrayRecordDataSource([self.path])
-        row = int(self._rows[index])
-        record, reason = self._parse(self._source[row])
-        if reason:
-            raise DataError(f"{self.path}: record {row} changed since it was indexed: {reason}")
-        return record
-
-    def _handles(self) -> tuple[str, ...]:
-        return ("_source",)
+    def _where(self, row: int) -> str:
+        return f"{self.path}: record {row} changed since it was indexed"
 
 
-class TfdsSplit(RecordFile):
+class TfdsSplit(_RowsFile):
     """One split of a TFDS builder directory written with file_format="array_record".
 
     Read through `tfds.builder_from_directory(path).as_data_source(split)`, which needs no TensorFlow; TFDS
@@ -275,61 +275,14 @@ class TfdsSplit(RecordFile):
     def __init__(self, path: str, split: str, fields: tuple[str, str], bad_records: str) -> None:
         super().__init__(path, fields, bad_records)
         self.split = split
-        source = self._open()
-        total = len(source)
-        valid = np.ones(total, dtype=bool)
-        for start in range(0, total, _CHUNK):
-            indices = list(range(start, min(start + _CHUNK, total)))
-            for index, obj in zip(indices, source.__getitems__(indices)):
-                _, reason = self._record(obj)
-                if reason:
-                    self._bad(f"split {split!r} record {index}", reason)
-                    valid[index] = False
-        self._rows = np.flatnonzero(valid).astype(np.int64)
+        self._source = self._open()  # the split and features are checked first
+        self._rows = self._valid_rows(source_rows(self._source, f"{path}: split {split!r}"))
 
-    def _open(self):
-        try:
-            import tensorflow_datasets as tfds
-        except ImportError as error:
-            raise DataError(f"{self.path}: reading a TFDS directory needs tensorflow-datasets ({error})") from error
-        try:
-            builder = tfds.builder_from_directory(self.path)
-        except Exception as error:  # TFDS raises its own types for a missing or bad dataset_info.json
-            raise DataError(f"{self.path}: not a TFDS builder directory: {error}") from error
-        splits = list(builder.info.splits.keys())
-        if self.split not in splits:
-            raise DataError(f"{self.path}: no split {self.split!r} (splits: {', '.join(splits)})")
-        features = builder.info.features
-        for field in self._fields:
-            if features is not None and field not in features:
-                raise DataError(f"{self.path}: no feature {field!r} (features: {', '.join(features.keys())})")
-        try:
-            self._source = builder.as_data_source(self.split)
-        except Exception as error:  # e.g. written as tfrecord, which needs TensorFlow
-            raise DataError(f"{self.path}: cannot read split {self.split!r} without TensorFlow (write the "
-                            f"dataset with file_format='array_record'): {error}") from error
-        return self._source
+    def _open(self) -> Any:
+        return open_tfds(self.path, self.split, DataError, self._fields)
 
-    def __len__(self) -> int:
-        return len(self._rows)
+    def _decode(self, value: Any) -> tuple[Record | None, str | None]:
+        return self._record(value)
 
-    def read(self, index: int) -> Record:
-        if self._source is None:
-            with self._lock:
-                if self._source is None:
-                    self._open()
-        row = int(self._rows[index])
-        record, reason = self._record(self._source[row])
-        if reason:
-            raise DataError(f"{self.path}: split {self.split!r} record {row}: {reason}")
-        return record
-
-    def _handles(self) -> tuple[str, ...]:
-        return ("_source",)
-
-
-def _open(path: str, mode: str):
-    try:
-        return open(path, mode)
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from error
+    def _where(self, row: int) -> str:
+        return f"{self.path}: split {self.split!r} record {row}"

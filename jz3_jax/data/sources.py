@@ -5,21 +5,17 @@ from __future__ import annotations
 import bisect
 import glob
 import os
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DataError
+from jz3_jax.errors import DataError
+from jz3_jax.records.formats import format_of, is_tfds_dir
+from jz3_jax.records.jsonl import BadRecords
 from .readers import ArrayRecordFile, JsonlFile, ParquetFile, Record, RecordFile, TfdsSplit
 
 FORMATS = ("auto", "jsonl", "parquet", "array_record", "tfds")
-BAD_RECORD_POLICIES = ("error", "skip")
 _FILE_READERS = {"jsonl": JsonlFile, "parquet": ParquetFile, "array_record": ArrayRecordFile}
-# ArrayRecord shards as TFDS and others name them: name.array_record-00000-of-00008.
-_SUFFIXES = (("jsonl", re.compile(r"\.jsonl$")), ("parquet", re.compile(r"\.parquet$")),
-             ("array_record", re.compile(r"\.array_record(-\d+-of-\d+)?$")))
-_TFDS_INFO = "dataset_info.json"
 
 
 class RecordSource(Sequence):
@@ -78,12 +74,11 @@ def read_records(path: str, fmt: str = "auto", split: str = "train", input_field
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r} for {path}; expected one of {', '.join(FORMATS)}")
-    if bad_records not in BAD_RECORD_POLICIES:
-        raise DataError(f"unknown bad_records policy {bad_records!r}; expected one of {', '.join(BAD_RECORD_POLICIES)}")
+    BadRecords(bad_records, key="data.bad_records", error=DataError)  # checks the policy's name
     if not path:
         raise DataError("no data path given")
     fields = (input_field, output_field)
-    if fmt == "tfds" or (fmt == "auto" and os.path.isfile(os.path.join(path, _TFDS_INFO))):
+    if fmt == "tfds" or (fmt == "auto" and is_tfds_dir(path)):
         if not os.path.isdir(path):
             raise DataError(f"TFDS builder directory {path} does not exist")
         files: list[RecordFile] = [TfdsSplit(path, split, fields, bad_records)]
@@ -132,7 +127,5 @@ def _list_files(path: str, fmt: str) -> list[tuple[str, str]]:
 
 def _kind(name: str, fmt: str) -> str | None:
     """The format of file `name` by its suffix (None if unknown, or not `fmt` when fmt is not "auto")."""
-    for kind, pattern in _SUFFIXES:
-        if pattern.search(name):
-            return kind if fmt in ("auto", kind) else None
-    return None
+    kind = format_of(name)
+    return kind if kind in _FILE_READERS and fmt in ("auto", kind) else None

@@ -14,7 +14,7 @@ import random
 import time
 
 from jz3_jax.distill.client import backoff_delay, retry_after_seconds
-from jz3_jax.distill.errors import TeacherError
+from jz3_jax.errors import TeacherError
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")

@@ -14,7 +14,7 @@ import email.utils
 import random
 import time
 
-from jz3_jax.distill.errors import TeacherError
+from jz3_jax.errors import TeacherError
 
 RETRYABLE = ("rate_limited", "server_error", "timeout", "connection", "malformed")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-ALL_LEVELS = ["grade_school", "middle_school", "high_school", "college", "amc8", "amc10", "amc12", "aime"]
+from jz3_jax.prompts.config import PromptPlanConfig
 
 
 @dataclasses.dataclass
@@ -37,14 +37,12 @@ class TeacherConfig:
 
 
 @dataclasses.dataclass
-class DistillConfig:
+class DistillConfig(PromptPlanConfig):
     """`distill` stage: snippets x education levels x kinds -> teacher requests -> the KD dataset.
 
-    `snippets`: a jsonl of `id`, `source`, `text` ("" = RUN_DIR/select/selected.jsonl when it exists,
-    else RUN_DIR/corpus/snippets.jsonl); the first `num_snippets` are used (0 = all).
-    `levels`, `level_policy` (random: one level per snippet from `seed`; all; fixed: the first
-    level), `kinds` (cot, tool); `source_levels` / `source_kinds` override them per source tag
-    (`SOURCE=a+b`). `concurrency` requests in flight, at most `requests_per_minute` started per
+    The prompt plan's keys (`snippets`, `levels`, `level_policy`, `kinds`, `source_levels`,
+    `source_kinds`) come from `PromptPlanConfig`; `snippets` "" = RUN_DIR/select/selected.jsonl when
+    it exists, else RUN_DIR/corpus/snippets.jsonl. The first `num_snippets` are used (0 = all). `concurrency` requests in flight, at most `requests_per_minute` started per
     minute (0 = no limit). Budgets (0 = none), never exceeded, in-flight requests included:
     `max_calls` HTTP attempts, `max_tokens` prompt + completion tokens (an attempt reserves the most
     it could cost). `cache_dir` ("" = RUN_DIR/distill/cache) holds every paid answer by request hash.
@@ -57,13 +55,7 @@ class DistillConfig:
     In batch mode the budgets count a request when it is submitted, reserving its full bound.
     """
 
-    snippets: str = ""
     num_snippets: int = 0
-    levels: list[str] = dataclasses.field(default_factory=lambda: list(ALL_LEVELS))
-    level_policy: str = "random"
-    kinds: list[str] = dataclasses.field(default_factory=lambda: ["cot"])
-    source_levels: list[str] = dataclasses.field(default_factory=list)
-    source_kinds: list[str] = dataclasses.field(default_factory=list)
     concurrency: int = 4
     requests_per_minute: float = 0.0
     max_calls: int = 0

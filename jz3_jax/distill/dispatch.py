@@ -21,7 +21,7 @@ from jz3_jax.distill.answers import Answer, MalformedBody, parse_body
 from jz3_jax.distill.budget import Budget
 from jz3_jax.distill.cache import AnswerCache
 from jz3_jax.distill.client import RETRYABLE, TeacherClient, backoff_delay
-from jz3_jax.distill.errors import TeacherError
+from jz3_jax.errors import TeacherError
 from jz3_jax.distill.pacing import Pacer
 from jz3_jax.distill.requests import TeacherRequest
 

@@ -38,12 +38,13 @@ from jz3_jax.distill.budget import Budget
 from jz3_jax.distill.cache import AnswerCache
 from jz3_jax.distill.client import TeacherClient
 from jz3_jax.distill.dispatch import Dispatcher, RunStats
-from jz3_jax.distill.errors import DistillError
+from jz3_jax.errors import DistillError
 from jz3_jax.distill.pacing import Pacer
 from jz3_jax.distill.requests import TeacherRequest, build_requests
 from jz3_jax.prompts.snippets import read_snippets
 from jz3_jax.distill.validate import validate
 from jz3_jax.prompts.plan import PromptPlan
+from jz3_jax.records.jsonl import read_lines, write_lines
 from jz3_jax.distill.spec import DistillSpec
 from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path, atomic_write
@@ -90,8 +91,7 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict:
     """Ask the teacher for every uncached request, then write kd.jsonl, rejected.jsonl, report.json."""
     dc, tc = spec.distill, spec.teacher
     check_settings(dc, tc)
-    plan = PromptPlan.build("distill", dc.levels, dc.kinds, dc.level_policy, spec.seed, dc.source_levels,
-                            dc.source_kinds)
+    plan = PromptPlan.from_config("distill", dc, spec.seed)
     if ctx.process_index != 0:
         return {}
     for name in dc.include:  # checked now: the outputs are written even when the run fails later
@@ -227,12 +227,8 @@ def _write_outputs(ctx, spec, requests, answers, stats: RunStats, budget: Budget
         else:
             records.append({"input": p.prompt, "output": output, **provenance})
     included = _included(dc.include, records)
-    with atomic_write(artifacts.output(ctx.stage_dir, "distill.kd")) as f:
-        for record in records + included:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    with atomic_write(ctx.stage_dir / "rejected.jsonl") as f:
-        for record in rejected:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_lines(artifacts.output(ctx.stage_dir, "distill.kd"), records + included)
+    write_lines(ctx.stage_dir / "rejected.jsonl", rejected)
     report = {
         "requests": len(requests), "calls": budget.calls, "cache_hits": cache_hits, "retries": stats.retries,
         "failures": dict(stats.failures), "gave_up": dict(stats.gave_up),
@@ -251,21 +247,17 @@ def _included(paths: list[str], records: list[dict]) -> list[dict]:
     """Records of earlier kd.jsonl files (e.g. the first distill round) not already in `records`."""
     seen = {r["request_hash"] for r in records} | {(r["input"], r["output"]) for r in records}
     extra = []
-    for name in paths:
-        path = as_path(name)
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DistillError(f"{name}:{lineno}: not valid JSON ({error})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("input"), str) or \
-                    not isinstance(record.get("output"), str):
-                raise DistillError(f"{name}:{lineno}: expected an object with string 'input' and 'output'")
-            keys = [k for k in (record.get("request_hash"), (record["input"], record["output"])) if k is not None]
-            if any(k in seen for k in keys):
-                continue
-            seen.update(keys)
-            extra.append(record)
+    for line in read_lines(paths, error=DistillError, validate=_is_example):
+        record = line.record
+        keys = [k for k in (record.get("request_hash"), (record["input"], record["output"])) if k is not None]
+        if any(k in seen for k in keys):
+            continue
+        seen.update(keys)
+        extra.append(record)
     return extra
+
+
+def _is_example(record: dict) -> str | None:
+    if isinstance(record.get("input"), str) and isinstance(record.get("output"), str):
+        return None
+    return "expected an object with string 'input' and 'output'"

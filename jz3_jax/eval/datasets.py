@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from jz3_jax.eval.errors import EvalError
+from jz3_jax.errors import EvalError
 from jz3_jax.eval.grader.latex import last_boxed
 
 PACKAGE_DATA = Path(__file__).with_name("data")

@@ -7,29 +7,17 @@ broken record.
 
 from __future__ import annotations
 
-import json
-
 from etils import epath
 
-from jz3_jax.eval.errors import EvalError
-from jz3_jax.runtime.shards import ShardWriter, shard_files  # noqa: F401 - ShardWriter is part of this module's surface
-
+from jz3_jax.errors import EvalError
+from jz3_jax.records.shards import ShardWriter, read_shards as _read_shards  # noqa: F401 - ShardWriter is part of this module's surface
 
 
 def read_shards(directory: epath.Path) -> list[dict]:
-    """Every sample record of the finished shards."""
-    records = []
-    for path in shard_files(directory):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                    record["dataset"], record["id"]  # noqa: B018 - the resumption key must be there
-                except (ValueError, KeyError, TypeError):
-                    raise EvalError(f"{path}:{lineno}: not a sample record; remove the file to regenerate "
-                                    "its samples") from None
-                records.append(record)
-    return records
+    """Every sample record of the finished shards (each has the resumption key, `dataset` and `id`)."""
+    return [line.record for line in _read_shards(directory, "sample record", required=("dataset", "id"),
+                                                  error=EvalError,
+                                                  hint="remove the file to regenerate its samples")]
 
 
 def sample_key(record: dict) -> tuple[str, str]:

@@ -15,7 +15,8 @@ import time
 from typing import TYPE_CHECKING
 
 from jz3_jax.eval.datasets import Problem, get_spec, load_problems
-from jz3_jax.eval.errors import EvalError
+from jz3_jax.errors import EvalError
+from jz3_jax.records.jsonl import read_lines
 from jz3_jax.eval.grader.policies import check_policy
 from jz3_jax.eval.grading import POLICIES, GradeItem, grade_all
 from jz3_jax.eval.prompts import SETTINGS, build_prompt, stop_strings
@@ -182,27 +183,22 @@ def _generate(spec: EvalSpec, ctx: StageContext, problems: list[Problem], sample
 REQUIRED = ("dataset", "generation", "gold")
 
 
+def _generation_problem(record: dict) -> str | None:
+    """Why `record` is not a generation record (None when it is one)."""
+    for field in REQUIRED:
+        if field not in record:
+            return f"missing field {field!r} (required: {', '.join(REQUIRED)})"
+    if record["dataset"] in ("aqua", "sat_math", "mmlu_stem") and not record.get("choices"):
+        return f"missing field 'choices' (dataset {record['dataset']} is multiple choice)"
+    return None
+
+
 def read_generations(path: str) -> list[dict]:
     """The records of a generations file, checked: each line names what is missing where."""
     source = as_path(path)
     if not source.is_file():
         raise EvalError(f"grade.input {path!r} does not exist (a jsonl file with {', '.join(REQUIRED)} per line)")
-    records = []
-    for lineno, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise EvalError(f"{path}:{lineno}: not JSON ({error})") from None
-        if not isinstance(record, dict):
-            raise EvalError(f"{path}:{lineno}: expected a JSON object")
-        for field in REQUIRED:
-            if field not in record:
-                raise EvalError(f"{path}:{lineno}: missing field {field!r} (required: {', '.join(REQUIRED)})")
-        if record["dataset"] in ("aqua", "sat_math", "mmlu_stem") and not record.get("choices"):
-            raise EvalError(f"{path}:{lineno}: missing field 'choices' (dataset {record['dataset']} is multiple choice)")
-        records.append(record)
+    records = [line.record for line in read_lines(source, error=EvalError, validate=_generation_problem)]
     if not records:
         raise EvalError(f"grade.input {path!r} holds no records")
     return records

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jz3_jax.eval.datasets import DATASETS, get_spec, problems_from_file
-from jz3_jax.eval.errors import EvalError
+from jz3_jax.errors import EvalError
 
 _JZ3 = "https://raw.githubusercontent.com/RUCAIBox/JiuZhang3.0/aae2f9119f57ccaa71c2780c6d63de93a5ee7cba/eval/data/"
 URLS = {

@@ -8,13 +8,13 @@ named with their file and line; an empty file is refused before anything compile
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from jz3_jax.data.examples import encode_example
 from jz3_jax.errors import UserError
+from jz3_jax.records.jsonl import read_lines
 
 
 class SelectInputError(UserError):
@@ -32,20 +32,11 @@ class Item:
 
 
 def _lines(path: str, what: str):
-    p = Path(path)
-    if not p.is_file():
+    """(line number, record) of the jsonl file `path`, named by `select.{what}`."""
+    if not Path(path).is_file():
         raise SelectInputError(f"select.{what}: {path} does not exist")
-    with p.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SelectInputError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise SelectInputError(f"{path}:{number}: expected a JSON object")
-            yield number, record
+    for line in read_lines(path, error=SelectInputError):
+        yield line.number, line.record
 
 
 def read_candidates(path: str) -> list[Item]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-LEVELS = ("grade_school", "middle_school", "high_school", "college", "amc8", "amc10", "amc12", "aime")
-KINDS = ("cot", "tool")
+from jz3_jax.prompts.config import KINDS, LEVELS
 PROBLEM_HEADER = "## Problem"
 SOLUTION_HEADERS = {"cot": "## Solution", "tool": "## Code Solution"}
 

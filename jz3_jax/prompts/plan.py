@@ -12,9 +12,8 @@ import dataclasses
 import hashlib
 
 from jz3_jax.errors import UserError
-from jz3_jax.prompts.library import KINDS, LEVELS, render
-
-POLICIES = ("random", "all", "fixed")
+from jz3_jax.prompts.config import KINDS, LEVELS, POLICIES, PromptPlanConfig
+from jz3_jax.prompts.library import render
 
 
 class PromptPlanError(UserError):
@@ -57,6 +56,12 @@ class PromptPlan:
         return cls(levels, kinds, policy, seed,
                    _overrides(f"{section}.source_levels", source_levels, LEVELS),
                    _overrides(f"{section}.source_kinds", source_kinds, KINDS))
+
+    @classmethod
+    def from_config(cls, section: str, settings: PromptPlanConfig, seed: int) -> PromptPlan:
+        """The plan of a `distill` or `synthesize` section (`section` names it in errors)."""
+        return cls.build(section, settings.levels, settings.kinds, settings.level_policy, seed,
+                         settings.source_levels, settings.source_kinds)
 
     def choices(self, snippet_id: str, source: str) -> list[tuple[str, str]]:
         """The (level, kind) pairs for one snippet."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 
 from etils import epath
 
 from jz3_jax.errors import UserError
+from jz3_jax.records.jsonl import id_reason, read_lines
 
 
 class SnippetError(UserError):
@@ -41,29 +41,23 @@ def read_snippets(path: str | os.PathLike, key: str = "distill.snippets") -> lis
     if not path.exists():
         raise SnippetError(f"snippets file {str(path)!r} does not exist (run the corpus stage or set {key})")
     snippets, seen = [], set()
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SnippetError(f"{where}: not valid JSON ({error})") from None
-            if not isinstance(row, dict):
-                raise SnippetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            text, source = row.get("text"), row.get("source", "")
-            if not isinstance(text, str) or not text.strip():
-                raise SnippetError(f"{where}: field 'text' must be a non-empty string")
-            sid = row.get("id", content_id(text))
-            if isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == "":
-                raise SnippetError(f"{where}: field 'id' must be a non-empty string or an integer, got {sid!r}")
-            if not isinstance(source, str):
-                raise SnippetError(f"{where}: field 'source' must be a string, got {source!r}")
-            if str(sid) in seen:
-                continue  # e.g. a snippet selected twice: one set of prompts
-            seen.add(str(sid))
-            snippets.append(Snippet(str(sid), source, text))
+    for line in read_lines(path, error=SnippetError, validate=_check):
+        row = line.record
+        sid = str(row.get("id", content_id(row["text"])))
+        if sid in seen:
+            continue  # e.g. a snippet selected twice: one set of prompts
+        seen.add(sid)
+        snippets.append(Snippet(sid, row.get("source", ""), row["text"]))
     if not snippets:
         raise SnippetError(f"snippets file {str(path)!r} has no records")
     return snippets
+
+
+def _check(row: dict) -> str | None:
+    """Why `row` is not a snippet record (None when it is)."""
+    text, source = row.get("text"), row.get("source", "")
+    if not isinstance(text, str) or not text.strip():
+        return "field 'text' must be a non-empty string"
+    if not isinstance(source, str):
+        return f"field 'source' must be a string, got {source!r}"
+    return id_reason(row.get("id", "-"))

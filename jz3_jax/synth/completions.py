@@ -18,16 +18,15 @@ field) is an error naming the file and line: it is a bug upstream, not a bad sam
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import os
 from typing import Iterator
 
 from etils import epath
 
-from jz3_jax.runtime.paths import as_path, is_local
-from jz3_jax.synth.errors import FilterError
-from jz3_jax.synth.parse import KINDS
+from jz3_jax.errors import FilterError
+from jz3_jax.records.jsonl import expand, id_reason, read_lines
+from jz3_jax.runtime.paths import as_path
+from jz3_jax.synth.prompts import kind_meta_reason
 
 FINISH_REASONS = ("stop", "length")
 
@@ -52,18 +51,9 @@ def default_inputs(run_dir: str | os.PathLike) -> str:
 def resolve_inputs(spec: str) -> list[epath.Path]:
     """The completion files named by `spec` (a file, a directory of *.jsonl, or a glob; local or
     gs://), sorted."""
-    path = as_path(spec)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
-        if not files:
-            raise FilterError(f"no completion files: directory {spec!r} has no *.jsonl files")
-        return files
-    if is_local(spec):
-        files = sorted(as_path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-    else:  # a URL: the pattern's last part globs its directory
-        files = sorted(p for p in path.parent.glob(path.name) if p.is_file()) if path.parent.is_dir() else []
+    files = [as_path(name) for name in expand(spec)]
+    if not files and as_path(spec).is_dir():
+        raise FilterError(f"no completion files: directory {spec!r} has no *.jsonl files")
     if not files:
         raise FilterError(f"no completion files: {spec!r} does not exist or matches no files "
                           "(set filter.inputs, or run the synthesize stage first)")
@@ -72,36 +62,18 @@ def resolve_inputs(spec: str) -> list[epath.Path]:
 
 def iter_completions(files: list[epath.Path]) -> Iterator[Completion]:
     """Validated completions of `files`, in file then line order."""
-    for path in files:
-        with path.open(encoding="utf-8") as f:
-            lineno = 0
-            try:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        yield _validate(line, f"{path}:{lineno}")
-            except UnicodeDecodeError as e:
-                raise FilterError(f"{path}: not UTF-8 text after line {lineno} ({e.reason})") from None
+    for line in read_lines(files, error=FilterError, validate=_check):
+        row = line.record
+        yield Completion(row["id"], row["completion"], row["finish_reason"], row.get("kind", "cot"),
+                         row.get("meta"), line.where)
 
 
-def _validate(line: str, where: str) -> Completion:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise FilterError(f"{where}: not valid JSON ({e})") from None
-    if not isinstance(row, dict):
-        raise FilterError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    rid = row.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
-        raise FilterError(f"{where}: field 'id' must be a non-empty string or an integer, got {rid!r}")
+def _check(row: dict) -> str | None:
+    """Why `row` is not a completion record (None when it is)."""
+    if reason := id_reason(row.get("id")):
+        return reason
     if not isinstance(row.get("completion"), str):
-        raise FilterError(f"{where}: field 'completion' must be a string, got {row.get('completion')!r:.80}")
+        return f"field 'completion' must be a string, got {row.get('completion')!r:.80}"
     if row.get("finish_reason") not in FINISH_REASONS:
-        raise FilterError(f"{where}: field 'finish_reason' must be one of {FINISH_REASONS}, "
-                          f"got {row.get('finish_reason')!r}")
-    kind = row.get("kind", "cot")
-    if kind not in KINDS:
-        raise FilterError(f"{where}: field 'kind' must be one of {KINDS}, got {kind!r}")
-    meta = row.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise FilterError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
-    return Completion(rid, row["completion"], row["finish_reason"], kind, meta, where)
+        return f"field 'finish_reason' must be one of {FINISH_REASONS}, got {row.get('finish_reason')!r}"
+    return kind_meta_reason(row)

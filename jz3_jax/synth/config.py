@@ -1,38 +1,30 @@
 """The synth stages' config sections (`cfg.synthesize`, `cfg.filter`): plain dataclasses (a leaf module).
 
-Its only project import is the synth package's error class (itself a leaf), raised by `FilterConfig.validate`.
+Its project imports are leaves: the prompt plan's section (`jz3_jax.prompts.config`) and the error
+class raised by `FilterConfig.validate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from jz3_jax.synth.errors import FilterError
+from jz3_jax.errors import FilterError
+from jz3_jax.prompts.config import PromptPlanConfig
 
-# The prompt library's education stages (jz3_jax.prompts.library.LEVELS; a leaf module cannot import it).
-ALL_LEVELS = ["grade_school", "middle_school", "high_school", "college", "amc8", "amc10", "amc12", "aime"]
 
 
 @dataclasses.dataclass
-class SynthesizeConfig:
+class SynthesizeConfig(PromptPlanConfig):
     """`synthesize` stage: prompts jsonl (`id`, `prompt`) in, completion shards out.
 
-    With `prompts` empty, the prompts are rendered from snippet records (`snippets`: a jsonl of
-    `id`, `source`, `text`; "" = RUN_DIR/corpus/snippets.jsonl) with the prompt library and the
-    same keys as distill: `levels`, `level_policy` (random: one level per snippet from the run's
-    seed; all; fixed: the first level), `kinds` (cot, tool), `source_levels` / `source_kinds`
-    (`SOURCE=a+b` overrides per source tag).
+    With `prompts` empty, the prompts are rendered from snippet records with the prompt library and
+    the same keys as distill (`PromptPlanConfig`: `snippets` "" = RUN_DIR/corpus/snippets.jsonl,
+    `levels`, `level_policy`, `kinds`, `source_levels`, `source_kinds`).
     With `chat_template` the prompt is sent as one user message through the tokenizer's chat
     template; `shard_size` completions are written per shard file (atomically).
     """
 
     prompts: str = ""
-    snippets: str = ""
-    levels: list[str] = dataclasses.field(default_factory=lambda: list(ALL_LEVELS))
-    level_policy: str = "random"
-    kinds: list[str] = dataclasses.field(default_factory=lambda: ["cot"])
-    source_levels: list[str] = dataclasses.field(default_factory=list)
-    source_kinds: list[str] = dataclasses.field(default_factory=list)
     chat_template: bool = True
     shard_size: int = 256
 

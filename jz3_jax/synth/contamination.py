@@ -10,10 +10,10 @@ no n-gram: it matches a synthetic problem that equals it after normalisation.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from jz3_jax.synth.errors import FilterError
+from jz3_jax.errors import FilterError
+from jz3_jax.records.jsonl import read_lines
 from jz3_jax.synth.text import WordHasher, ngram_hashes, whole_hash, words
 
 
@@ -111,16 +111,5 @@ def _bits(mask: int):
 
 
 def _questions(path: Path, fields: list[str]) -> list[str]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FilterError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise FilterError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            out.append(" ".join(row[k] for k in fields if isinstance(row.get(k), str) and row[k].strip()))
-    return out
+    return [" ".join(row[k] for k in fields if isinstance(row.get(k), str) and row[k].strip())
+            for row in (line.record for line in read_lines(path, error=FilterError))]

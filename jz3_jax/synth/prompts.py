@@ -9,10 +9,10 @@ breaks this is an error naming the file and line.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from jz3_jax.synth.errors import SynthesizeError
+from jz3_jax.errors import SynthesizeError
+from jz3_jax.records.jsonl import id_reason, read_lines
 from jz3_jax.synth.parse import KINDS
 
 
@@ -30,40 +30,36 @@ def read_prompts(path: str | Path) -> list[PromptRecord]:
     if not path.is_file():
         raise SynthesizeError(f"prompts file {str(path)!r} does not exist (set synthesize.prompts)")
     records, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = _parse(line, f"{path}:{lineno}")
-            if record.id in seen:
-                raise SynthesizeError(f"{path}:{lineno}: duplicate id {record.id!r} (first on line {seen[record.id]})")
-            seen[record.id] = lineno
-            records.append(record)
+    for line in read_lines(path, error=SynthesizeError, validate=_check):
+        row = line.record
+        if row["id"] in seen:
+            raise SynthesizeError(f"{line.where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        seen[row["id"]] = line.number
+        records.append(PromptRecord(row["id"], row["prompt"], row.get("kind", "cot"), row.get("meta")))
     if not records:
         raise SynthesizeError(f"prompts file {str(path)!r} has no records")
     return records
 
 
-def _parse(line: str, where: str) -> PromptRecord:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SynthesizeError(f"{where}: not valid JSON ({e})") from None
-    if not isinstance(row, dict):
-        raise SynthesizeError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    rid = row.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
-        raise SynthesizeError(f"{where}: field 'id' must be a non-empty string or an integer, got {rid!r}")
+def _check(row: dict) -> str | None:
+    """Why `row` is not a prompt record (None when it is)."""
     prompt = row.get("prompt")
+    if reason := id_reason(row.get("id")):
+        return reason
     if not isinstance(prompt, str) or not prompt:
-        raise SynthesizeError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r:.80}")
-    kind = row.get("kind", "cot")
+        return f"field 'prompt' must be a non-empty string, got {prompt!r:.80}"
+    return kind_meta_reason(row)
+
+
+def kind_meta_reason(row: dict) -> str | None:
+    """Why the optional `kind` / `meta` fields of a prompt or completion record are invalid (None when
+    they are fine)."""
+    kind, meta = row.get("kind", "cot"), row.get("meta")
     if kind not in KINDS:
-        raise SynthesizeError(f"{where}: field 'kind' must be one of {KINDS}, got {kind!r}")
-    meta = row.get("meta")
+        return f"field 'kind' must be one of {KINDS}, got {kind!r}"
     if meta is not None and not isinstance(meta, dict):
-        raise SynthesizeError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
-    return PromptRecord(rid, prompt, kind, meta)
+        return f"field 'meta' must be an object, got {type(meta).__name__}"
+    return None
 
 
 def prompts_from_snippets(path: str | Path, sc, seed: int) -> list[PromptRecord]:
@@ -74,8 +70,7 @@ def prompts_from_snippets(path: str | Path, sc, seed: int) -> list[PromptRecord]
     from jz3_jax.prompts.plan import PromptPlan
     from jz3_jax.prompts.snippets import read_snippets
 
-    plan = PromptPlan.build("synthesize", sc.levels, sc.kinds, sc.level_policy, seed, sc.source_levels,
-                            sc.source_kinds)
+    plan = PromptPlan.from_config("synthesize", sc, seed)
     records = []
     for snippet in read_snippets(path, key="synthesize.snippets"):
         for p in plan.prompts(snippet.id, snippet.source, snippet.text):

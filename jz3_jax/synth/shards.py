@@ -8,24 +8,14 @@ collide: `seq` continues after the process's last shard and processes differ in 
 
 from __future__ import annotations
 
-import json
-
 from etils import epath
 
-from jz3_jax.runtime.shards import ShardWriter, shard_files  # noqa: F401 - ShardWriter is part of this module's surface
-from jz3_jax.synth.errors import SynthesizeError
-
+from jz3_jax.errors import SynthesizeError
+from jz3_jax.records.shards import ShardWriter, read_shards  # noqa: F401 - ShardWriter is part of this module's surface
 
 
 def done_ids(directory: epath.Path) -> set:
     """Ids of every record in the finished shards."""
-    ids = set()
-    for path in shard_files(directory):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    ids.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SynthesizeError(f"{path}:{lineno}: not a completion record; "
-                                          "remove the file to regenerate its prompts") from None
-    return ids
+    return {line.record["id"] for line in read_shards(directory, "completion record", required=("id",),
+                                                       error=SynthesizeError,
+                                                       hint="remove the file to regenerate its prompts")}

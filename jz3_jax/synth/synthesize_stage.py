@@ -34,7 +34,7 @@ from jz3_jax.decoding.factory import load_engine, sampling_from_config, warm_up
 from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path
 from jz3_jax.runtime.preemption import Preempted, TermFlag
-from jz3_jax.synth.errors import SynthesizeError
+from jz3_jax.errors import SynthesizeError
 from jz3_jax.synth.prompts import PromptRecord, prompts_from_snippets, read_prompts
 from jz3_jax.synth.shards import ShardWriter, done_ids
 from jz3_jax.synth.spec import SynthesizeSpec
