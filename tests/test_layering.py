@@ -29,6 +29,9 @@ FORBIDDEN_IN_CORE = ("jz3_jax.config", "jz3_jax.launch", "jz3_jax.sweep", "jz3_j
                      *(f"jz3_jax.{p}" for p in STAGE_PACKAGES))
 # Where `jz3_jax.config` may be imported at run time (everything else: type hints only).
 CONFIG_USERS = ("config", "launch.py", "sweep.py")
+# Where the root `Config` may be named at all: the config layer, the launcher, the sweep and the
+# pipeline (which composes every stage's config). A stage receives its own typed spec.
+ROOT_CONFIG_USERS = (*CONFIG_USERS, "pipeline")
 
 
 def module_name(path: Path) -> str:
@@ -142,6 +145,117 @@ def test_core_never_imports_config_stages_or_launcher():
     for package in CORE:
         for path in sorted((PACKAGE_DIR / package).rglob("*.py")):
             problems += offending_imports(path, True, FORBIDDEN_IN_CORE)
+    assert not problems, "\n".join(problems)
+
+
+def test_no_core_or_stage_module_names_the_root_config():
+    """Not even in a type hint or inside a function: core packages and stages never see the root
+    `Config` (a stage gets a spec of its own sections, `stages/registry.py`)."""
+    problems = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.relative_to(PACKAGE_DIR).parts[0] not in ROOT_CONFIG_USERS:
+            problems += offending_imports(path, False, ("jz3_jax.config",))
+    assert not problems, "\n".join(problems)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere (module level, functions, TYPE_CHECKING).
+    `from package import module` is an edge to the module (Python initialises the package either way)."""
+    modules = set(all_modules())
+
+    def owner(name: str) -> str:
+        while name and name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]  # `from a.b import f`: the module a.b
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        name = module_name(path)
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {owner(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(path, node)
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else owner(base) for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_import_graph_has_no_cycle_even_counting_imports_inside_functions():
+    assert not cycles(import_graph()), cycles(import_graph())
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_assigns_into_another_module_at_run_time():
+    """No monkey-patching inside the package: an attribute of an imported project module is never assigned."""
+    problems = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases |= {a.asname or a.name.split(".")[0] for a in node.names if _matches(a.name, "jz3_jax")}
+            elif isinstance(node, ast.ImportFrom) and _matches(_absolute(path, node), "jz3_jax"):
+                aliases |= {a.asname or a.name for a in node.names}
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, ast.AugAssign) else [])
+            for target in targets:
+                base = target
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                if isinstance(target, ast.Attribute) and isinstance(base, ast.Name) and base.id in aliases:
+                    problems.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} assigns {ast.unparse(target)}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                    and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in aliases):
+                problems.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} setattr on {node.args[0].id}")
     assert not problems, "\n".join(problems)
 
 

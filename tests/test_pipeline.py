@@ -280,6 +280,53 @@ def test_fingerprints_change_for_the_steps_that_read_a_key_and_those_downstream_
     assert digests("run_dir=/elsewhere") == base  # a moved run dir keeps its fingerprints
 
 
+def _with_default(monkeypatch, section_type: type, key: str, value) -> None:
+    """Make `section_type()` default `key` to `value`, as if the code's default had been edited."""
+    import inspect
+
+    names = [p.name for p in inspect.signature(section_type.__init__).parameters.values()
+             if p.default is not inspect.Parameter.empty]
+    defaults = list(section_type.__init__.__defaults__)
+    assert len(defaults) == len(names) and key in names
+    defaults[names.index(key)] = value
+    monkeypatch.setattr(section_type.__init__, "__defaults__", tuple(defaults))
+    assert getattr(section_type(), key) == value
+
+
+@pytest.mark.parametrize("owner, key, value, rerun", [
+    ("jz3_jax.synth.config:FilterConfig", "ngram", 9, {"filter", "pretrain", "eval"}),
+    ("jz3_jax.influence.config:SelectConfig", "proj_seed", 5,
+     {"select", "distill_boost", "sft_boost", "synthesize", "filter", "pretrain", "eval"}),
+    ("jz3_jax.decoding.config:EngineConfig", "max_top_k", 7, {"synthesize", "filter", "pretrain", "eval_base", "eval"}),
+    ("jz3_jax.eval.config:GradeConfig", "workers", 3, set()),  # read by the grade stage only, not the pipeline
+])
+def test_a_changed_default_in_the_code_reruns_the_steps_that_read_it_and_nothing_else(
+        tmp_path, monkeypatch, owner, key, value, rerun):
+    """Every step done with the old defaults; the code's default of one key changes; the steps whose
+    stage reads that key and everything downstream of them are stale, every other step stays done."""
+    import importlib
+
+    from jz3_jax.config import load_config
+    from jz3_jax.pipeline import markers
+    from jz3_jax.pipeline.stage import plan
+
+    run_dir = tmp_path / "run"
+
+    def planned() -> dict[str, str]:
+        cfg = load_config(str(REPO_ROOT / "configs" / "tiny.py"))
+        cfg.run_dir = str(run_dir)
+        return {step.name: digest for step, _, digest in plan(cfg)[0]}
+
+    for name, digest in planned().items():
+        (run_dir / name).mkdir(parents=True)
+        markers.write(run_dir / name, markers.DONE, digest)
+    module, name = owner.split(":")
+    _with_default(monkeypatch, getattr(importlib.import_module(module), name), key, value)
+    states = {name: markers.state(run_dir / name, digest) for name, digest in planned().items()}
+    assert {name for name, state in states.items() if state == "stale"} == rerun
+    assert {name for name, state in states.items() if state == "done"} == set(STEP_NAMES) - rerun
+
+
 # --- SIGKILL in the middle of every stage (slow: one pipeline run, killed once per stage) -------------
 
 def _count(pattern: str):
