@@ -18,7 +18,6 @@ field) is an error naming the file and line: it is a bug upstream, not a bad sam
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterator
 
 from etils import epath
@@ -41,11 +40,6 @@ class Completion:
     kind: str
     meta: dict | None
     where: str  # "path:line"
-
-
-def default_inputs(run_dir: str | os.PathLike) -> str:
-    """Where the synthesize stage writes its shards (every process's, in one shared directory)."""
-    return str(as_path(run_dir) / "synthesize" / "completions" / "*.jsonl")
 
 
 def resolve_inputs(spec: str) -> list[epath.Path]:
