@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import jax
 
-from jz3_jax.checkpoint import checkpoint_kind, load_model, load_stage_tokenizer
+from jz3_jax.checkpoint import open_checkpoint, stage_tokenizer
 from jz3_jax.checkpoint.errors import CheckpointError
 from jz3_jax.errors import ConfigError
 from jz3_jax.runtime.mesh import mesh_and_rules
@@ -32,13 +32,14 @@ def run(spec: ConvertSpec, ctx: StageContext) -> None:
     dst = Path(spec.convert.dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CheckpointError(f"destination {dst} already exists and is not empty")
-    kind = checkpoint_kind(src)
+    opened = open_checkpoint(src)
     mesh, rules = mesh_and_rules(spec.mesh)
     model_cfg = dataclasses.replace(spec.model, checkpoint=src)
-    ctx.logger.info("convert: loading %s checkpoint %s", kind, src)
+    ctx.logger.info("convert: loading %s checkpoint %s", opened.kind, src)
     with jax.set_mesh(mesh):
-        model, resolved = load_model(model_cfg, mesh, rules, spec.seed)
-    tokenizer = load_stage_tokenizer(model_cfg, ctx.logger)
+        model = opened.load(model_cfg, mesh, rules)
+    resolved = model.cfg
+    tokenizer = stage_tokenizer(model_cfg, opened, ctx.logger)
     if spec.convert.dst_format == "hf":
         from jz3_jax.checkpoint.hf_export import export_hf
 

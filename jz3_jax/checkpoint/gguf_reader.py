@@ -24,8 +24,10 @@ from gguf.gguf_reader import ReaderTensor
 from gguf.quants import dequantize
 
 from jz3_jax.checkpoint.errors import CheckpointError
+from jz3_jax.tokenizer.gguf_metadata import PlainArrayReader
 
-__all__ = ["CheckpointError", "SUPPORTED_ARCHITECTURES", "gguf_hf_config", "iter_gguf_tensors"]
+__all__ = ["CheckpointError", "SUPPORTED_ARCHITECTURES", "GGUFFile", "open_gguf", "gguf_hf_config",
+           "iter_gguf_tensors"]
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
@@ -83,6 +85,32 @@ _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _GLOBAL_NAME = re.compile(r"^([a-z_]+)\.(weight|bias)$")
 
 
+class GGUFFile:
+    """One GGUF file opened once: its parsed header (`reader`), its HF config and its tensors' HF names.
+
+    The header is parsed and the file memory-mapped once; `tensors()` streams from that map and
+    `reader` also serves the tokenizer metadata (`jz3_jax.tokenizer.load_gguf_tokenizer`), so
+    loading a model and its tokenizer from a GGUF opens the file once.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        self.reader = _open_reader(self.path)
+        self.hf_config = _config_from_reader(self.reader, self.path)
+        self.hf_names = [_hf_tensor_name(tensor.name, self.path) for tensor in self.reader.tensors]
+        self._unpermute = _architecture(self.reader, self.path)[0] == "llama"
+
+    def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(hf_name, float32 array in HF layout)`` for each tensor, one at a time (see
+        `iter_gguf_tensors`)."""
+        return _stream_tensors(self.reader, self.hf_names, self.hf_config if self._unpermute else None, self.path)
+
+
+def open_gguf(path: str) -> GGUFFile:
+    """Open, parse and validate a GGUF file once (CheckpointError naming ``path`` if it is bad)."""
+    return GGUFFile(path)
+
+
 def gguf_hf_config(path: str) -> dict:
     """Return the Hugging Face ``config.json`` dict equivalent to a GGUF file's metadata.
 
@@ -95,7 +123,7 @@ def gguf_hf_config(path: str) -> dict:
     Raises CheckpointError (naming ``path``) for missing, non-GGUF, truncated or
     unsupported-architecture files.
     """
-    return _config_from_reader(_open_reader(path), path)
+    return open_gguf(path).hf_config
 
 
 def iter_gguf_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -109,11 +137,7 @@ def iter_gguf_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
     The file, its metadata and all tensor names are validated before this returns,
     so a bad file raises CheckpointError here rather than part-way through iteration.
     """
-    reader = _open_reader(path)
-    config = _config_from_reader(reader, path)
-    hf_names = [_hf_tensor_name(tensor.name, path) for tensor in reader.tensors]
-    unpermute = _architecture(reader, path)[0] == "llama"
-    return _stream_tensors(reader, hf_names, config if unpermute else None, path)
+    return open_gguf(path).tensors()
 
 
 def _stream_tensors(
@@ -131,25 +155,21 @@ def _stream_tensors(
 
 
 def _open_reader(path: str) -> GGUFReader:
-    """Open ``path`` with GGUFReader after checking it exists, is GGUF and is complete."""
-    path = os.fspath(path)
+    """Open ``path`` once: check its magic, then parse it with GGUFReader (over a plain-array view of
+    its memory map, see `PlainArrayReader`) and check that it is complete."""
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file not found: {path}")
-    _check_magic(path)
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # gguf raises bare ValueError/IndexError on corrupt files
-        raise CheckpointError(f"cannot parse GGUF file {path} (corrupt or truncated?): {exc}") from exc
-    _check_tensor_extents(reader, path)
-    return reader
-
-
-def _check_magic(path: str) -> None:
-    """Raise CheckpointError unless the file starts with the GGUF magic bytes."""
     with open(path, "rb") as handle:
         magic = handle.read(len(_GGUF_MAGIC))
-    if magic != _GGUF_MAGIC:
-        raise CheckpointError(f"not a GGUF file (bad magic {magic!r}): {path}")
+        if magic != _GGUF_MAGIC:
+            raise CheckpointError(f"not a GGUF file (bad magic {magic!r}): {path}")
+        handle.seek(0)
+        try:
+            reader = PlainArrayReader(handle)  # the memory map outlives the file handle
+        except Exception as exc:  # gguf raises bare ValueError/IndexError on corrupt files
+            raise CheckpointError(f"cannot parse GGUF file {path} (corrupt or truncated?): {exc}") from exc
+    _check_tensor_extents(reader, path)
+    return reader
 
 
 def _check_tensor_extents(reader: GGUFReader, path: str) -> None:

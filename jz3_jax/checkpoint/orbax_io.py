@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from jz3_jax.checkpoint.errors import CheckpointError
 from jz3_jax.checkpoint.hf_export import finish_destination, prepare_destination
-from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.config import ModelConfig, without_source
 from jz3_jax.model.decoder import Decoder
 from jz3_jax.model.factory import abstract_model, model_shardings
 from jz3_jax.runtime.sharding import Rules
@@ -53,7 +53,7 @@ def save_orbax(model: Decoder, dst: str | Path, tokenizer=None) -> Path:
         checkpointer.save((tmp / "params").absolute(), nnx.state(model, nnx.Param))
         checkpointer.wait_until_finished()
         if writer:
-            saved = dataclasses.replace(model.cfg, checkpoint="", tokenizer="")
+            saved = without_source(model.cfg)
             (tmp / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(saved), indent=2))
             if tokenizer is not None:
                 tokenizer.save(str(tmp / "tokenizer"))
@@ -70,13 +70,15 @@ def multihost_tmp(tmp: Path | None, dst: Path) -> Path:
     return tmp if tmp is not None else dst.parent / f".{dst.name}.partial"
 
 
-def load_orbax(path: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Decoder:
+def load_orbax(path: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules,
+               saved_cfg: ModelConfig | None = None) -> Decoder:
     """Restore an orbax model checkpoint straight into its shardings.
 
     `cfg` must describe the same architecture; if its `scan_layers` differs from the saved
     layout, the checkpoint is restored as saved and re-streamed into the requested layout.
+    `saved_cfg`: the checkpoint's `read_orbax_config` when already read (else it is read here).
     """
-    saved_cfg = read_orbax_config(path)
+    saved_cfg = saved_cfg if saved_cfg is not None else read_orbax_config(path)
     restore_cfg = dataclasses.replace(cfg, scan_layers=saved_cfg.scan_layers)
     graphdef, abstract_state, shardings = model_shardings(abstract_model(restore_cfg, rules), rules, mesh)
     # The decoder holds only nnx.Param variables, so its whole state is what `save_orbax` wrote.

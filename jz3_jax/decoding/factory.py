@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import jax
 
-from jz3_jax.checkpoint import check_vocab_matches, load_model, load_stage_tokenizer, resolve_model_config
+from jz3_jax.checkpoint import prepare_model
 from jz3_jax.decoding.attention import LAYOUTS
 from jz3_jax.decoding.engine import Engine
 from jz3_jax.errors import ConfigError
@@ -74,11 +74,10 @@ def load_engine(spec: DecodeSpec, logger: logging.Logger, max_batch: int | None 
     mesh, rules = engine_mesh(ec)
     logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
                 jax.local_device_count())
-    tokenizer = load_stage_tokenizer(spec.model, logger)
-    if tokenizer is not None:
-        check_vocab_matches(tokenizer, resolve_model_config(spec.model))  # before any weight is read
+    prepared = prepare_model(spec.model, logger)  # tokenizer and vocabulary checked before any weight is read
+    tokenizer, resolved = prepared.tokenizer, prepared.config
     with jax.set_mesh(mesh):
-        model, resolved = load_model(spec.model, mesh, rules, spec.seed)
+        model = prepared.load(mesh, rules, spec.seed)
         engine = Engine(model, max_batch=max_batch or ec.max_batch, max_seq_len=ec.max_seq_len,
                         eos_ids=eos_ids_of(resolved, tokenizer), tokenizer=tokenizer,
                         steps_per_dispatch=ec.steps_per_dispatch, prompt_bucket=ec.prompt_bucket,

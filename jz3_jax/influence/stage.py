@@ -59,7 +59,7 @@ def _digest(values) -> str:
 
 def _load_inputs(spec: SelectSpec, run_dir):
     """(candidates, targets, tokenizer): everything that can fail on bad input, before any compile."""
-    from jz3_jax.checkpoint import check_vocab_matches, load_stage_tokenizer, resolve_model_config
+    from jz3_jax.checkpoint import prepare_model
 
     import logging
 
@@ -68,10 +68,7 @@ def _load_inputs(spec: SelectSpec, run_dir):
     candidates_path = s.candidates or artifacts.locate_str(run_dir, "corpus.snippets")
     targets = inputs_lib.read_targets(s.targets)
     candidates = inputs_lib.read_candidates(candidates_path)
-    tokenizer = load_stage_tokenizer(spec.model, logging.getLogger("jz3_jax"))
-    if tokenizer is None:
-        raise ConfigError("select needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
-    check_vocab_matches(tokenizer, resolve_model_config(spec.model))
+    tokenizer = prepare_model(spec.model, logging.getLogger("jz3_jax"), needed_by="select").tokenizer
     return candidates, targets, tokenizer
 
 

@@ -25,9 +25,10 @@ _SPECIAL_ID_KEYS = {
 }
 
 
-def load_gguf_tokenizer(path: str) -> HFTokenizer:
-    """The tokenizer embedded in the GGUF file at `path` ("gpt2" byte-level BPE or "llama" SentencePiece BPE)."""
-    meta = read_gguf_tokenizer_metadata(path)
+def load_gguf_tokenizer(path: str, reader=None) -> HFTokenizer:
+    """The tokenizer embedded in the GGUF file at `path` ("gpt2" byte-level BPE or "llama" SentencePiece BPE);
+    `reader`: that file's `gguf.GGUFReader` when it is already open (nothing is read from disk again)."""
+    meta = read_gguf_tokenizer_metadata(path, reader)
     model = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jz3_jax.checkpoint import check_vocab_matches, load_model, load_stage_tokenizer, resolve_model_config
+from jz3_jax.checkpoint import prepare_model
 from jz3_jax.errors import ConfigError
 from jz3_jax.model.lora import add_lora, merge_lora
 from jz3_jax.runtime import peers
@@ -103,14 +103,12 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         # What can fail in one process alone (config, tokenizer, this process's data) runs before any
         # collective, and the processes agree on the outcome: all go on, or all stop with the error.
-        error = None
+        error, prepared = None, None
         try:
             self.mesh, self.rules = mesh_and_rules(cfg.mesh)
             rows_per_process = _check_batch(cfg, ctx.process_count)
-            self.tokenizer = load_stage_tokenizer(cfg.model, ctx.logger)
-            if self.tokenizer is None:
-                raise ConfigError("training needs a tokenizer: set model.tokenizer (or a checkpoint that has one)")
-            check_vocab_matches(self.tokenizer, resolve_model_config(cfg.model))
+            prepared = prepare_model(cfg.model, ctx.logger, needed_by="training")
+            self.tokenizer = prepared.tokenizer
             self.train_data, self.eval_data = _data(cfg, self.tokenizer, ctx, rows_per_process)
             if cfg.train.steps == 0:
                 self.train_data.rows_per_epoch()  # tokenizes this process's share once (a bad record fails here)
@@ -120,7 +118,7 @@ class Trainer:
         self.rows_per_epoch = global_rows_per_epoch(self.train_data, ctx.process_count) if cfg.train.steps == 0 else 0
         self.total_steps = total_steps(cfg, self.rows_per_epoch)
         with jax.set_mesh(self.mesh):
-            model, self.model_cfg = load_model(cfg.model, self.mesh, self.rules, cfg.seed)
+            model, self.model_cfg = prepared.load(self.mesh, self.rules, cfg.seed), prepared.config
             self.lora = cfg.lora.rank > 0
             if self.lora:
                 add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.seed)
