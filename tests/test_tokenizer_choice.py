@@ -1,4 +1,4 @@
-"""What a new user hits first: each tokenizer's own BOS rule, the checkpoint's own tokenizer by
+"""Which tokenizer a stage uses and how it encodes: each tokenizer's own BOS rule, the checkpoint's own tokenizer by
 default (and a vocabulary that does not fit refused), and a quiet launch on a CPU machine."""
 
 from __future__ import annotations
