@@ -204,7 +204,7 @@ def test_malformed_record_in_process_1_share_stops_both(tmp_path, varied):
     codes, stderr, seconds = Pod("pretrain", [tmp_path, tmp_path], f"data.train_path={bad}", *PACKED).start().wait()
     assert all(code != 0 for code in codes), stderr
     assert seconds < PROMPT_FAILURE_S
-    assert "bad.jsonl" in stderr[0] and "line 6" in stderr[0]
+    assert "bad.jsonl" in stderr[0] and "bad.jsonl:6" in stderr[0]
 
 
 def test_a_process_killed_mid_run_stops_the_other(tmp_path, varied):

@@ -153,7 +153,7 @@ def test_malformed_line_is_named_or_skipped(tmp_path, arithmetic):
     bad.write_text("\n".join(lines) + "\n")
     result = run_launch(*train_args(tmp_path / "a", bad), timeout=120)
     assert result.returncode == 2
-    assert "bad.jsonl" in result.stderr and "line 5" in result.stderr
+    assert "bad.jsonl" in result.stderr and "bad.jsonl:5" in result.stderr
     skipped = run_launch(*train_args(tmp_path / "b", bad, "data.bad_records=skip", "train.steps=2"), timeout=300)
     assert skipped.returncode == 0, skipped.stderr
     record = json.loads((tmp_path / "b" / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
