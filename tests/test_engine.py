@@ -209,17 +209,14 @@ def _decode_step_logits(model, layout: str, prompts: np.ndarray) -> tuple[np.nda
     """Logits of one cached decode step after `prompts` [b, n] with `layout`, and the program's text."""
     from flax import nnx
 
-    from jz3_jax.decoding.attention import use_layout
-
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(model.with_decode_attention(layout))
     b, n = prompts.shape
 
     def step(params, prompts):
         m = nnx.merge(graphdef, params)
         positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
         _, cache = m(prompts[:, :-1], positions[:, :-1], jnp.ones((b, n - 1), jnp.int32), m.init_cache(b, 2 * n))
-        with use_layout(layout):
-            logits, _ = m(prompts[:, -1:], positions[:, -1:], jnp.ones((b, 1), jnp.int32), cache)
+        logits, _ = m(prompts[:, -1:], positions[:, -1:], jnp.ones((b, 1), jnp.int32), cache)
         return logits[:, 0]
 
     lowered = jax.jit(step).lower(params, prompts)
@@ -251,3 +248,34 @@ def test_decode_attention_layouts_give_the_same_tokens(tiny):
     assert Engine(model, max_batch=1, max_seq_len=8).decode_layout == "grouped"  # auto on CPU
     with pytest.raises(ValueError, match="engine.decode_attention must be one of auto, block_diagonal, grouped"):
         Engine(model, max_batch=1, max_seq_len=8, decode_attention="dense")
+
+
+def test_two_decode_layouts_run_side_by_side_in_threads(tiny):
+    """The layout is an argument of each engine's model, not a swapped module global: two engines
+    with different layouts, built over one model and run at the same time in two threads, each
+    compile their own layout's decode step and give the same tokens."""
+    import concurrent.futures
+    import threading
+
+    from jz3_jax.decoding import steps
+
+    model, _ = tiny
+    layouts = ("block_diagonal", "grouped")
+    start = threading.Barrier(len(layouts))
+
+    def build_and_run(layout: str):
+        start.wait()  # both threads build, trace and decode concurrently
+        engine = Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4, decode_attention=layout)
+        tokens = [r.token_ids for r in engine.generate(_mixed_requests(5))]
+        keep = jnp.ones((engine.max_batch,), bool)
+        with engine._on_mesh():
+            text = steps.decode.lower(engine.decode_graphdef, engine.params, engine._state, keep, 2,
+                                      engine.eos_ids, engine.max_top_k).as_text()
+        return engine, tokens, text
+
+    with concurrent.futures.ThreadPoolExecutor(len(layouts)) as pool:
+        results = dict(zip(layouts, pool.map(build_and_run, layouts)))
+    assert results["block_diagonal"][1] == results["grouped"][1]
+    assert results["block_diagonal"][2] != results["grouped"][2]  # each ran its own decode program
+    assert model.decode_attention == "block_diagonal"  # the caller's model is left as built
+    assert {layout: r[0].decode_layout for layout, r in results.items()} == {l: l for l in layouts}

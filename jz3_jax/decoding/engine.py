@@ -156,7 +156,11 @@ class Engine:
         if max_batch < 1 or max_seq_len < 2 or steps_per_dispatch < 1 or prompt_bucket < 1 or max_top_k < 1:
             raise ValueError("max_batch >= 1, max_seq_len >= 2, steps_per_dispatch >= 1, prompt_bucket >= 1 and "
                              "max_top_k >= 1 are required")
+        self.decode_layout = resolve_layout(decode_attention)
+        # Prefill runs the model as given; the decode dispatch runs it with this engine's layout
+        # (the same arrays: `with_decode_attention` copies no parameter).
         self.graphdef, self.params = nnx.split(model)
+        self.decode_graphdef = nnx.graphdef(model.with_decode_attention(self.decode_layout))
         self.rules = model.rules
         self.pad_id = model.cfg.pad_token_id
         self.vocab_size = model.cfg.vocab_size
@@ -168,7 +172,6 @@ class Engine:
         self.prompt_bucket = prompt_bucket
         self.mesh = mesh if mesh is not None else _current_mesh()
         self.max_top_k = min(max_top_k, self.vocab_size)
-        self.decode_layout = resolve_layout(decode_attention)
         self.prefill_widths = doubling_buckets(prompt_bucket, max_seq_len)
         self._rows: list[_Live | None] = []
         self._waiting: collections.deque[_Live] = collections.deque()
@@ -241,8 +244,8 @@ class Engine:
                                      self._prefill_batch(rows, width, [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
             device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules).compile()
-            device.decode.lower(self.graphdef, self.params, self._state, none, self.steps_per_dispatch, self.eos_ids,
-                                self.max_top_k, self.decode_layout).compile()
+            device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
+                                self.eos_ids, self.max_top_k).compile()
         return log.count
 
     @property
@@ -260,9 +263,8 @@ class Engine:
             if not any(r is not None for r in self._rows):
                 return events
             keep = np.asarray([r is not None for r in self._rows])
-            self._state, out = device.decode(self.graphdef, self.params, self._state, jnp.asarray(keep),
-                                             self.steps_per_dispatch, self.eos_ids, self.max_top_k,
-                                             self.decode_layout)
+            self._state, out = device.decode(self.decode_graphdef, self.params, self._state, jnp.asarray(keep),
+                                             self.steps_per_dispatch, self.eos_ids, self.max_top_k)
             out = np.asarray(out)
         for row, live in enumerate(self._rows):
             if live is not None:

@@ -11,8 +11,8 @@ early once no row is active). Shapes never depend on the requests, so each (prom
 insert count) pair compiles once.
 
 The samplers take a static `max_top_k` (the largest top-k a row may ask for: candidates come from
-`jax.lax.top_k`, see `sampling.filter_top_k_top_p`); `decode` also takes the attention `layout`
-("block_diagonal" | "grouped" | "auto" = grouped, see `attention.py`).
+`jax.lax.top_k`, see `sampling.filter_top_k_top_p`); `decode` attends with the layout its model
+carries (`Decoder.decode_attention`, see `attention.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jz3_jax.decoding import attention
 from jz3_jax.decoding.sampling import row_keys, sample_tokens
 from jz3_jax.model.attention import KVCache
 from jz3_jax.model.params import constrain
@@ -180,14 +179,14 @@ def sample_first(state: DecodeState, fresh: jax.Array, eos_ids: tuple[int, ...],
     return _constrain_state(state, rules), first
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k", "layout"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k"),
                    donate_argnames=("state",))
 def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...],
-           max_top_k: int = 64, layout: str = "auto"):
+           max_top_k: int = 64):
     """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
+    The model's decode attention layout is the one `graphdef` carries (`Decoder.decode_attention`).
 
     Returns (state, tokens [slots, steps] with -1 where a row emitted nothing)."""
-    layout = attention.resolve_layout(layout)
     model = nnx.merge(graphdef, params)
     slots = state.token.shape[0]
     state = state._replace(active=state.active & keep)
@@ -199,9 +198,8 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
     def body(carry):
         i, state, out = carry
         live = state.active
-        with attention.use_layout(layout):
-            logits, cache = model(state.token[:, None], state.position[:, None], live[:, None].astype(jnp.int32),
-                                  state.cache)
+        logits, cache = model(state.token[:, None], state.position[:, None], live[:, None].astype(jnp.int32),
+                              state.cache)
         nxt = sample_tokens(logits[:, 0], state.temperature, state.top_k, state.top_p, state.key, state.generated,
                             max_top_k)
         generated = state.generated + live

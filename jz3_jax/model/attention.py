@@ -135,3 +135,33 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     every = jnp.einsum("bhs,bsc->bhc", probs, v.reshape(b, -1, kv_heads * d))  # head h against every kv head
     out = jnp.einsum("bkgjd,kj->bkgd", every.reshape(b, kv_heads, group, kv_heads, d), eye)  # keep its own
     return out.reshape(b, kv_heads, group, t, d)
+
+
+def grouped_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention of one query per row: q [b, 1, heads, d], k/v [b, slots, kv_heads, d],
+    mask [b, 1, slots] -> [b, kv_heads, group, 1, d] (the layout `dot_product_attention` returns).
+
+    The grouped contraction itself (query head h against kv head h // group) written on the cache's
+    own layout: only the FLOPs attention needs. Softmax runs in float32; fully masked rows get a
+    uniform distribution, not NaN."""
+    b, t, heads, d = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    q = q.reshape(b, t, kv_heads, group, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->bkgtd", probs, v)
+
+
+# The decode step's attention layouts (one query per row over the cache), by name: the model's
+# `decode_attention` argument picks one; `jz3_jax.decoding.attention` compares them.
+DECODE_LAYOUTS = {"block_diagonal": decode_attention, "grouped": grouped_decode_attention}
+DEFAULT_DECODE_LAYOUT = "block_diagonal"
+
+
+def check_decode_layout(layout: str) -> str:
+    """`layout` if it names a decode attention layout (a key of DECODE_LAYOUTS), else ValueError."""
+    if layout not in DECODE_LAYOUTS:
+        raise ValueError(f"decode attention layout must be one of {', '.join(DECODE_LAYOUTS)}; got {layout!r}")
+    return layout

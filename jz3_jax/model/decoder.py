@@ -5,6 +5,11 @@
 With `scan_layers`, the layers' parameters are stacked on a leading "layers" axis and the layer
 stack runs under `jax.lax.scan` (one compiled layer, fast compiles for deep models); otherwise
 each layer has its own arrays and its own KV-cache buffer (faster decode: stacking costs copies).
+
+Variants are arguments, never module globals: the training attention kernel is `cfg.attention`
+and the decode step's attention layout is the `decode_attention` constructor argument (a key of
+`attention.DECODE_LAYOUTS`), part of the static graph; `with_decode_attention` gives a copy of a
+built model (sharing its arrays) with another layout.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jz3_jax.model.attention import KVCache, write_slot_info
+from jz3_jax.model.attention import DEFAULT_DECODE_LAYOUT, KVCache, check_decode_layout, write_slot_info
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.layers import DecoderLayer, RMSNorm
 from jz3_jax.model.params import constrain, dtype_of, param
@@ -42,11 +47,13 @@ def rules_tuple(rules: dict[str, tuple[str, ...]] | Sequence[str] | None) -> tup
 
 
 class Decoder(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rules=None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rules=None,
+                 decode_attention: str = DEFAULT_DECODE_LAYOUT):
         if cfg.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {cfg.remat!r}")
         self.cfg = cfg
         self.rules = rules_tuple(rules)
+        self.decode_attention = check_decode_layout(decode_attention)
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
         if cfg.scan_layers:
             @nnx.split_rngs(splits=cfg.num_layers)
@@ -64,11 +71,11 @@ class Decoder(nnx.Module):
     def _layer_fn(self, graphdef):
         """A pure function (layer state, carry, kv) -> (carry, new kv, MoE stats or None),
         rematerialised if configured."""
-        rules = self.rules
+        rules, decode_attention = self.rules, self.decode_attention
 
         def apply(state, x, cos, sin, segment_ids, positions, kv, slots, key):
             layer = nnx.merge(graphdef, state)
-            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots, key)
+            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots, key, decode_attention)
 
         policy = REMAT_POLICIES[self.cfg.remat]
         if self.cfg.remat != "none":
@@ -121,6 +128,16 @@ class Decoder(nnx.Module):
         if return_aux:
             return self.final_norm(x), cache, aux
         return self.final_norm(x), cache
+
+    def with_decode_attention(self, layout: str) -> "Decoder":
+        """This model with decode attention layout `layout`: a new Decoder over the same arrays
+        (nothing is copied on device; this model is left unchanged)."""
+        layout = check_decode_layout(layout)
+        if layout == self.decode_attention:
+            return self
+        variant = nnx.merge(*nnx.split(self))
+        variant.decode_attention = layout
+        return variant
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits (float32) from final hidden states (a 2-D dot: see MLP.__call__)."""

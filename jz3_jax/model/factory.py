@@ -6,14 +6,16 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from jz3_jax.model.attention import DEFAULT_DECODE_LAYOUT
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.decoder import Decoder
 from jz3_jax.runtime.sharding import Rules, state_shardings
 
 
-def abstract_model(cfg: ModelConfig, rules: Rules | None = None) -> Decoder:
+def abstract_model(cfg: ModelConfig, rules: Rules | None = None, decode_attention: str = DEFAULT_DECODE_LAYOUT
+                   ) -> Decoder:
     """A Decoder whose arrays are ShapeDtypeStructs (no memory used)."""
-    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), rules=rules))
+    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), rules=rules, decode_attention=decode_attention))
 
 
 def model_shardings(model: Decoder, rules: Rules, mesh: Mesh):

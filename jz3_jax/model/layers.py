@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jz3_jax.model.attention import attention_mask, decode_attention, dot_product_attention, write_kv
+from jz3_jax.model.attention import DECODE_LAYOUTS, DEFAULT_DECODE_LAYOUT, attention_mask, dot_product_attention, write_kv
 from jz3_jax.model.attention_kernels import check_attention_kind, fused_attention
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.lora import TARGETS, adapter
@@ -89,11 +89,14 @@ class Attention(nnx.Module):
             out = out + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return out
 
-    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None):
+    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None,
+                 decode_attention: str = DEFAULT_DECODE_LAYOUT):
         """Self-attention over `x`; with `kv=(k_cache, v_cache)` the new keys are written at
         slot `start` of each row and attention runs over the whole cache, whose per-slot
         validity and positions (already including the new tokens) are `cache_slots =
-        (start, valid, pos)`. Returns (out, new kv or None)."""
+        (start, valid, pos)`. A decode step (one new token over a cache) attends with the layout
+        `decode_attention` names (a key of `DECODE_LAYOUTS`); training attention is
+        `cfg.attention`, fixed at construction. Returns (out, new kv or None)."""
         b, t, e = x.shape
         rows = x.reshape(b * t, e)
         q = apply_rope(self._project(rows, "q", dropout_key).reshape(b, t, *self.q.shape[1:]), cos, sin)
@@ -112,7 +115,7 @@ class Attention(nnx.Module):
             k, v = new_kv
             mask = attention_mask(jnp.ones_like(segment_ids), valid, positions, slot_pos, self.sliding_window)
         if out is None:
-            attend = decode_attention if kv is not None and t == 1 else dot_product_attention
+            attend = DECODE_LAYOUTS[decode_attention] if kv is not None and t == 1 else dot_product_attention
             out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
         heads_out = out.transpose(0, 3, 1, 2, 4).reshape(b * t, -1)  # [rows, heads * head_dim]
         o = self.o[...].astype(self.dtype)
@@ -134,10 +137,11 @@ class DecoderLayer(nnx.Module):
         else:
             self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None):
+    def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None,
+                 decode_attention: str = DEFAULT_DECODE_LAYOUT):
         """Returns (x, new kv or None, this layer's MoEStats or None for a dense MLP)."""
         attn_out, new_kv = self.attn(self.input_norm(x), cos, sin, segment_ids, positions, rules, kv, cache_slots,
-                                     dropout_key)
+                                     dropout_key, decode_attention)
         x = constrain(x + attn_out, ("batch", "length", "embed"), rules)
         if hasattr(self, "moe"):
             mlp_out, stats = self.moe(self.post_attn_norm(x), segment_ids, rules)

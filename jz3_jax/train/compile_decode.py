@@ -39,6 +39,7 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
 
     from jz3_jax.checkpoint import resolve_model_config
     from jz3_jax.decoding import steps
+    from jz3_jax.decoding.attention import resolve_layout
     from jz3_jax.decoding.factory import engine_devices
     from jz3_jax.model.factory import abstract_model
     from jz3_jax.runtime.mesh import build_mesh
@@ -53,7 +54,8 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
     mesh = build_mesh(e.mesh, devices=devices)
     rules = parse_rules(e.mesh.rules)
     model_cfg = resolve_model_config(cfg.model)
-    graphdef, abstract = nnx.split(abstract_model(model_cfg, rules))
+    layout = resolve_layout(e.decode_attention)
+    graphdef, abstract = nnx.split(abstract_model(model_cfg, rules, decode_attention=layout))
     shardings = state_shardings(abstract, rules, mesh)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     log(f"compile: decode on {len(devices)} chip(s) of one {spec.name} host ({devices[0].device_kind}), engine mesh "
@@ -89,7 +91,8 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
                      "topology_name": spec.topology_name, "hbm_bytes_per_device": hbm},
         "mesh": {a: int(mesh.shape[a]) for a in mesh.axis_names},
         "engine": {"max_batch": e.max_batch, "max_seq_len": e.max_seq_len,
-                   "steps_per_dispatch": e.steps_per_dispatch, **{k: v for k, v in options.items() if k != "eos_ids"}},
+                   "steps_per_dispatch": e.steps_per_dispatch, "decode_attention": layout,
+                   **{k: v for k, v in options.items() if k != "eos_ids"}},
         "model": {"family": model_cfg.family, "num_layers": model_cfg.num_layers, "num_kv_heads": model_cfg.num_kv_heads,
                   "params": sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
                   "param_dtype": model_cfg.param_dtype, "dtype": model_cfg.dtype, "scan_layers": model_cfg.scan_layers},
