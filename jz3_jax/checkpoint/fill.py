@@ -21,13 +21,8 @@ from jz3_jax.checkpoint.hf_names import IGNORED, expected_hf_names, hf_shape, lo
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.decoder import Decoder
 from jz3_jax.model.factory import abstract_model, model_shardings
+from jz3_jax.model.layer_stack import is_stacked, param_index, param_key
 from jz3_jax.runtime.sharding import Rules
-
-
-def _state_key(path: tuple[str, ...], layer: int | None, scan: bool) -> tuple:
-    if layer is None:
-        return path
-    return ("layers",) + path if scan else ("layers", layer) + path
 
 
 def _zeros(abstract, sharding) -> jax.Array:
@@ -64,10 +59,10 @@ def load_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, str]
                 f"{source}: tensor {name!r} has shape {tuple(array.shape)}, the config expects {hf_shape(name, cfg)}"
             )
         path, layer, expert, to_ours = located
-        key = _state_key(path, layer, cfg.scan_layers)
+        key = param_key(path, layer, is_stacked(cfg))
         value = np.asarray(to_ours(array, cfg)).astype(dtype)
         sharding = flat_shardings[key].get_value()
-        index = ([layer] if cfg.scan_layers and layer is not None else []) + ([] if expert is None else [expert])
+        index = list(param_index(layer, is_stacked(cfg))) + ([] if expert is None else [expert])
         if index:  # one slice of a stacked parameter (scanned layers, Mixtral experts)
             if key not in values:
                 values[key] = _zeros(flat_abstract[key].get_value(), sharding)

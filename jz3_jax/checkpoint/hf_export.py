@@ -21,6 +21,7 @@ from jz3_jax.checkpoint.errors import CheckpointError
 from jz3_jax.checkpoint.hf_names import hf_layout, iter_hf_names
 from jz3_jax.checkpoint.safetensors_io import INDEX_NAME
 from jz3_jax.model.decoder import Decoder
+from jz3_jax.model.layer_stack import is_stacked, layer_param
 from jz3_jax.model.hf_config import hf_config_from_model
 
 
@@ -35,12 +36,7 @@ def iter_model_tensors(model: Decoder) -> Iterator[tuple[str, np.ndarray]]:
     cfg = model.cfg
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for name, (path, layer, expert, _) in iter_hf_names(cfg):
-        if layer is None:
-            array = flat[path].get_value()
-        elif cfg.scan_layers:
-            array = flat[("layers",) + path].get_value()[layer]
-        else:
-            array = flat[("layers", layer) + path].get_value()
+        array = layer_param(flat, path, layer, is_stacked(cfg))
         if expert is not None:  # one expert of a stacked Mixtral expert parameter
             array = array[expert]
         yield name, hf_layout(name, _to_host(array), cfg)

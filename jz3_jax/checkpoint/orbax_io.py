@@ -22,7 +22,7 @@ from jz3_jax.checkpoint.errors import CheckpointError
 from jz3_jax.checkpoint.hf_export import finish_destination, prepare_destination
 from jz3_jax.model.config import ModelConfig, without_source
 from jz3_jax.model.decoder import Decoder
-from jz3_jax.model.factory import abstract_model, model_shardings
+from jz3_jax.model.factory import abstract_model, model_shardings, restack
 from jz3_jax.runtime.sharding import Rules
 
 CONFIG_NAME = "model_config.json"
@@ -75,7 +75,7 @@ def load_orbax(path: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules,
     """Restore an orbax model checkpoint straight into its shardings.
 
     `cfg` must describe the same architecture; if its `scan_layers` differs from the saved
-    layout, the checkpoint is restored as saved and re-streamed into the requested layout.
+    layout, the checkpoint is restored as saved and converted on device (`restack`).
     `saved_cfg`: the checkpoint's `read_orbax_config` when already read (else it is read here).
     """
     saved_cfg = saved_cfg if saved_cfg is not None else read_orbax_config(path)
@@ -88,9 +88,4 @@ def load_orbax(path: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules,
     except Exception as e:  # orbax raises many types; name the checkpoint
         raise CheckpointError(f"{path}: cannot restore orbax checkpoint ({type(e).__name__}: {e})") from None
     model = nnx.merge(graphdef, restored)
-    if saved_cfg.scan_layers != cfg.scan_layers:
-        from jz3_jax.checkpoint.fill import load_tensors
-        from jz3_jax.checkpoint.hf_export import iter_model_tensors
-
-        model = load_tensors(cfg, ((n, a, str(path)) for n, a in iter_model_tensors(model)), mesh, rules)
-    return model
+    return restack(model, cfg.scan_layers, mesh, rules)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jz3_jax.model.layer_stack import is_stacked, layer_modules, per_layer, split_layer_shape
+
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # target -> (owner module attribute, number of input dims of W, logical axes of W)
 _LAYOUT = {
@@ -50,10 +52,6 @@ def adapter(module: nnx.Module, name: str) -> LoRA | None:
     return getattr(module, f"{name}_lora", None)
 
 
-def _layers(model) -> list:
-    return [model.layers] if model.cfg.scan_layers else list(model.layers)
-
-
 def add_lora(model, rank: int, alpha: float, dropout: float, targets, seed: int) -> None:
     """Attach adapters (in place) to every layer's targeted weights."""
     unknown = sorted(set(targets) - set(TARGETS))
@@ -64,15 +62,14 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets, seed: int)
         raise ValueError(f"LoRA on a mixture of experts' MLP ({', '.join(mlp_targets)}) is not supported: "
                          "adapt the attention only (lora.targets=q,k,v,o)")
     key = jax.random.key(seed)
-    stacked = model.cfg.scan_layers
-    for li, layer in enumerate(_layers(model)):
+    stacked = is_stacked(model)
+    for li, layer in enumerate(layer_modules(model)):
         for ti, name in enumerate(targets):
             owner_name, n_in = _LAYOUT[name]
             owner = getattr(layer, owner_name)
             weight = getattr(owner, name)
             shape, axes = weight.shape, weight.get_metadata()["logical_axes"]
-            lead = shape[:1] if stacked else ()
-            w_shape = shape[1:] if stacked else shape
+            lead, w_shape = split_layer_shape(shape, stacked)
             in_shape, out_shape = w_shape[:n_in], w_shape[n_in:]
             bound = 1.0 / math.sqrt(np.prod(in_shape))  # the kaiming-uniform bound PEFT uses for A
             a = jax.random.uniform(jax.random.fold_in(key, li * 100 + ti), lead + in_shape + (rank,),
@@ -83,7 +80,7 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets, seed: int)
 
 def merge_lora(model) -> None:
     """Fold every adapter into its base weight (in place) and remove the adapters."""
-    for layer in _layers(model):
+    for layer in layer_modules(model):
         for name, (owner_name, n_in) in _LAYOUT.items():
             owner = getattr(layer, owner_name, None)  # a mixture of experts has no `mlp`
             lora = None if owner is None else adapter(owner, name)
@@ -91,9 +88,6 @@ def merge_lora(model) -> None:
                 continue
             weight = getattr(owner, name)
             a, b = lora.a[...].astype(jnp.float32), lora.b[...].astype(jnp.float32)
-            if model.cfg.scan_layers:
-                delta = jax.vmap(lambda a, b: jnp.tensordot(a, b, axes=1))(a, b)
-            else:
-                delta = jnp.tensordot(a, b, axes=1)
+            delta = per_layer(lambda a, b: jnp.tensordot(a, b, axes=1), is_stacked(model))(a, b)
             weight[...] = (weight[...].astype(jnp.float32) + lora.scale * delta).astype(weight.dtype)
             delattr(owner, f"{name}_lora")
