@@ -98,11 +98,11 @@ def test_does_not_fit_writes_report_then_raises(tmp_path, monkeypatch):
 
     report = {"memory_per_device": {"total_bytes": 200 * 2**30, "hbm_bytes": 95 * 2**30},
               "topology": {"name": "v5p-16"}, "fits": False}
-    monkeypatch.setattr(aot, "compile_train_step", lambda cfg, log: report)
-    monkeypatch.setattr(aot, "summary", lambda r: "summary")
+    monkeypatch.setitem(aot.PROGRAMS, "train", aot.CompiledProgram(lambda cfg, log: report, lambda r: "summary",
+                                                                   "use more chips"))
     ctx = types.SimpleNamespace(stage_dir=tmp_path / "compile", logger=logging.getLogger("test"))
     cfg = types.SimpleNamespace(compile=types.SimpleNamespace(program="train"))
-    with pytest.raises(aot.DoesNotFit, match="200.00 GiB per device"):
+    with pytest.raises(aot.DoesNotFit, match="200.00 GiB per device .*: use more chips"):
         aot.run(cfg, ctx)
     assert json.loads((tmp_path / "compile" / "compile.json").read_text())["fits"] is False
     assert issubclass(aot.DoesNotFit, aot.UserError)  # the launcher exits 2
@@ -246,12 +246,14 @@ def test_find_max_batch_counts_compile_time_out_of_memory_as_not_fitting(monkeyp
             raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm")
         return types.SimpleNamespace(rows=rows), None, 0.0, 0.0
 
-    monkeypatch.setattr(aot, "_compile", fake_compile)
-    monkeypatch.setattr(aot, "memory_of", lambda compiled, hbm: {"total_bytes": 3 * compiled.rows})
-    monkeypatch.setattr(aot, "check_batch", lambda *a: None)
+    from jz3_jax.train import compile_train
+
+    monkeypatch.setattr(compile_train, "_compile", fake_compile)
+    monkeypatch.setattr(compile_train, "memory_of", lambda compiled, hbm: {"total_bytes": 3 * compiled.rows})
+    monkeypatch.setattr(compile_train, "check_batch", lambda *a: None)
     cfg = types.SimpleNamespace(compile=types.SimpleNamespace(per_device_batch=4, max_batch_limit=64),
                                 data=types.SimpleNamespace(max_length=128))
-    found = aot._find_max_batch(cfg, None, None, 2, hbm, 3 * 8, lambda *a: None)
+    found = compile_train._find_max_batch(cfg, None, None, 2, hbm, 3 * 8, lambda *a: None)
     assert found["per_device_batch"] == 16  # 3 x 16 x 2 = 96 <= 100; 17 x 2 = 34 rows -> 102
     assert found["tried"]["32"] == {"fits": False, "total_bytes": None}  # the compiler gave up
     assert found["tried"]["4"] == {"fits": True, "total_bytes": 24}  # the configured batch: not recompiled

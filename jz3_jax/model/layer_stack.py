@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 LAYERS = "layers"  # the decoder attribute (and flat-state prefix) that holds the layer stack
 

@@ -8,8 +8,7 @@ import re
 from typing import Any
 
 from jz3_jax.errors import ConfigError
-
-GiB = 1024**3
+from jz3_jax.runtime.hardware import GiB, peak_flops
 
 
 def spec_json(spec) -> list:
@@ -115,16 +114,7 @@ def kernels_in(compiled) -> list[str]:
     return sorted(names)
 
 
-def peak_flops_of(device_kind: str, override_tflops: float = 0.0) -> float | None:
-    """Peak dense bf16 FLOP/s of one device of `device_kind` (`train.peak_tflops` when set)."""
-    from jz3_jax.train.metrics import PEAK_FLOPS
-
-    if override_tflops > 0:
-        return override_tflops * 1e12
-    for name, flops in PEAK_FLOPS.items():
-        if device_kind.startswith(name):
-            return flops
-    return None
+peak_flops_of = peak_flops  # the hardware catalogue's (`jz3_jax.runtime.hardware`)
 
 
 def mfu_report(flops_per_step: float, devices: int, peak: float | None, step_time_s: float) -> dict:

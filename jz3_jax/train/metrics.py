@@ -6,24 +6,15 @@ import json
 
 import jax
 
+from jz3_jax.runtime.hardware import peak_flops
 from jz3_jax.runtime.paths import as_path, is_local, local_mirror
-
-# Peak dense bf16 FLOP/s per chip, for MFU (None where unknown, e.g. CPU).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100": 312e12}
 
 
 def peak_flops_per_device(override_tflops: float = 0.0) -> float | None:
     """Peak FLOP/s of one device for MFU: `override_tflops` (config `train.peak_tflops`) when set,
-    else the chip's entry in PEAK_FLOPS, else None (MFU is then not reported)."""
-    if override_tflops > 0:
-        return override_tflops * 1e12
-    kind = jax.devices()[0].device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops
-    return None
+    else the chip's in the hardware catalogue (`jz3_jax.runtime.hardware`), else None (MFU is
+    then not reported)."""
+    return peak_flops(jax.devices()[0].device_kind, override_tflops)
 
 
 class MetricsWriter:

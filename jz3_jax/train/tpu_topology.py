@@ -1,5 +1,6 @@
 """TPU slices by name (`v5p-64`, `v4-32`, `v6e-8`): chip grids, HBM, and libtpu's compile-only devices
-for ahead-of-time compiles on a machine with no TPU."""
+for ahead-of-time compiles on a machine with no TPU. The generations themselves (HBM, slice grids,
+libtpu names) come from the hardware catalogue, `jz3_jax.runtime.hardware`."""
 
 from __future__ import annotations
 
@@ -9,40 +10,17 @@ import os
 import re
 
 from jz3_jax.errors import ConfigError, UserError
-
-GiB = 1024**3
+from jz3_jax.runtime.hardware import GiB, TPU_ALIASES, TPU_GENERATIONS  # noqa: F401 - GiB re-exported
 
 
 class TpuCompilerMissing(UserError):
     """libtpu (the TPU compiler) is not installed."""
 
 
-# --- topologies --------------------------------------------------------------------------------
+# --- topologies (the generations' facts are in the hardware catalogue, `jz3_jax.runtime.hardware`) ------
 
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    prefix: str  # the generation in libtpu's topology names ("v5p:2x4x4")
-    cores_per_chip_in_name: int  # v4/v5p names count TensorCores (2 per chip), v5e/v6e count chips
-    chip_config_name: str  # "megacore": one device per chip (both TensorCores); "default" otherwise
-    hbm_bytes: int
-    shapes: dict[int, tuple[int, ...]]  # chips -> chip grid of the slice
-
-
-# 3D generations (v4, v5p): slices smaller than a 4x4x4 cube are open on every axis; from 64 chips
-# on, every dimension is a multiple of 4 and the slice has wrap-around links (a torus).
-_CUBES = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
-          256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
-# 2D generations (v5e, v6e): up to a 16x16 pod; a dimension of 16 wraps around.
-_GRIDS = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
-
-GENERATIONS = {
-    "v4": Generation("v4", 2, "megacore", 32 * GiB, _CUBES),
-    "v5p": Generation("v5p", 2, "megacore", 95 * GiB, _CUBES),
-    "v5e": Generation("v5e", 1, "default", 16 * GiB, _GRIDS),
-    "v6e": Generation("v6e", 1, "default", 32 * GiB, _GRIDS),
-}
-ALIASES = {"v5litepod": "v5e"}  # Cloud TPU's API name for v5e slices
+GENERATIONS = TPU_GENERATIONS  # generation name -> Chip (with its `tpu` slice facts)
+ALIASES = TPU_ALIASES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +39,8 @@ class TopologySpec:
 
 def supported_topologies() -> list[str]:
     names = []
-    for gen_name, gen in GENERATIONS.items():
-        names += [f"{gen_name}-{chips * gen.cores_per_chip_in_name}" for chips in gen.shapes]
+    for gen_name, chip in GENERATIONS.items():
+        names += [f"{gen_name}-{chips * chip.tpu.cores_per_chip_in_name}" for chips in chip.tpu.shapes]
     return names
 
 
@@ -70,7 +48,8 @@ def parse_topology(name: str) -> TopologySpec:
     """`"v5p-64"` -> TopologySpec(chips=32, topology_name="v5p:2x4x4", ...); ConfigError if unknown."""
     match = re.fullmatch(r"\s*(v\w+?)-(\d+)\s*", name.lower())
     gen_name = match and ALIASES.get(match.group(1), match.group(1))
-    gen = GENERATIONS.get(gen_name) if match else None
+    chip = GENERATIONS.get(gen_name) if match else None
+    gen = chip.tpu if chip else None
     count = int(match.group(2)) if match else 0
     chips, rest = divmod(count, gen.cores_per_chip_in_name) if gen else (0, 1)
     if gen is None or rest or chips not in gen.shapes:
@@ -86,7 +65,7 @@ def parse_topology(name: str) -> TopologySpec:
     return TopologySpec(
         name=f"{gen_name}-{count}", generation=gen_name, chips=chips,
         topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}", chip_config_name=gen.chip_config_name,
-        chips_per_host_bounds=host, wrap=wrap, hbm_bytes=gen.hbm_bytes)
+        chips_per_host_bounds=host, wrap=wrap, hbm_bytes=chip.hbm_bytes)
 
 
 def tpu_devices(spec: TopologySpec, num_slices: int = 1) -> list:
