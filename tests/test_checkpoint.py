@@ -51,7 +51,7 @@ def test_hf_orbax_hf_round_trip(tmp_path, mesh):
         reference = original(torch.from_numpy(TOKENS)).logits.numpy()
     model, _ = load_model(ModelConfig(checkpoint=str(tmp_path / "hf")), mesh, RULES)
     save_orbax(model, tmp_path / "orbax")
-    # Restore into the other layer layout (stacked for scan) to exercise the re-streaming path too.
+    # Restore into the other layer layout (stacked for scan) to exercise the on-device conversion (restack) too.
     restored, cfg = load_model(ModelConfig(checkpoint=str(tmp_path / "orbax"), scan_layers=True), mesh, RULES)
     assert cfg.family == "qwen2" and cfg.qkv_bias and cfg.scan_layers
     export_hf(restored, tmp_path / "export")
