@@ -1,0 +1,148 @@
+"""Synthetic inputs for the streaming `corpus` and `synthesize` stages, and a peak-RSS probe.
+
+Used by tests/test_corpus.py, tests/test_synthesize.py and tests/test_stream_scale.py; also a
+script that writes the inputs of a measurement run:
+
+    python tests/stream_data.py corpus DIR MB        # DIR/web/*.jsonl, DIR/books/*.md|*.tex, DIR/qa/*.jsonl
+    python tests/stream_data.py snippets FILE COUNT  # FILE: COUNT snippet records
+
+Everything is drawn from `random.Random(seed)`, so the same arguments write the same bytes. The
+texts hold repeated paragraphs (exact duplicates across files and sources), headings, LaTeX
+sections and Q&A records, so every cutting and dedup path is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the derivative of sum integral prime number triangle angle circle radius area volume we find "
+         "let x y n be so that since therefore hence proof lemma theorem value equation root square "
+         "polynomial factor divides modulo sequence limit series converges function graph slope").split()
+
+
+def _paragraph(rng: random.Random, sentences: int) -> str:
+    out = []
+    for _ in range(sentences):
+        words = rng.choices(WORDS, k=rng.randint(6, 18))
+        words[rng.randrange(len(words))] = str(rng.randint(0, 10**6))
+        out.append(" ".join(words).capitalize() + ".")
+    return " ".join(out)
+
+
+def _document(rng: random.Random, common: list[str], chars: int) -> list[str]:
+    """Paragraphs of about `chars` characters; one in eight is a shared (duplicated) paragraph."""
+    paragraphs, size = [], 0
+    while size < chars:
+        p = rng.choice(common) if rng.random() < 0.125 else _paragraph(rng, rng.randint(1, 8))
+        paragraphs.append(p)
+        size += len(p) + 2
+    return paragraphs
+
+
+def write_corpus(root: Path, megabytes: float, seed: int = 0) -> list[str]:
+    """Write about `megabytes` MB of math-like text under `root`; returns `corpus.sources` entries
+    (`web` weight 2, `books` weight 1, `qa` weight 0.5)."""
+    rng = random.Random(seed)
+    common = [_paragraph(rng, 3) for _ in range(200)]
+    for name in ("web", "books", "qa"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    budget, written, index = int(megabytes * 2**20), 0, 0
+    web = books = qa = None
+    recent: list[str] = []
+    try:
+        while written < budget:
+            if index % 400 == 0:  # a new jsonl shard of each record source every 400 documents
+                for handle in (web, qa):
+                    if handle:
+                        handle.close()
+                web = open(root / "web" / f"part-{index // 400:05d}.jsonl", "w", encoding="utf-8")
+                qa = open(root / "qa" / f"part-{index // 400:05d}.jsonl", "w", encoding="utf-8")
+            kind = index % 10
+            if kind < 6:
+                roll = rng.random()
+                if roll < 0.03 and recent:  # a whole document again (a mirror of a page)
+                    text = rng.choice(recent)
+                elif roll < 0.05:  # under corpus.min_chars
+                    text = f"Lemma {rng.randint(0, 99)}."
+                else:
+                    text = "\n\n".join(_document(rng, common, rng.randint(200, 6000)))
+                    recent[index % 64:index % 64 + 1] = [text]
+                line = json.dumps({"text": text}) + "\n"
+                web.write(line)
+                written += len(line)
+            elif kind < 8:
+                record = {"question": _paragraph(rng, 2), "answer": "\n\n".join(_document(rng, common, 600))}
+                line = json.dumps(record) + "\n"
+                qa.write(line)
+                written += len(line)
+            else:
+                body = "\n\n".join(f"{'##' if i % 2 else '#'} Section {i}\n\n" +
+                                   "\n\n".join(_document(rng, common, rng.randint(300, 3000))) for i in range(4))
+                if kind == 8:
+                    books = root / "books" / f"b{index:07d}.md"
+                    books.write_text(body, encoding="utf-8")
+                else:
+                    books = root / "books" / f"b{index:07d}.tex"
+                    books.write_text("\\documentclass{article}\n\\begin{document}\n" +
+                                     body.replace("## ", "\\subsection{").replace("# ", "\\section{") +
+                                     "\n\\end{document}\n", encoding="utf-8")
+                written += len(body)
+            index += 1
+    finally:
+        for handle in (web, qa):
+            if handle:
+                handle.close()
+    return [f"{root / 'web'}=2", f"{root / 'books'}=1", f"{root / 'qa'}=0.5"]
+
+
+def write_snippets(path: Path, count: int, seed: int = 0, sources: tuple[str, ...] = ("web", "books")) -> Path:
+    """`count` snippet records (`id`, `source`, `text` of 100-900 characters); every 50th repeats an
+    earlier id (as a selection that picked a snippet twice)."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(count):
+            sid = f"s{rng.randrange(i)}" if i and i % 50 == 0 else f"s{i}"
+            text = _paragraph(rng, rng.randint(1, 8))[:900]
+            f.write(json.dumps({"id": sid, "source": sources[i % len(sources)], "text": text}) + "\n")
+    return path
+
+
+def peak_rss_mb(command: list[str], *, cwd: str | os.PathLike, env: dict, stop_when: Path | None = None,
+                timeout: float = 1800) -> tuple[float, int, str]:
+    """Run `command`; (its peak RSS in MB (the kernel's `ru_maxrss`), its exit status, its stderr's tail).
+
+    With `stop_when` (a directory), the process is killed as soon as a `part-*.jsonl` file appears
+    in it (e.g. the first completion shard of `synthesize`): the peak is then the peak up to there.
+    """
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.time() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            stop = stop_when is not None and stop_when.is_dir() and any(stop_when.glob("part-*.jsonl"))
+            if stop or time.time() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        tail = log.read().decode("utf-8", "replace")[-3000:]
+    return usage.ru_maxrss / 1024, proc.returncode, tail
+
+
+if __name__ == "__main__":
+    what, target, size = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    if what == "corpus":
+        print(",".join(write_corpus(target, float(size))))
+    else:
+        write_snippets(target, int(size))
