@@ -140,9 +140,90 @@ def peak_rss_mb(command: list[str], *, cwd: str | os.PathLike, env: dict, stop_w
     return usage.ru_maxrss / 1024, proc.returncode, tail
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# synthesize with the tiny random model: prompts up to ~3,000 bytes (byte tokenizer), one new token
+SYNTH_KEYS = ["synthesize.kinds=cot", "synthesize.shard_size=1", "sampling.max_new_tokens=1", "engine.max_batch=2",
+              "engine.max_seq_len=4096", "engine.prompt_bucket=1024", "synthesize.chat_template=false"]
+
+
+# the checkout whose stages are measured (MEASURE_REPO=/path/to/another/checkout compares another version)
+MEASURED = Path(os.environ.get("MEASURE_REPO", REPO_ROOT))
+
+
+def launch_env() -> dict:
+    """The environment of a measured stage: CPU JAX, the measured checkout's package first."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(MEASURED), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def measure_corpus(sources: list[str], run_dir: Path, *extra: str) -> dict:
+    """Run `corpus` on `sources`; its peak RSS (MB), wall time and snippet count."""
+    command = [sys.executable, "-m", "jz3_jax.launch", "corpus", "--config", "configs/tiny.py", "--run-dir",
+               str(run_dir), "corpus.sources=" + ",".join(sources), *extra]
+    start = time.time()
+    peak, code, tail = peak_rss_mb(command, cwd=MEASURED, env=launch_env())
+    if code != 0:
+        raise RuntimeError(f"corpus exited {code}: {tail}")
+    report = json.loads((run_dir / "corpus" / "report.json").read_text())
+    return {"peak_rss_mb": round(peak, 1), "seconds": round(time.time() - start, 1), "snippets": report["snippets"]}
+
+
+def measure_synthesize(snippets: Path, run_dir: Path, *extra: str) -> dict:
+    """Run `synthesize` on `snippets` with the tiny random model until its first completion shard is
+    written; the peak RSS (MB) up to there, the wall time, and its log's prompt counts."""
+    command = [sys.executable, "-m", "jz3_jax.launch", "synthesize", "--config", "configs/tiny.py", "--run-dir",
+               str(run_dir), f"synthesize.snippets={snippets}", *SYNTH_KEYS, *extra]
+    start = time.time()
+    peak, code, tail = peak_rss_mb(command, cwd=MEASURED, env=launch_env(),
+                                   stop_when=run_dir / "synthesize" / "completions")
+    shards = list((run_dir / "synthesize" / "completions").glob("part-*.jsonl"))
+    if not shards:
+        raise RuntimeError(f"synthesize wrote no shard (exit {code}): {tail}")
+    counts = [line for line in tail.splitlines() if "already done" in line]
+    return {"peak_rss_mb": round(peak, 1), "seconds": round(time.time() - start, 1),
+            "log": counts[-1].split("INFO ")[-1] if counts else ""}
+
+
+PREP = """
+import json, resource, sys, time
+from jz3_jax.config import apply_overrides, load_config
+from jz3_jax.synth import prompts
+cfg = apply_overrides(load_config("configs/tiny.py"), ["synthesize.kinds=cot"])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.time()
+if hasattr(prompts, "PromptSource"):
+    share = prompts.PromptSource.from_snippets(sys.argv[1], cfg.synthesize, cfg.seed).share(prompts.NO_IDS, 0, 1)
+    first, count = next(iter(share)), len(share)
+else:  # the version that rendered every prompt first
+    share = prompts.prompts_from_snippets(sys.argv[1], cfg.synthesize, cfg.seed)
+    first, count = share[0], len(share)
+print(json.dumps({"imports_rss_mb": round(base, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                  / 1024, 1), "seconds": round(time.time() - start, 1), "prompts": count}))
+"""
+
+
+def measure_synthesize_prep(snippets: Path) -> dict:
+    """The preparation of `synthesize` alone (no engine): find process 0 of 1's share of the prompts of
+    `snippets` and render the first; the peak RSS (MB) after importing and after that, and the time."""
+    result = subprocess.run([sys.executable, "-c", PREP, str(snippets)], cwd=MEASURED, env=launch_env(),
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 if __name__ == "__main__":
     what, target, size = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     if what == "corpus":
         print(",".join(write_corpus(target, float(size))))
-    else:
+    elif what == "snippets":
         write_snippets(target, int(size))
+    elif what == "measure-corpus":  # DIR MB [key=value ...]: write the texts under DIR, run, measure
+        entries = write_corpus(target / "texts", float(size))
+        print(json.dumps({"megabytes": float(size), **measure_corpus(entries, target / "run", *sys.argv[4:])}))
+    elif what == "measure-synthesize":  # DIR COUNT [key=value ...]
+        target.mkdir(parents=True, exist_ok=True)
+        path = write_snippets(target / "snippets.jsonl", int(size))
+        print(json.dumps({"snippets": int(size), "file_mb": round(path.stat().st_size / 2**20, 1),
+                          **measure_synthesize(path, target / "run", *sys.argv[4:])}))

@@ -20,7 +20,10 @@ from jz3_jax.synth.completions import iter_completions, resolve_inputs
 from jz3_jax.errors import SynthesizeError
 from jz3_jax.config import apply_overrides, load_config
 from jz3_jax.prompts.plan import PromptPlan
-from jz3_jax.synth.prompts import PromptSource, done_digests, id_digest, prompts_from_snippets, read_prompts
+from jz3_jax.prompts.snippets import read_snippets
+from jz3_jax.synth import prompts as prompts_module
+from jz3_jax.synth.prompts import (PromptRecord, PromptSource, done_digests, id_digest, prompts_from_snippets,
+                                   read_prompts)
 from jz3_jax.synth.shards import ShardWriter
 from jz3_jax.synth.synthesize_stage import prompt_seed
 from stream_data import write_snippets
@@ -137,12 +140,21 @@ def test_process_shares_are_disjoint_complete_and_skip_done(tmp_path):
     assert [r.prompt for r in shares[1]] == ["p1", "p4", "p7"]
 
 
-def test_snippet_shares_render_only_their_own_prompts_and_match_the_full_list(tmp_path, monkeypatch):
+def _rendered_whole(snippets: Path, sc, seed: int) -> list[PromptRecord]:
+    """The reference: every snippet read into a list, every prompt rendered (as the stage did before)."""
+    plan = PromptPlan.from_config("synthesize", sc, seed)
+    return [PromptRecord(p.id, p.prompt, p.kind, {"snippet_id": p.snippet_id, "source": p.source, "level": p.level,
+                                                  "kind": p.kind})
+            for s in read_snippets(snippets) for p in plan.prompts(s.id, s.source, s.text)]
+
+
+def test_snippet_shares_render_only_their_own_prompts_and_match_the_whole_list(tmp_path, monkeypatch):
     snippets = write_snippets(tmp_path / "snippets.jsonl", 300)  # every 50th line repeats an earlier id
     cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")), [
         "synthesize.kinds=cot,tool", "synthesize.level_policy=random", "synthesize.source_levels=books=college+aime"])
-    everything = prompts_from_snippets(snippets, cfg.synthesize, cfg.seed)
+    everything = _rendered_whole(snippets, cfg.synthesize, cfg.seed)
     assert len(everything) == 2 * 295 and len({r.id for r in everything}) == len(everything)
+    assert prompts_from_snippets(snippets, cfg.synthesize, cfg.seed) == everything
     rendered = []
     original = PromptPlan.prompt
     monkeypatch.setattr(PromptPlan, "prompt", staticmethod(lambda *a: rendered.append(a[0]) or original(*a)))
@@ -152,9 +164,25 @@ def test_snippet_shares_render_only_their_own_prompts_and_match_the_full_list(tm
     assert rendered == []  # finding the shares renders nothing
     got = [list(share) for share in shares]
     assert len(rendered) == sum(len(g) for g in got)  # and iterating renders each prompt once
-    expected = [[r for r in everything[i::2] if r.id not in done_ids] for i in range(2)]
-    assert got == expected
+    assert got == [[r for r in everything[i::2] if r.id not in done_ids] for i in range(2)]
     assert all(s.total == len(everything) and s.already_done == len(done_ids) for s in shares)
+
+
+def test_repeated_ids_are_exact_even_when_digests_collide(tmp_path, monkeypatch):
+    """Lines whose id digests are equal are told apart by their ids: with a digest that collides for
+    every id of the same length, snippets are still deduplicated exactly and prompts files still
+    accept distinct ids and name a real repeat."""
+    snippets = write_snippets(tmp_path / "snippets.jsonl", 200)
+    cfg = load_config(str(REPO_ROOT / "configs" / "tiny.py"))
+    everything = _rendered_whole(snippets, cfg.synthesize, cfg.seed)
+    monkeypatch.setattr(prompts_module, "id_digest", lambda value: len(repr(value)).to_bytes(16, "little"))
+    assert prompts_from_snippets(snippets, cfg.synthesize, cfg.seed) == everything
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "p"}) + "\n" for i in (1, 2, 3, 2)))
+    with pytest.raises(SynthesizeError, match=r"prompts.jsonl:4: duplicate id 'q2' \(first on line 2\)"):
+        read_prompts(path)
+    path.write_text("".join(json.dumps({"id": i, "prompt": "p"}) + "\n" for i in ("a", "b", "c")))
+    assert [r.id for r in read_prompts(path)] == ["a", "b", "c"]
 
 
 def test_done_ids_come_from_finished_shards(tmp_path):

@@ -54,7 +54,8 @@ def read_snippets(path: str | os.PathLike, key: str = "distill.snippets") -> lis
 
 def snippet_of(row: dict) -> Snippet:
     """The snippet of a valid record (`snippet_reason(row)` is None): a missing id is its content hash."""
-    return Snippet(str(row.get("id", content_id(row["text"]))), row.get("source", ""), row["text"])
+    sid = row["id"] if "id" in row else content_id(row["text"])
+    return Snippet(str(sid), row.get("source", ""), row["text"])
 
 
 def snippet_reason(row: dict) -> str | None:
