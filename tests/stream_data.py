@@ -1,10 +1,14 @@
 """Synthetic inputs for the streaming `corpus` and `synthesize` stages, and a peak-RSS probe.
 
-Used by tests/test_corpus.py, tests/test_synthesize.py and tests/test_stream_scale.py; also a
-script that writes the inputs of a measurement run:
+Used by tests/test_corpus.py, tests/test_synthesize.py and tests/test_stream_scale.py; also the
+script behind the README's figures:
 
     python tests/stream_data.py corpus DIR MB        # DIR/web/*.jsonl, DIR/books/*.md|*.tex, DIR/qa/*.jsonl
     python tests/stream_data.py snippets FILE COUNT  # FILE: COUNT snippet records
+    python tests/stream_data.py measure-corpus DIR MB          # write MB of text under DIR, run corpus
+    python tests/stream_data.py measure-synthesize DIR COUNT   # COUNT snippets, synthesize to its first shard
+
+`MEASURE_REPO=/other/checkout` measures that checkout's stages instead (e.g. the version before).
 
 Everything is drawn from `random.Random(seed)`, so the same arguments write the same bytes. The
 texts hold repeated paragraphs (exact duplicates across files and sources), headings, LaTeX
@@ -144,8 +148,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # synthesize with the tiny random model: prompts up to ~3,000 bytes (byte tokenizer), one new token
 SYNTH_KEYS = ["synthesize.kinds=cot", "synthesize.shard_size=1", "sampling.max_new_tokens=1", "engine.max_batch=2",
               "engine.max_seq_len=4096", "engine.prompt_bucket=1024", "synthesize.chat_template=false"]
-
-
 # the checkout whose stages are measured (MEASURE_REPO=/path/to/another/checkout compares another version)
 MEASURED = Path(os.environ.get("MEASURE_REPO", REPO_ROOT))
 
