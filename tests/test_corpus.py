@@ -10,11 +10,13 @@ import pytest
 from etils import epath
 
 from helpers import REPO_ROOT, run_launch
+from stream_data import write_corpus
 from jz3_jax.config import apply_overrides, build_spec, load_config
 from jz3_jax.corpus.spec import CorpusSpec
 from jz3_jax.corpus import stage
 from jz3_jax.corpus.cutting import cut
-from jz3_jax.corpus.sources import CorpusError, parse_spec
+from jz3_jax.corpus.sources import BadRecords, CorpusError, Fields, parse_spec, read_documents
+from jz3_jax.prompts.snippets import content_id
 from jz3_jax.stages.registry import StageContext
 
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "jiuzhang_samples"
@@ -88,6 +90,47 @@ def test_weights_and_max_snippets_sample_by_source(tmp_path):
     assert sum(kept.values()) == 100 and kept["heavy"] > 2.5 * kept["light"] > 0
     dropped = run_corpus(tmp_path / "z", f"corpus.sources={tmp_path / 'heavy'},{tmp_path / 'light'}=0")
     assert dropped["snippets"] == 300 and {s["source"] for s in snippets(tmp_path / "z")} == {"heavy"}
+
+
+def _held_in_memory(entries: list[str], seed: int, max_snippets: int) -> list[dict]:
+    """The reference: the stage as it was when it held every text, a `seen` set and one global sort."""
+    seen, candidates = set(), []
+    fields = Fields(["text", "content"], ["question", "problem", "input"], ["answer", "solution", "output"])
+    for source in map(parse_spec, entries):
+        for document in read_documents(source, fields, BadRecords()):
+            for text in cut(document.text, 1000, document.kind):
+                sid = content_id(text)
+                if len(text) < 20 or sid in seen:
+                    continue
+                seen.add(sid)
+                if source.weight > 0:
+                    candidates.append((stage.sample_key(seed, sid, source.weight),
+                                       {"id": sid, "source": source.tag, "text": text}))
+    candidates.sort(key=lambda item: (-item[0], item[1]["id"]))
+    return [record for _, record in candidates[:max_snippets or None]]
+
+
+@pytest.mark.parametrize("max_snippets", [0, 300])
+def test_streamed_sample_equals_the_in_memory_one(tmp_path, max_snippets):
+    """Same snippets in the same order as sorting every text in memory; a weight-0 source still
+    takes part in dedup (its snippets are never written, and block the same text later)."""
+    entries = write_corpus(tmp_path / "texts", 0.4, seed=1)  # web=2, books=1, qa=0.5
+    web = (tmp_path / "texts" / "web" / "part-00000.jsonl").read_text().splitlines(keepends=True)
+    for name, lines in (("mirror", web[:3]), ("copy", web[3:9])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m.jsonl").write_text("".join(lines))
+    entries = [f"{tmp_path / 'mirror'}=0", *entries, f"{tmp_path / 'copy'}=1"]
+    report = run_corpus(tmp_path / "run", "corpus.sources=" + ",".join(entries), f"corpus.max_snippets={max_snippets}",
+                        "seed=5")
+    written = snippets(tmp_path / "run")
+    assert written == _held_in_memory(entries, 5, max_snippets)
+    sources = report["sources"]
+    assert sources["mirror"]["snippets"] > 0 and sources["mirror"]["kept"] == 0
+    assert sources["web"]["duplicates"] >= sources["mirror"]["snippets"]  # blocked by the weight-0 source
+    assert sources["copy"]["snippets"] == 0 and sources["copy"]["duplicates"] > 0
+    assert sum(s["kept"] for s in sources.values()) == len(written) == (max_snippets or len(written))
+    if max_snippets:
+        assert {s["source"] for s in written} == {"web", "books", "qa"}
 
 
 def test_a_malformed_file_is_named_with_its_line_or_skipped(tmp_path):

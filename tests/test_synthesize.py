@@ -11,13 +11,22 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from etils import epath
 
 from helpers import REPO_ROOT, subprocess_env
 from jz3_jax.synth.completions import iter_completions, resolve_inputs
 from jz3_jax.errors import SynthesizeError
-from jz3_jax.synth.prompts import PromptRecord, read_prompts
-from jz3_jax.synth.synthesize_stage import my_prompts, prompt_seed
+from jz3_jax.config import apply_overrides, load_config
+from jz3_jax.prompts.plan import PromptPlan
+from jz3_jax.prompts.snippets import read_snippets
+from jz3_jax.synth import prompts as prompts_module
+from jz3_jax.synth.prompts import (PromptRecord, PromptSource, done_digests, id_digest, prompts_from_snippets,
+                                   read_prompts)
+from jz3_jax.synth.shards import ShardWriter
+from jz3_jax.synth.synthesize_stage import prompt_seed
+from stream_data import write_snippets
 
 COMMON = ["sampling.max_new_tokens=24", "engine.max_batch=2", "engine.max_seq_len=96", "engine.prompt_bucket=32"]
 
@@ -112,13 +121,79 @@ def test_two_processes_split_the_prompts_and_agree_with_one(prompts_file, resume
         assert record["completion_tokens"] == single[record["id"]]["completion_tokens"]
 
 
-def test_process_slices_are_disjoint_and_skip_done():
-    prompts = [PromptRecord(i, f"p{i}") for i in range(10)]
-    done = {3, 4}
-    slices = [my_prompts(prompts, done, i, 3) for i in range(3)]
-    ids = [p.id for s in slices for p in s]
-    assert sorted(ids) == [0, 1, 2, 5, 6, 7, 8, 9]
-    assert [p.id for p in slices[1]] == [1, 7]
+def _digests(ids) -> np.ndarray:
+    """The sorted id digests of `ids`, as `done_digests` gives them."""
+    return np.unique(np.frombuffer(b"".join(id_digest(i) for i in ids), dtype="V16"))
+
+
+def test_process_shares_are_disjoint_complete_and_skip_done(tmp_path):
+    """Process i of n gets positions i, i+n, ... of the file's prompts, less the done ids; 1 and "1" differ."""
+    path = tmp_path / "prompts.jsonl"
+    ids = [0, 1, 2, "3", "4", 5, 6, "7", "x", 9]
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"p{i}"}) + "\n" + ("\n" if i == 2 else "") for i in ids))
+    source = PromptSource.from_prompts(path)
+    done = _digests(["3", 4, "1"])  # "3" is done; 4 and "1" are not ids of this file
+    shares = [source.share(done, i, 3) for i in range(3)]
+    got = [[r.id for r in share] for share in shares]
+    assert got == [[0, 6, 9], [1, "4", "7"], [2, 5, "x"]]
+    assert all(s.total == 10 and s.already_done == 1 and len(s) == len(g) for s, g in zip(shares, got))
+    assert [r.prompt for r in shares[1]] == ["p1", "p4", "p7"]
+
+
+def _rendered_whole(snippets: Path, sc, seed: int) -> list[PromptRecord]:
+    """The reference: every snippet read into a list, every prompt rendered (as the stage did before)."""
+    plan = PromptPlan.from_config("synthesize", sc, seed)
+    return [PromptRecord(p.id, p.prompt, p.kind, {"snippet_id": p.snippet_id, "source": p.source, "level": p.level,
+                                                  "kind": p.kind})
+            for s in read_snippets(snippets) for p in plan.prompts(s.id, s.source, s.text)]
+
+
+def test_snippet_shares_render_only_their_own_prompts_and_match_the_whole_list(tmp_path, monkeypatch):
+    snippets = write_snippets(tmp_path / "snippets.jsonl", 300)  # every 50th line repeats an earlier id
+    cfg = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")), [
+        "synthesize.kinds=cot,tool", "synthesize.level_policy=random", "synthesize.source_levels=books=college+aime"])
+    everything = _rendered_whole(snippets, cfg.synthesize, cfg.seed)
+    assert len(everything) == 2 * 295 and len({r.id for r in everything}) == len(everything)
+    assert prompts_from_snippets(snippets, cfg.synthesize, cfg.seed) == everything
+    rendered = []
+    original = PromptPlan.prompt
+    monkeypatch.setattr(PromptPlan, "prompt", staticmethod(lambda *a: rendered.append(a[0]) or original(*a)))
+    source = PromptSource.from_snippets(snippets, cfg.synthesize, cfg.seed)
+    done_ids = {r.id for r in everything[::7]}
+    shares = [source.share(_digests(done_ids), i, 2) for i in range(2)]
+    assert rendered == []  # finding the shares renders nothing
+    got = [list(share) for share in shares]
+    assert len(rendered) == sum(len(g) for g in got)  # and iterating renders each prompt once
+    assert got == [[r for r in everything[i::2] if r.id not in done_ids] for i in range(2)]
+    assert all(s.total == len(everything) and s.already_done == len(done_ids) for s in shares)
+
+
+def test_repeated_ids_are_exact_even_when_digests_collide(tmp_path, monkeypatch):
+    """Lines whose id digests are equal are told apart by their ids: with a digest that collides for
+    every id of the same length, snippets are still deduplicated exactly and prompts files still
+    accept distinct ids and name a real repeat."""
+    snippets = write_snippets(tmp_path / "snippets.jsonl", 200)
+    cfg = load_config(str(REPO_ROOT / "configs" / "tiny.py"))
+    everything = _rendered_whole(snippets, cfg.synthesize, cfg.seed)
+    monkeypatch.setattr(prompts_module, "id_digest", lambda value: len(repr(value)).to_bytes(16, "little"))
+    assert prompts_from_snippets(snippets, cfg.synthesize, cfg.seed) == everything
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "p"}) + "\n" for i in (1, 2, 3, 2)))
+    with pytest.raises(SynthesizeError, match=r"prompts.jsonl:4: duplicate id 'q2' \(first on line 2\)"):
+        read_prompts(path)
+    path.write_text("".join(json.dumps({"id": i, "prompt": "p"}) + "\n" for i in ("a", "b", "c")))
+    assert [r.id for r in read_prompts(path)] == ["a", "b", "c"]
+
+
+def test_done_ids_come_from_finished_shards(tmp_path):
+    out = tmp_path / "completions"
+    writer = ShardWriter(epath.Path(out), 0, 2)
+    for i in ("a", "b", "c"):
+        writer.add({"id": i, "completion": "x"})
+    writer.flush()
+    (out / ".part-00000-000009.jsonl.tmp-1").write_text('{"id": "d"}\n')  # an unfinished shard
+    assert len(done_digests(out)) == 3
+    assert set(done_digests(out).tolist()) == set(_digests(["a", "b", "c"]).tolist())
 
 
 def test_prompt_seed_depends_on_seed_and_id():

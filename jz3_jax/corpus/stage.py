@@ -6,6 +6,10 @@ SHA-256 of the text: the same snippet has the same id in every run), `source` (t
 per source: documents, snippets, duplicates, kept; skipped bad records). Both are written whole
 (temp file + rename), and a rerun with the same config writes the same files. Process 0 does the
 work; other processes return at once.
+
+Memory does not hold the texts: each snippet is spilled to a local temp file as it is cut, and
+memory keeps 32 bytes per snippet (`candidates.py`); dedup and the weighted sample are computed on
+those columns at the end, giving the same snippets in the same order as sorting all texts in memory.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import json
 import math
 from typing import TYPE_CHECKING
 
+from jz3_jax.corpus.candidates import CandidateStore
 from jz3_jax.corpus.cutting import cut
 from jz3_jax.corpus.sources import BadRecords, CorpusError, Fields, parse_spec, read_documents
 from jz3_jax.prompts.snippets import content_id
-from jz3_jax.records.jsonl import write_lines
 from jz3_jax.corpus.spec import CorpusSpec
 from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import atomic_write
@@ -51,39 +55,37 @@ def run(spec: CorpusSpec, ctx: StageContext) -> dict:
         return {}
     fields = Fields(list(cc.text_fields), list(cc.question_fields), list(cc.answer_fields))
     bad = BadRecords(cc.bad_records)
-    seen: set[str] = set()
-    candidates: list[tuple[float, dict]] = []
     per_source: dict[str, dict] = {}
-    for source in sources:
-        counts = per_source.setdefault(source.tag, {"documents": 0, "snippets": 0, "duplicates": 0, "short": 0,
-                                                  "kept": 0, "weight": source.weight})
-        for document in read_documents(source, fields, bad):
-            counts["documents"] += 1
-            for text in cut(document.text, cc.max_chars, document.kind):
-                if len(text) < cc.min_chars:
-                    counts["short"] += 1
-                    continue
-                sid = content_id(text)
-                if sid in seen:
-                    counts["duplicates"] += 1
-                    continue
-                seen.add(sid)
-                counts["snippets"] += 1
-                if source.weight > 0:
-                    candidates.append((sample_key(seed, sid, source.weight), {"id": sid, "source": source.tag,
-                                                                              "text": text}))
-    candidates.sort(key=lambda item: (-item[0], item[1]["id"]))
-    if cc.max_snippets:
-        candidates = candidates[:cc.max_snippets]
-    if not candidates:
-        raise CorpusError("the corpus sources gave no snippets (check corpus.sources and corpus.min_chars)")
-    for _, record in candidates:
-        per_source[record["source"]]["kept"] += 1
-    write_lines(artifacts.output(ctx.stage_dir, "corpus.snippets"), (record for _, record in candidates))
-    report = {"snippets": len(candidates), "skipped_records": bad.skipped, "max_chars": cc.max_chars,
+    tags: dict[str, int] = {}  # source tag -> index in the store (sources may share a tag)
+    with CandidateStore() as store:
+        for source in sources:
+            counts = per_source.setdefault(source.tag, {"documents": 0, "snippets": 0, "duplicates": 0, "short": 0,
+                                                      "kept": 0, "weight": source.weight})
+            index = tags.setdefault(source.tag, len(tags))
+            for document in read_documents(source, fields, bad):
+                counts["documents"] += 1
+                for text in cut(document.text, cc.max_chars, document.kind):
+                    if len(text) < cc.min_chars:
+                        counts["short"] += 1
+                        continue
+                    sid = content_id(text)
+                    if source.weight > 0:
+                        store.add(sid, index, sample_key(seed, sid, source.weight),
+                                  {"id": sid, "source": source.tag, "text": text})
+                    else:
+                        store.add(sid, index, None, None)
+        picked = store.pick(cc.max_snippets)
+        if not len(picked):
+            raise CorpusError("the corpus sources gave no snippets (check corpus.sources and corpus.min_chars)")
+        totals = store.counts(len(tags))
+        for tag, index in tags.items():
+            for name in ("snippets", "duplicates", "kept"):
+                per_source[tag][name] += int(totals[name][index])
+        store.write(artifacts.output(ctx.stage_dir, "corpus.snippets"), picked)
+    report = {"snippets": len(picked), "skipped_records": bad.skipped, "max_chars": cc.max_chars,
               "sources": per_source}
     with atomic_write(artifacts.output(ctx.stage_dir, "corpus.report")) as f:
         json.dump(report, f, indent=2)
-    ctx.logger.info("corpus: %d snippets from %d source(s) -> %s (%d bad records skipped)", len(candidates),
+    ctx.logger.info("corpus: %d snippets from %d source(s) -> %s (%d bad records skipped)", len(picked),
                     len(sources), artifacts.output(ctx.stage_dir, "corpus.snippets"), bad.skipped)
     return report

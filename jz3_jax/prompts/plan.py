@@ -78,8 +78,12 @@ class PromptPlan:
 
     def prompts(self, snippet_id: str, source: str, text: str) -> list[PlannedPrompt]:
         """The rendered prompts for one snippet, in (level, kind) order."""
-        return [PlannedPrompt(snippet_id, source, level, kind, render(text, level, kind))
-                for level, kind in self.choices(snippet_id, source)]
+        return [self.prompt(snippet_id, source, text, level, kind) for level, kind in self.choices(snippet_id, source)]
+
+    @staticmethod
+    def prompt(snippet_id: str, source: str, text: str, level: str, kind: str) -> PlannedPrompt:
+        """The one prompt of a snippet for one of its `choices` (rendered on demand)."""
+        return PlannedPrompt(snippet_id, source, level, kind, render(text, level, kind))
 
 
 def _checked(key: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:

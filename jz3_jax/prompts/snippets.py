@@ -41,19 +41,24 @@ def read_snippets(path: str | os.PathLike, key: str = "distill.snippets") -> lis
     if not path.exists():
         raise SnippetError(f"snippets file {str(path)!r} does not exist (run the corpus stage or set {key})")
     snippets, seen = [], set()
-    for line in read_lines(path, error=SnippetError, validate=_check):
-        row = line.record
-        sid = str(row.get("id", content_id(row["text"])))
-        if sid in seen:
+    for line in read_lines(path, error=SnippetError, validate=snippet_reason):
+        snippet = snippet_of(line.record)
+        if snippet.id in seen:
             continue  # e.g. a snippet selected twice: one set of prompts
-        seen.add(sid)
-        snippets.append(Snippet(sid, row.get("source", ""), row["text"]))
+        seen.add(snippet.id)
+        snippets.append(snippet)
     if not snippets:
         raise SnippetError(f"snippets file {str(path)!r} has no records")
     return snippets
 
 
-def _check(row: dict) -> str | None:
+def snippet_of(row: dict) -> Snippet:
+    """The snippet of a valid record (`snippet_reason(row)` is None): a missing id is its content hash."""
+    sid = row["id"] if "id" in row else content_id(row["text"])
+    return Snippet(str(sid), row.get("source", ""), row["text"])
+
+
+def snippet_reason(row: dict) -> str | None:
     """Why `row` is not a snippet record (None when it is)."""
     text, source = row.get("text"), row.get("source", "")
     if not isinstance(text, str) or not text.strip():

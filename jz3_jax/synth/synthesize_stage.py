@@ -3,8 +3,9 @@
 Reads `synthesize.prompts` (see `prompts.py`) or, when that is empty, renders prompts from
 snippet records (`synthesize.snippets`, default `RUN_DIR/corpus/snippets.jsonl`) with the prompt
 library and the `synthesize.levels` / `level_policy` / `kinds` keys, exactly as distill does
-(`synth/prompts.py`). It generates with the decoding engine (continuous batching; `sampling.*` settings, `engine.*` sizes, `model.checkpoint`) and writes completion shards
-to `RUN_DIR/synthesize/completions/` (see `shards.py`; the record format is the `filter` stage's
+(`synth/prompts.py`). It generates with the decoding engine (continuous batching; `sampling.*`
+settings, `engine.*` sizes, `model.checkpoint`) and writes completion shards to
+`RUN_DIR/synthesize/completions/` (see `shards.py`; the record format is the `filter` stage's
 input contract in `completions.py`). One record per prompt:
 
     id, prompt, completion, kind, [level,] finish_reason ("stop" | "length"), prompt_tokens,
@@ -13,9 +14,11 @@ input contract in `completions.py`). One record per prompt:
 Each prompt's seed is derived from `sampling.seed` and its id, so its completion does not depend
 on the batch it ran in, the number of processes, or how often the run was interrupted.
 With several processes, process i takes the prompts at positions i, i + n, i + 2n, ... of the
-file and runs its own engine on its local devices. Killed at any moment and rerun, the output
-holds every prompt exactly once (finished shards are kept; their ids are skipped). SIGTERM writes
-the completions finished so far, then exits 143.
+file and runs its own engine on its local devices. Each process streams the file once to find its
+share (no prompt rendered, no text kept) and renders its prompts one at a time as the engine takes
+them (`prompts.PromptSource`), so memory does not hold the prompts' texts. Killed at any moment and
+rerun, the output holds every prompt exactly once (finished shards are kept; their ids are
+skipped). SIGTERM writes the completions finished so far, then exits 143.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from jz3_jax.runtime import artifacts
 from jz3_jax.runtime.paths import as_path
 from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.errors import SynthesizeError
-from jz3_jax.synth.prompts import PromptRecord, prompts_from_snippets, read_prompts
-from jz3_jax.synth.shards import ShardWriter, done_ids
+from jz3_jax.synth.prompts import PromptRecord, PromptSource, done_digests
+from jz3_jax.synth.shards import ShardWriter
 from jz3_jax.synth.spec import SynthesizeSpec
 
 if TYPE_CHECKING:
@@ -48,21 +51,17 @@ def prompt_seed(base_seed: int, prompt_id) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _snippet_prompts(spec: SynthesizeSpec, run_dir) -> list[PromptRecord]:
-    """With `synthesize.prompts` empty: prompts rendered from `synthesize.snippets` (default the
-    corpus stage's snippets) by the prompt library, as distill renders them."""
+def prompt_source(spec: SynthesizeSpec, run_dir) -> PromptSource:
+    """`synthesize.prompts`, or when it is empty the prompts rendered from `synthesize.snippets`
+    (default the corpus stage's snippets) by the prompt library, as distill renders them."""
     sc = spec.synthesize
+    if sc.prompts:
+        return PromptSource.from_prompts(sc.prompts)
     path = sc.snippets or artifacts.locate_str(run_dir, "corpus.snippets")
     if not sc.snippets and not as_path(path).exists():
         raise SynthesizeError("synthesize needs synthesize.prompts (a jsonl file of {id, prompt} records) or "
                               f"snippet records: synthesize.snippets, or {path} from the corpus stage")
-    return prompts_from_snippets(path, sc, spec.seed)
-
-
-def my_prompts(prompts: list[PromptRecord], done: set, process_index: int, process_count: int) -> list[PromptRecord]:
-    """This process's share of the prompts not yet done (a fixed slice of the file's order, so
-    processes never overlap even when they start at different times)."""
-    return [p for i, p in enumerate(prompts) if i % process_count == process_index and p.id not in done]
+    return PromptSource.from_snippets(path, sc, spec.seed)
 
 
 def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
@@ -75,15 +74,14 @@ def _prompt_ids(tokenizer, record: PromptRecord, use_chat: bool) -> list[int]:
 def run(spec: SynthesizeSpec, ctx: StageContext) -> dict:
     """Generate completions for this process's remaining prompts; returns counts and throughput."""
     sc = spec.synthesize
-    prompts = read_prompts(sc.prompts) if sc.prompts else _snippet_prompts(spec, ctx.run_dir)
+    source = prompt_source(spec, ctx.run_dir)
     out_dir = artifacts.output(ctx.stage_dir, "synthesize.completions").parent
-    done = done_ids(out_dir)
-    mine = my_prompts(prompts, done, ctx.process_index, ctx.process_count)
-    ctx.logger.info("synthesize: %d prompts, %d already done, %d for process %d", len(prompts),
-                    len(done & {p.id for p in prompts}), len(mine), ctx.process_index)
+    mine = source.share(done_digests(out_dir), ctx.process_index, ctx.process_count)
+    ctx.logger.info("synthesize: %d prompts, %d already done, %d for process %d", mine.total, mine.already_done,
+                    len(mine), ctx.process_index)
     base = sampling_from_config(spec.sampling)  # validates the sampling section
     if not mine:
-        return {"prompts": len(prompts), "generated": 0}
+        return {"prompts": mine.total, "generated": 0}
     loaded = load_engine(spec, ctx.logger)
     engine, tokenizer = loaded.engine, loaded.tokenizer
     if tokenizer is None:
@@ -121,14 +119,16 @@ def run(spec: SynthesizeSpec, ctx: StageContext) -> dict:
                 "completion_tokens": len(result.token_ids), "sampling": sampling, "model": model_name,
                 "meta": {**(source.meta or {}), "synthesizer": model_name, "sampling": sampling}}
 
-    queue = list(reversed(mine))
+    queue = iter(mine)  # rendered one at a time, as the engine takes them
+    upcoming = next(queue, None)
     term = TermFlag()  # each process stops on its own signal: no collectives between engine replicas
     start, tokens, finished = time.perf_counter(), 0, 0
     bar = tqdm(total=len(mine), desc="synthesize", unit="prompt", disable=ctx.process_index != 0)
     try:
-        while queue or engine.pending:
-            while queue and engine.pending < 2 * engine.max_batch:  # keep rows busy, the queue short
-                engine.submit(request_for(queue.pop()))
+        while upcoming is not None or engine.pending:
+            while upcoming is not None and engine.pending < 2 * engine.max_batch:  # rows busy, the queue short
+                engine.submit(request_for(upcoming))
+                upcoming = next(queue, None)
             for event in engine.step():
                 tokens += len(event.new_token_ids)
                 if event.finished is None:
@@ -151,7 +151,7 @@ def run(spec: SynthesizeSpec, ctx: StageContext) -> dict:
     _write_metrics(metrics_path, finished, tokens, start)
     ctx.logger.info("synthesize: %d completions, %d tokens in %.1fs (%.1f tokens/s)", finished, tokens, elapsed,
                     tokens / elapsed)
-    return {"prompts": len(prompts), "generated": finished, "tokens": tokens, "tokens_per_s": tokens / elapsed}
+    return {"prompts": mine.total, "generated": finished, "tokens": tokens, "tokens_per_s": tokens / elapsed}
 
 
 def _write_metrics(path: Path, finished: int, tokens: int, start: float) -> None:
