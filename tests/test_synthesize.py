@@ -24,7 +24,7 @@ from jz3_jax.prompts.snippets import read_snippets
 from jz3_jax.synth import prompts as prompts_module
 from jz3_jax.synth.prompts import (PromptRecord, PromptSource, done_digests, id_digest, prompts_from_snippets,
                                    read_prompts)
-from jz3_jax.synth.shards import ShardWriter
+from jz3_jax.records.shards import ShardWriter
 from jz3_jax.synth.synthesize_stage import prompt_seed
 from stream_data import write_snippets
 

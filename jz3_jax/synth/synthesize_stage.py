@@ -5,7 +5,7 @@ snippet records (`synthesize.snippets`, default `RUN_DIR/corpus/snippets.jsonl`)
 library and the `synthesize.levels` / `level_policy` / `kinds` keys, exactly as distill does
 (`synth/prompts.py`). It generates with the decoding engine (continuous batching; `sampling.*`
 settings, `engine.*` sizes, `model.checkpoint`) and writes completion shards to
-`RUN_DIR/synthesize/completions/` (see `shards.py`; the record format is the `filter` stage's
+`RUN_DIR/synthesize/completions/` (see `records/shards.py`: written whole or not at all, so reruns resume; the record format is the `filter` stage's
 input contract in `completions.py`). One record per prompt:
 
     id, prompt, completion, kind, [level,] finish_reason ("stop" | "length"), prompt_tokens,
@@ -39,7 +39,7 @@ from jz3_jax.runtime.paths import as_path
 from jz3_jax.runtime.preemption import Preempted, TermFlag
 from jz3_jax.errors import SynthesizeError
 from jz3_jax.synth.prompts import PromptRecord, PromptSource, done_digests
-from jz3_jax.synth.shards import ShardWriter
+from jz3_jax.records.shards import ShardWriter
 from jz3_jax.synth.spec import SynthesizeSpec
 
 if TYPE_CHECKING:
