@@ -29,8 +29,8 @@ def _free_port() -> int:
 class Pod:
     """Two launcher processes of one `jax.distributed` job (a fresh coordinator port per launch)."""
 
-    def __init__(self, stage: str, run_dirs: list[Path], *overrides: str):
-        self.stage, self.run_dirs, self.overrides = stage, run_dirs, overrides
+    def __init__(self, stage: str, run_dirs: list[Path], *overrides: str, env: dict[str, str] | None = None):
+        self.stage, self.run_dirs, self.overrides, self.env = stage, run_dirs, overrides, env
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> "Pod":
@@ -41,7 +41,7 @@ class Pod:
                        "--run-dir", str(run_dir), *self.overrides,
                        f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
                        f"distributed.process_id={pid}"]
-            self.procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(devices=4),
+            self.procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(devices=4, extra=self.env),
                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         self.started = time.monotonic()
         return self
@@ -194,6 +194,20 @@ def test_different_local_run_dirs_exit_2_with_the_shared_storage_message(tmp_pat
     assert seconds < PROMPT_FAILURE_S
     for text in stderr:
         assert "must be storage every host sees" in text and "run_dir" in text
+
+
+def test_each_process_exits_with_its_own_code_when_process_0_leaves_first(tmp_path, varied):
+    """Process 1 pauses right before its exit (as a process descheduled on a loaded machine does), so
+    process 0, which hosts the coordination service, is gone first; process 1 still exits with 2, not
+    SIGABRT from losing the service (seen once under load before every process left through jax's
+    shutdown)."""
+    from jz3_jax.runtime.peers import TEST_EXIT_DELAY_ENV
+
+    pod = Pod("pretrain", [tmp_path / "host0", tmp_path / "host1"], f"data.train_path={varied}", *PACKED,
+              env={TEST_EXIT_DELAY_ENV: "2"})
+    codes, stderr, seconds = pod.start().wait()
+    assert codes == [2, 2], stderr
+    assert seconds < PROMPT_FAILURE_S
 
 
 def test_malformed_record_in_process_1_share_stops_both(tmp_path, varied):

@@ -9,7 +9,10 @@ so they work before the mesh exists and while a peer is stuck):
   None) and reads everyone's; if any process failed, all raise, the failed ones their own error, the
   others `PeerFailed` naming the process and its message, with the same exit code.
 - `abort(code, message)`: a process that fails outside an agreed check posts an abort record and
-  exits at once; a watchdog thread in every other process sees it within a second and exits too.
+  exits; a watchdog thread in every other process sees it within a second and exits too.
+
+Every process leaves through jax's own shutdown (bounded), so each one exits with its own code
+whatever the timing: none is aborted by process 0's coordination service going away under it.
 
 A process killed outright (SIGKILL, a lost host) cannot post anything: the coordination service
 notices its missing heartbeat after `distributed.heartbeat_timeout_s` and stops the others.
@@ -31,7 +34,9 @@ from jz3_jax.errors import UserError
 
 ABORT_KEY = "jz3/abort"
 _POLL_MS = 1000
-_EXIT_GRACE_S = 5.0  # how long process 0 waits for its peers to leave before it exits itself
+_EXIT_GRACE_S = 20.0  # how long a failing process waits for its peers in the shutdown barrier
+TEST_EXIT_DELAY_ENV = "JZ3_TEST_EXIT_DELAY_S"  # tests only: processes other than 0 pause before exiting
+_exiting = threading.Lock()
 _counter = itertools.count()
 _watchdog: threading.Thread | None = None
 
@@ -111,13 +116,15 @@ def _blocking_get(client, key: str) -> str:
         try:
             return client.blocking_key_value_get(key, _POLL_MS)
         except Exception:  # timed out: a peer is still working, unless it aborted
+            if _exiting.locked():  # the watchdog is shutting the client down: it exits this process
+                threading.Event().wait()
             aborted = _peer_abort(client)
             if aborted is not None:
                 _exit_now(*aborted, reason="a peer aborted")
 
 
 def abort(code: int, message: str) -> None:
-    """Tell the other processes this one failed, then exit now (skipping the shutdown barrier)."""
+    """Tell the other processes this one failed, then leave with them (`_exit_now`) and exit."""
     client = _client()
     if client is not None:
         try:
@@ -128,36 +135,46 @@ def abort(code: int, message: str) -> None:
 
 
 def _exit_now(code: int, message: str, reason: str) -> None:
+    """Leave the job together with the other processes, then exit with `code`. Only the first caller
+    (main thread or watchdog) decides the code; a later one waits here for that exit."""
+    if not _exiting.acquire(blocking=False):
+        threading.Event().wait()
     logger = logging.getLogger("jz3_jax")
     logger.error("process %d %s (%s); exiting with %d", jax.process_index(), reason, message, code)
     for handler in logger.handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    _leave_in_order()
+    _leave_together()
+    delay = os.environ.get(TEST_EXIT_DELAY_ENV, "")
+    if delay and jax.process_index() != 0:
+        time.sleep(float(delay))
     os._exit(code)
 
 
-def _leave_in_order() -> None:
-    """Process 0 hosts the coordination service: if it left first, a peer still on its way out would
-    lose the service and abort (SIGABRT) instead of exiting with its code. So every other process
-    says it is leaving, and process 0 waits (a few seconds at most) until they all have."""
-    client = _client()
-    if client is None:
+def _leave_together() -> None:
+    """Shut the distributed runtime down the way a normal exit does (`jax.distributed.shutdown`).
+
+    Process 0 hosts the coordination service. Once it exits, a peer whose client is still connected
+    notices the lost service and the runtime aborts it (SIGABRT) before it reaches its own exit code;
+    how soon is a matter of scheduling. In jax's shutdown every process waits in a barrier until all
+    have arrived, and each one's client has stopped heartbeats and error polling when it returns:
+    after that no timing of process 0's exit can abort a peer. The wait is bounded: a peer that is
+    stuck or gone cannot hold this process for more than `_EXIT_GRACE_S` (a dead peer is reported
+    by the heartbeat anyway)."""
+    if _client() is None:
         return
-    me, count = jax.process_index(), jax.process_count()
-    try:
-        if me != 0:
-            client.key_value_set(f"jz3/leaving/{me}", "1")
-            return
-        deadline = time.monotonic() + _EXIT_GRACE_S
-        for peer in range(1, count):
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                return
-            client.blocking_key_value_get(f"jz3/leaving/{peer}", left_ms)
-    except Exception:  # a peer that is gone already, or the service itself
-        return
+    done = threading.Event()
+
+    def shutdown():
+        try:
+            jax.distributed.shutdown()
+        except Exception:  # a peer that is gone, or the service itself
+            pass
+        done.set()
+
+    threading.Thread(target=shutdown, name="jz3-shutdown", daemon=True).start()
+    done.wait(_EXIT_GRACE_S)
 
 
 def start_watchdog() -> None:
