@@ -271,9 +271,10 @@ class Engine:
                 device.prefill.lower(self.graphdef, self.params, self._state,
                                      self._prefill_batch(rows, width, [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
-            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules).compile()
+            # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
+            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, 0).compile()
             device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
-                                self.eos_ids, self.max_top_k).compile()
+                                self.eos_ids, self.max_top_k, 0).compile()
             if logprobs and self.max_logprobs:
                 device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules,
                                           self.max_logprobs).compile()

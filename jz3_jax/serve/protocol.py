@@ -65,12 +65,33 @@ class ModelInfo:
     _token_text: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def token_text(self, token: int) -> str:
-        """One token's text as a logprobs entry names it (special tokens spelled out; a token that
-        is part of a UTF-8 character decodes to U+FFFD)."""
+        """One token's text as a logprobs entry names it: its decoded text (special tokens spelled
+        out), or, for a byte-level token that is only part of a UTF-8 character, `bytes:\\xNN...`
+        as OpenAI writes it."""
         text = self._token_text.get(token)
         if text is None:
-            text = self._token_text[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            if "\ufffd" in text:
+                raw = _token_bytes(self.tokenizer, token)
+                if raw is not None and b"\xef\xbf\xbd" not in raw:
+                    text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            self._token_text[token] = text
         return text
+
+
+def _token_bytes(tokenizer, token: int) -> bytes | None:
+    """A byte-level BPE token's raw bytes (GPT-2's byte alphabet), or None when not known."""
+    backend = getattr(tokenizer, "backend", None)
+    piece = backend.id_to_token(token) if backend is not None else None
+    if piece is None:
+        return None
+    from jz3_jax.tokenizer.byte_tokenizer import _CHAR_TO_BYTE
+
+    if all(c in _CHAR_TO_BYTE for c in piece):
+        return bytes(_CHAR_TO_BYTE[c] for c in piece)
+    if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:  # SentencePiece byte fallback
+        return bytes([int(piece[3:5], 16)])
+    return None
 
 
 @dataclasses.dataclass
@@ -321,6 +342,8 @@ def completion_logprobs(model: ModelInfo, entries: list[Entry], offset: int = 0)
 
 
 def _utf8(text: str) -> list[int]:
+    if text.startswith("bytes:\\x"):  # a partial UTF-8 character: its raw bytes
+        return list(bytes.fromhex(text[len("bytes:"):].replace("\\x", "")))
     return list(text.encode("utf-8", "replace"))
 
 
