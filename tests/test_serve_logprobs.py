@@ -240,3 +240,47 @@ def test_smollm2_logprobs_equal_transformers(smollm2_transformers):
                                                           for t in top_ids]
         np.testing.assert_allclose([t.logprob for t in entry.top_logprobs], row[top_ids], atol=1e-4)
         assert entry.bytes == list(entry.token.encode())
+
+
+def test_loglikelihood_requests_as_lm_eval_sends_them_score_like_the_model(tiny):
+    """lm-evaluation-harness's `local-completions` log-likelihood request (batched token-id prompts,
+    echo, max_tokens=1, logprobs=1, temperature 0) read as it reads the answer ([ctxlen:-1]) picks
+    the same choices as scoring the items with the model directly."""
+    import jax
+    import jax.numpy as jnp
+
+    server, _, _ = tiny
+    tokenizer = server.model.tokenizer
+    items = [("The sky is", [" blue", " green", " loud"]), ("1, 2, 3,", [" 4", " 9", " x"]),
+             ("ab ab ab", [" ab", " cd"])]
+    requests = [(tokenizer.encode(q, add_bos=tokenizer.adds_bos), tokenizer.encode(c)) for q, cs in items for c in cs]
+    body = {"model": "llama-random", "prompt": [ctx + cont for ctx, cont in requests], "echo": True,
+            "max_tokens": 1, "logprobs": 1, "temperature": 0, "seed": 1234}
+    status, answer = post(server.url + "/v1/completions", body)
+    assert status == 200, answer
+    served = []
+    for choice, (ctx, cont) in zip(sorted(answer["choices"], key=lambda c: c["index"]), requests):
+        values = choice["logprobs"]["token_logprobs"][len(ctx):-1]
+        tops = choice["logprobs"]["top_logprobs"][len(ctx):-1]
+        assert len(values) == len(cont)
+        greedy = all(v == max(top.values()) for v, top in zip(values, tops))
+        served.append((sum(values), greedy))
+
+    model = server.worker.engine  # read-only use of the parameters: the worker only reads them too
+    from flax import nnx
+
+    decoder = nnx.merge(model.graphdef, model.params)
+    direct = []
+    for ctx, cont in requests:
+        ids = ctx + cont
+        logp = jax.nn.log_softmax(decoder(jnp.asarray([ids], jnp.int32))[0][0], -1)
+        picked = [float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(cont)]
+        greedy = all(int(jnp.argmax(logp[len(ctx) + k - 1])) == t for k, t in enumerate(cont))
+        direct.append((sum(picked), greedy))
+    np.testing.assert_allclose([s for s, _ in served], [d for d, _ in direct], atol=1e-4)
+    assert [g for _, g in served] == [g for _, g in direct]
+    start = 0
+    for _, choices in items:  # the same accuracy: the same argmax per item
+        span = slice(start, start + len(choices))
+        assert np.argmax([s for s, _ in served[span]]) == np.argmax([d for d, _ in direct[span]])
+        start += len(choices)
