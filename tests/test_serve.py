@@ -93,35 +93,67 @@ def completion_ok(server, **changes) -> dict:
     return body
 
 
-BAD_REQUESTS = [
-    ("completions", b"{not json", "invalid_json"),
-    ("completions", b"[1, 2]", None),
-    ("completions", {"max_tokens": 4}, None),
-    ("chat/completions", {"max_tokens": 4}, None),
-    ("chat/completions", {"messages": [{"content": "no role"}]}, None),
-    ("completions", {"prompt": "hi", "model": "gpt-4"}, "model_not_found"),
-    ("completions", {"prompt": "hi", "max_tokens": 0}, None),
-    ("completions", {"prompt": "hi", "max_tokens": -3}, None),
-    ("completions", {"prompt": "hi", "max_tokens": "ten"}, None),
-    ("completions", {"prompt": "hi", "max_tokens": 10**12}, "context_length_exceeded"),
-    ("completions", {"prompt": "x" * 100, "max_tokens": 60}, "context_length_exceeded"),
-    ("completions", {"prompt": "x" * 400}, "context_length_exceeded"),
-    ("completions", {"prompt": "hi", "temperature": -1}, None),
-    ("completions", {"prompt": "hi", "temperature": 7}, None),
-    ("completions", {"prompt": "hi", "top_p": 0}, None),
-    ("completions", {"prompt": "hi", "top_p": 1.5}, None),
-    ("completions", {"prompt": "hi", "n": 0}, None),
-    ("completions", {"prompt": "hi", "n": 1000}, None),
-    ("completions", {"prompt": ["a", "b"]}, None),
-    ("completions", {"prompt": "hi", "stop": [""]}, None),
-    ("completions", {"prompt": "hi", "logprobs": 3}, "unsupported_parameter"),
+BAD_REQUESTS = [  # (path, body, status, error code or None)
+    ("completions", b"{not json", 400, "invalid_json"),
+    ("completions", b"[1, 2]", 400, None),
+    ("completions", b'{"prompt": "ab\\ud800cd"}', 400, "invalid_json"),  # a lone surrogate escape
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', 400, "invalid_json"),
+    ("completions", {"max_tokens": 4}, 400, None),
+    ("chat/completions", {"max_tokens": 4}, 400, None),
+    ("chat/completions", {"messages": [{"content": "no role"}]}, 400, None),
+    ("completions", {"prompt": "hi", "model": "gpt-4"}, 404, "model_not_found"),
+    ("completions", {"prompt": "hi", "max_tokens": 0}, 400, None),
+    ("completions", {"prompt": "hi", "max_tokens": -3}, 400, None),
+    ("completions", {"prompt": "hi", "max_tokens": "ten"}, 400, None),
+    ("completions", {"prompt": "hi", "max_tokens": True}, 400, None),
+    ("completions", {"prompt": "hi", "max_completion_tokens": 10**12}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": "hi", "max_tokens": 10**12}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": "x" * 100, "max_tokens": 60}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": ["hi", "x" * 400]}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": "x" * 400}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": "hi", "temperature": -1}, 400, None),
+    ("completions", {"prompt": "hi", "temperature": 7}, 400, None),
+    ("completions", {"prompt": "hi", "temperature": True}, 400, None),
+    ("completions", {"prompt": "hi", "top_p": 0}, 400, None),
+    ("completions", {"prompt": "hi", "top_p": 1.5}, 400, None),
+    ("completions", {"prompt": "hi", "n": 0}, 400, None),
+    ("completions", {"prompt": "hi", "n": 1000}, 400, None),
+    ("completions", {"prompt": "hi", "n": True}, 400, None),
+    ("completions", {"prompt": []}, 400, None),
+    ("completions", {"prompt": [[]]}, 400, None),
+    ("completions", {"prompt": [1, True]}, 400, None),
+    ("completions", {"prompt": ["a"] * 65}, 400, None),
+    ("completions", {"prompt": "hi", "stop": [""]}, 400, None),
+    ("completions", {"prompt": "hi", "stream": 1}, 400, None),
+    ("completions", {"prompt": "hi", "logprobs": True}, 400, None),
+    ("completions", {"prompt": "hi", "logprobs": 25}, 400, None),
+    ("completions", {"prompt": "hi", "logprobs": -1}, 400, None),
+    ("completions", {"prompt": "hi", "echo": 0}, 400, None),
+    ("completions", {"prompt": "hi", "echo": "true"}, 400, None),
+    ("completions", {"prompt": "hi", "best_of": True}, 400, None),
+    ("completions", {"prompt": "hi", "best_of": 3}, 400, "unsupported_parameter"),
+    ("completions", {"prompt": "hi", "frequency_penalty": 0.5}, 400, "unsupported_parameter"),
+    ("completions", {"prompt": "hi", "presence_penalty": False}, 400, None),
+    ("completions", {"prompt": "hi", "logit_bias": {"5": 10}}, 400, "unsupported_parameter"),
+    ("completions", {"prompt": "hi", "suffix": "end"}, 400, "unsupported_parameter"),
+    ("completions", {"prompt": "hi", "repetition_penalty": 1.1}, 400, "unsupported_parameter"),
+    ("completions", {"prompt": "hi", "messages": []}, 400, "unsupported_parameter"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True}, 400, "unsupported_parameter"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": 1}, 400, None),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 25},
+     400, None),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400, None),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+     400, "unsupported_parameter"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, 400, None),
 ]
 
 
-def test_bad_requests_get_400_and_the_server_carries_on(tiny_server):
-    for path, body, code in BAD_REQUESTS:
+def test_bad_requests_get_4xx_and_the_server_carries_on(tiny_server):
+    for path, body, expected, code in BAD_REQUESTS:
         status, answer = post(f"{tiny_server.url}/v1/{path}", body)
-        assert_error(status, answer, 400)
+        assert status == expected, (body, answer)
+        assert_error(status, answer, expected)
         if code:
             assert answer["error"]["code"] == code, (body, answer)
     assert_error(*post(tiny_server.url + "/v1/nowhere", {"prompt": "hi"}), 404)
@@ -134,6 +166,9 @@ def test_bad_requests_get_400_and_the_server_carries_on(tiny_server):
     assert "chat template" in answer["error"]["message"]
     body = completion_ok(tiny_server, temperature=0)
     assert body["object"] == "text_completion" and body["choices"][0]["finish_reason"] in ("stop", "length")
+    # ignored fields and the no-op values of unsupported ones pass
+    completion_ok(tiny_server, user="u1", metadata={"a": "b"}, best_of=1, frequency_penalty=0, presence_penalty=0.0,
+                  logit_bias={}, suffix="", echo=False, max_completion_tokens=2)
 
 
 def test_a_get_with_a_body_keeps_the_connection_usable(tiny_server):

@@ -31,6 +31,9 @@ class EngineConfig:
     `prompt_bucket * 2**i` (or `max_seq_len`), so serve and synthesize compile a few prefill
     programs once at warm-up. `max_top_k` is the largest top_k a request may ask for (top-k and
     top-p filters draw their candidates from `jax.lax.top_k` of this many logits).
+    `max_logprobs` is the most top log-probabilities a request may ask for (`logprobs` /
+    `top_logprobs` in serve; 0 turns log-probabilities off); a request that asks runs separately
+    compiled decode programs that also return them, so plain decoding pays nothing.
     `decode_attention` is the decode step's attention layout: auto (grouped, on every
     backend), block_diagonal or grouped.
     `mesh` is the engine's own mesh over this host's devices (one engine replica per host), separate
@@ -43,5 +46,6 @@ class EngineConfig:
     steps_per_dispatch: int = 8
     prompt_bucket: int = 64
     max_top_k: int = 64
+    max_logprobs: int = 20
     decode_attention: str = "auto"  # auto | block_diagonal | grouped
     mesh: MeshConfig = dataclasses.field(default_factory=_engine_mesh)

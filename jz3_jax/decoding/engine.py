@@ -57,6 +57,16 @@ class Request:
 
 
 @dataclasses.dataclass
+class TokenLogprob:
+    """One token's log-probability (`sampling.token_logprobs`: after temperature) and the request's
+    top-N alternatives (id, log-probability), most likely first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclasses.dataclass
 class Generation:
     """A finished request: the new tokens (up to and including EOS or the stop-completing token),
     their text (cut before a stop string; None without a tokenizer) and why it ended: "stop"
@@ -68,6 +78,7 @@ class Generation:
     text: str | None
     finish_reason: str
     seed: int
+    logprobs: list[TokenLogprob] | None = None  # one per token of token_ids when the request asked
 
 
 @dataclasses.dataclass
@@ -78,6 +89,7 @@ class Event:
     new_token_ids: list[int]
     text_delta: str
     finished: Generation | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per new token when the request asked
 
 
 @dataclasses.dataclass
@@ -89,6 +101,7 @@ class _Live:
     text: str = ""
     sent_chars: int = 0
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 def _current_mesh() -> jax.sharding.Mesh | None:
@@ -146,13 +159,17 @@ class Engine:
         max_top_k: the largest top_k a request may ask for (below the vocabulary size; a top_k of
             at least the vocabulary is no filter); filters take their candidates from
             `jax.lax.top_k` of this many logits instead of sorting the vocabulary.
+        max_logprobs: the most top log-probabilities a request may ask for (`SamplingParams.logprobs`;
+            0: none). Every program that returns them is compiled with this N, and runs only in
+            the steps where some row asked.
         decode_attention: the decode step's attention layout, "auto" (= "grouped"),
             "block_diagonal" or "grouped" (see `jz3_jax.decoding.attention`).
     """
 
     def __init__(self, model: Decoder, *, max_batch: int, max_seq_len: int, eos_ids: Iterable[int] = (),
                  tokenizer=None, steps_per_dispatch: int = 8, prompt_bucket: int = 16,
-                 mesh: jax.sharding.Mesh | None = None, max_top_k: int = 64, decode_attention: str = "auto"):
+                 mesh: jax.sharding.Mesh | None = None, max_top_k: int = 64, decode_attention: str = "auto",
+                 max_logprobs: int = 20):
         if max_batch < 1 or max_seq_len < 2 or steps_per_dispatch < 1 or prompt_bucket < 1 or max_top_k < 1:
             raise ValueError("max_batch >= 1, max_seq_len >= 2, steps_per_dispatch >= 1, prompt_bucket >= 1 and "
                              "max_top_k >= 1 are required")
@@ -172,6 +189,7 @@ class Engine:
         self.prompt_bucket = prompt_bucket
         self.mesh = mesh if mesh is not None else _current_mesh()
         self.max_top_k = min(max_top_k, self.vocab_size)
+        self.max_logprobs = max(0, min(max_logprobs, self.vocab_size))
         self.prefill_widths = doubling_buckets(prompt_bucket, max_seq_len)
         self._rows: list[_Live | None] = []
         self._waiting: collections.deque[_Live] = collections.deque()
@@ -193,6 +211,14 @@ class Engine:
         if request.params.stop and self.tokenizer is None:
             raise RequestError("stop strings need an engine with a tokenizer")
         self.check_sampling(request.params)
+        self.check_logprobs(request.params.logprobs)
+
+    def check_logprobs(self, n: int | None) -> None:
+        """Raise RequestError if this engine cannot return `n` top log-probabilities (None: none asked)."""
+        if n is not None and (not self.max_logprobs or n > self.max_logprobs):
+            raise RequestError(f"{n} top log-probabilities exceed this engine's limit of {self.max_logprobs} "
+                               "(engine.max_logprobs)" if self.max_logprobs else
+                               "log-probabilities are off on this engine (engine.max_logprobs=0)")
 
     def check_sampling(self, params: SamplingParams) -> None:
         """Raise RequestError if this engine cannot sample with `params` (a top_k above `max_top_k`)."""
@@ -235,17 +261,28 @@ class Engine:
         """Every (rows, width) a prefill can have: the programs `warm_up` compiles."""
         return prefill_shapes(self.prompt_bucket, self.max_seq_len, self.max_batch)
 
-    def warm_up(self) -> int:
+    def warm_up(self, logprobs: bool = False) -> int:
         """Compile every prefill bucket, the first-token sampler and the decode dispatch (nothing
-        runs; the state is untouched); returns how many programs were compiled (0 if all were already)."""
+        runs; the state is untouched); returns how many programs were compiled (0 if all were already).
+        `logprobs` (with `max_logprobs` > 0) also compiles their log-probability variants and `score`
+        for every prefill width."""
         with count_compiles() as log, self._on_mesh():
             for rows, width in self.prefill_shapes():
                 device.prefill.lower(self.graphdef, self.params, self._state,
                                      self._prefill_batch(rows, width, [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
-            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules).compile()
+            # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
+            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, 0).compile()
             device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
-                                self.eos_ids, self.max_top_k).compile()
+                                self.eos_ids, self.max_top_k, 0).compile()
+            if logprobs and self.max_logprobs:
+                device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules,
+                                          self.max_logprobs).compile()
+                device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
+                                    self.eos_ids, self.max_top_k, self.max_logprobs).compile()
+                for width in self.prefill_widths:
+                    device.score_prompt.lower(self.graphdef, self.params, *self._score_inputs([0], width, 0.0),
+                                              self.max_logprobs).compile()
         return log.count
 
     @property
@@ -263,13 +300,63 @@ class Engine:
             if not any(r is not None for r in self._rows):
                 return events
             keep = np.asarray([r is not None for r in self._rows])
-            self._state, out = device.decode(self.decode_graphdef, self.params, self._state, jnp.asarray(keep),
-                                             self.steps_per_dispatch, self.eos_ids, self.max_top_k)
-            out = np.asarray(out)
+            want = self._logprobs_wanted(self._rows)
+            result = device.decode(self.decode_graphdef, self.params, self._state, jnp.asarray(keep),
+                                   self.steps_per_dispatch, self.eos_ids, self.max_top_k, want)
+            self._state, out, extra = result[0], np.asarray(result[1]), self._fetch_logprobs(result[2] if len(result) > 2 else None)
         for row, live in enumerate(self._rows):
             if live is not None:
-                self._advance(row, [int(t) for t in out[row] if t >= 0], events)
+                tokens = [int(t) for t in out[row] if t >= 0]  # a row's tokens come first, then -1s
+                self._advance(row, tokens, events, self._row_logprobs(live, extra, row, len(tokens)))
         return events
+
+    def score(self, prompt_ids: Sequence[int], top_n: int, temperature: float = 0.0) -> list[TokenLogprob]:
+        """The log-probability of every prompt token after the first given the ones before it (as
+        `sampling.token_logprobs` computes them at `temperature`) and the `top_n` most likely tokens
+        there: len(prompt_ids) - 1 entries. One forward pass over the prompt, outside the decode state."""
+        n = len(prompt_ids)
+        if not 0 < n <= self.max_seq_len:
+            raise RequestError(f"a prompt to score needs 1 to {self.max_seq_len} tokens, got {n}")
+        self.check_logprobs(top_n)
+        if n == 1:
+            return []
+        width = _smallest_at_least(self.prefill_widths, n)
+        with self._on_mesh():
+            chosen, ids, lps = device.score_prompt(self.graphdef, self.params,
+                                                   *self._score_inputs(prompt_ids, width, temperature),
+                                                   self.max_logprobs)
+            chosen, ids, lps = np.asarray(chosen)[0], np.asarray(ids)[0], np.asarray(lps)[0]
+        return [TokenLogprob(int(prompt_ids[i + 1]), float(chosen[i]),
+                             [(int(t), float(v)) for t, v in zip(ids[i, :top_n], lps[i, :top_n])])
+                for i in range(n - 1)]
+
+    def _score_inputs(self, prompt_ids: Sequence[int], width: int, temperature: float):
+        tokens = np.full((1, width), self.pad_id, np.int32)
+        tokens[0, : len(prompt_ids)] = prompt_ids
+        return (jnp.asarray(tokens), jnp.asarray([len(prompt_ids)], np.int32),
+                jnp.asarray([temperature], np.float32))
+
+    def _logprobs_wanted(self, lives) -> int:
+        """The static `logprobs` of this dispatch: `max_logprobs` when some row asks, else 0 (the plain program)."""
+        asks = any(live is not None and live.request.params.logprobs is not None for live in lives)
+        return self.max_logprobs if asks else 0
+
+    @staticmethod
+    def _fetch_logprobs(extra) -> tuple[np.ndarray, ...] | None:
+        return tuple(np.asarray(x) for x in extra) if extra else None
+
+    @staticmethod
+    def _row_logprobs(live: _Live, extra, row: int, count: int) -> list[TokenLogprob] | None:
+        """The first `count` tokens' log-probabilities of `row` (extra: [slots, steps(, N)] arrays,
+        or [slots(, N)] for the first token), trimmed to the request's N."""
+        n = live.request.params.logprobs
+        if n is None or extra is None:
+            return None
+        chosen, ids, lps = (x[row] for x in extra)
+        if chosen.ndim == 0:
+            chosen, ids, lps = chosen[None], ids[None], lps[None]
+        return [TokenLogprob(-1, float(chosen[j]), [(int(t), float(v)) for t, v in zip(ids[j, :n], lps[j, :n])])
+                for j in range(count)]
 
     def generate(self, requests: Iterable[Request], progress: Callable[[Generation], None] | None = None
                  ) -> list[Generation]:
@@ -306,11 +393,12 @@ class Engine:
         if admitted:
             fresh = np.zeros(self.max_batch, bool)
             fresh[[row for row, _ in admitted]] = True
-            self._state, first = device.sample_first(self._state, jnp.asarray(fresh), self.eos_ids, self.max_top_k,
-                                                     self.rules)
-            first = np.asarray(first)
-            for row, _ in admitted:
-                self._advance(row, [int(first[row])], events)
+            want = self._logprobs_wanted([live for _, live in admitted])
+            result = device.sample_first(self._state, jnp.asarray(fresh), self.eos_ids, self.max_top_k, self.rules,
+                                         want)
+            self._state, first, extra = result[0], np.asarray(result[1]), self._fetch_logprobs(result[2] if len(result) > 2 else None)
+            for row, live in admitted:
+                self._advance(row, [int(first[row])], events, self._row_logprobs(live, extra, row, 1))
 
     def _prefill_batch(self, rows: int, width: int, group: list[tuple[int, _Live]]) -> device.PrefillBatch:
         """The prompts and settings of `group` as a batch of `rows` x `width` (the rest padding)."""
@@ -353,8 +441,10 @@ class Engine:
                 live.text = live.text[:cut]
                 live.finish_reason = "stop"
 
-    def _advance(self, row: int, new_tokens: list[int], events: list[Event]) -> None:
-        """Hand a row's new tokens to its request; finish and free the row when it is done."""
+    def _advance(self, row: int, new_tokens: list[int], events: list[Event],
+                 logprobs: list[TokenLogprob] | None = None) -> None:
+        """Hand a row's new tokens (and their log-probabilities, when asked) to its request; finish
+        and free the row when it is done."""
         live = self._rows[row]
         params = live.request.params
         # With stop strings the text grows token by token, so the token that completes a stop
@@ -373,6 +463,9 @@ class Engine:
             if live.finish_reason is not None:
                 break
         self.generated_tokens += len(kept)
+        if logprobs is not None:
+            logprobs = [dataclasses.replace(lp, token=token) for lp, token in zip(logprobs, kept)]
+            live.logprobs = (live.logprobs or []) + logprobs
         delta = ""
         if live.detok is not None:
             if not by_token:
@@ -386,9 +479,9 @@ class Engine:
         if live.finish_reason is not None:
             finished = Generation(id=live.request.id, prompt_ids=list(live.request.prompt_ids), token_ids=live.tokens,
                                   text=live.text if live.detok is not None else None,
-                                  finish_reason=live.finish_reason, seed=live.seed)
+                                  finish_reason=live.finish_reason, seed=live.seed, logprobs=live.logprobs)
             self._rows[row] = None
-        event = Event(live.request, kept, delta, finished)
+        event = Event(live.request, kept, delta, finished, logprobs)
         if live.request.on_event is not None:
             live.request.on_event(event)
         events.append(event)

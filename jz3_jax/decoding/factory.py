@@ -71,6 +71,8 @@ def load_engine(spec: DecodeSpec, logger: logging.Logger, max_batch: int | None 
     if ec.max_top_k < 1 or ec.prompt_bucket < 1:
         raise ConfigError(f"engine.max_top_k and engine.prompt_bucket must be >= 1; got {ec.max_top_k}, "
                           f"{ec.prompt_bucket}")
+    if ec.max_logprobs < 0:
+        raise ConfigError(f"engine.max_logprobs must be >= 0; got {ec.max_logprobs}")
     mesh, rules = engine_mesh(ec)
     logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
                 jax.local_device_count())
@@ -81,16 +83,18 @@ def load_engine(spec: DecodeSpec, logger: logging.Logger, max_batch: int | None 
         engine = Engine(model, max_batch=max_batch or ec.max_batch, max_seq_len=ec.max_seq_len,
                         eos_ids=eos_ids_of(resolved, tokenizer), tokenizer=tokenizer,
                         steps_per_dispatch=ec.steps_per_dispatch, prompt_bucket=ec.prompt_bucket,
-                        mesh=mesh, max_top_k=ec.max_top_k, decode_attention=ec.decode_attention)
+                        mesh=mesh, max_top_k=ec.max_top_k, decode_attention=ec.decode_attention,
+                        max_logprobs=ec.max_logprobs)
     logger.info("engine: decode attention %s, max_top_k %d, prefill widths %s", engine.decode_layout,
                 engine.max_top_k, list(engine.prefill_widths))
     return LoadedEngine(engine, tokenizer, resolved, mesh)
 
 
-def warm_up(engine: Engine, logger: logging.Logger) -> int:
-    """Compile every program the engine can run (`Engine.warm_up`) and log how many; returns that number."""
+def warm_up(engine: Engine, logger: logging.Logger, logprobs: bool = False) -> int:
+    """Compile every program the engine can run (`Engine.warm_up`; with `logprobs`, their
+    log-probability variants too) and log how many; returns that number."""
     start = time.perf_counter()
-    compiled = engine.warm_up()
+    compiled = engine.warm_up(logprobs=logprobs)
     logger.info("engine warm-up: %d prefill shapes and the decode step, %d programs compiled in %.1fs",
                 len(engine.prefill_shapes()), compiled, time.perf_counter() - start)
     return compiled

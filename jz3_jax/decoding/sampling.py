@@ -21,7 +21,9 @@ class SamplingParams:
 
     temperature 0 is greedy (argmax); top_k 0 and top_p 1.0 turn those filters off. Generation
     ends at an EOS token, at the first occurrence of any `stop` string (the text is cut before
-    it), or after `max_new_tokens` tokens. `seed` None draws a fresh random seed.
+    it), or after `max_new_tokens` tokens. `seed` None draws a fresh random seed. `logprobs` N (not
+    None) also returns each sampled token's log-probability and the N most likely tokens' (0: the
+    sampled token's only), from `token_logprobs` (after temperature, before top-k/top-p).
     """
 
     temperature: float = 1.0
@@ -30,6 +32,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
@@ -42,6 +45,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or self.logprobs < 0):
+            raise ValueError(f"logprobs must be None or an int >= 0, got {self.logprobs!r}")
 
 
 def seed_words(seed: int) -> tuple[int, int]:
@@ -128,3 +133,21 @@ def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
 
     # All-greedy batches (evaluation, parity runs) skip the filter and the random draws entirely.
     return jax.lax.cond(jnp.any(temperature > 0), sampled, lambda: greedy)
+
+
+def token_logprobs(logits: jax.Array, temperature: jax.Array, tokens: jax.Array, top_n: int
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Log-probabilities as the sampler sees them: `log_softmax(logits / temperature)` (temperature
+    0, greedy, counts as 1), before any top-k/top-p filter.
+
+    logits [..., vocab] float32, temperature broadcastable to logits[..., 0], tokens [...] int ->
+    (the tokens' log-probabilities [...], the `top_n` most likely ids [..., top_n] int32 and their
+    log-probabilities [..., top_n], most likely first). Only the programs that ask (a static
+    `logprobs` of the decode steps) compute this: plain decoding never does.
+    """
+    scale = jnp.where(temperature > 0, temperature, 1.0)
+    scaled = logits / jnp.expand_dims(scale, -1)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    chosen = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    top_lp, top_ids = jax.lax.top_k(logp, top_n)
+    return chosen, top_ids.astype(jnp.int32), top_lp

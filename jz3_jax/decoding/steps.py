@@ -13,6 +13,11 @@ insert count) pair compiles once.
 The samplers take a static `max_top_k` (the largest top-k a row may ask for: candidates come from
 `jax.lax.top_k`, see `sampling.filter_top_k_top_p`); `decode` attends with the layout its model
 carries (`Decoder.decode_attention`, see `attention.py`).
+
+Log-probabilities: `sample_first` and `decode` take a static `logprobs` N; 0 (the default) is the
+plain program, N > 0 a separately compiled variant that also returns each sampled token's
+log-probability and the top N (`sampling.token_logprobs`), so plain decoding computes and fetches
+nothing extra. `score_prompt` (no cache, no state) gives every prompt token's log-probability.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jz3_jax.decoding.sampling import row_keys, sample_tokens
+from jz3_jax.decoding.sampling import row_keys, sample_tokens, token_logprobs
 from jz3_jax.model.attention import KVCache
 from jz3_jax.model.params import constrain
 
@@ -160,13 +165,14 @@ def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch) -> Decode
     return _constrain_state(state, model.rules)
 
 
-@functools.partial(jax.jit, static_argnames=("rules", "eos_ids", "max_top_k"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("rules", "eos_ids", "max_top_k", "logprobs"), donate_argnames=("state",))
 def sample_first(state: DecodeState, fresh: jax.Array, eos_ids: tuple[int, ...], max_top_k: int = 64,
-                 rules: tuple = ()):
+                 rules: tuple = (), logprobs: int = 0):
     """The first new token of every row where `fresh` [slots] is True (rows prefilled since the
     last call) from its prompt logits; those rows become active unless it ends them.
 
-    Returns (state, first tokens [slots]; other rows' entries are meaningless)."""
+    Returns (state, first tokens [slots]; other rows' entries are meaningless), and with
+    `logprobs` N > 0 also (their log-probabilities [slots], top ids [slots, N], top log-probs [slots, N])."""
     slots = state.token.shape[0]
     first = sample_tokens(state.prompt_logits, jnp.where(fresh, state.temperature, 0.0), state.top_k, state.top_p,
                           state.key, jnp.zeros((slots,), jnp.int32), max_top_k)
@@ -176,17 +182,22 @@ def sample_first(state: DecodeState, fresh: jax.Array, eos_ids: tuple[int, ...],
         active=jnp.where(fresh, still, state.active),
         generated=jnp.where(fresh, 1, state.generated),
     )
+    if logprobs:
+        return _constrain_state(state, rules), first, token_logprobs(state.prompt_logits, state.temperature, first,
+                                                                     logprobs)
     return _constrain_state(state, rules), first
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k", "logprobs"),
                    donate_argnames=("state",))
 def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...],
-           max_top_k: int = 64):
+           max_top_k: int = 64, logprobs: int = 0):
     """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
     The model's decode attention layout is the one `graphdef` carries (`Decoder.decode_attention`).
 
-    Returns (state, tokens [slots, steps] with -1 where a row emitted nothing)."""
+    Returns (state, tokens [slots, steps] with -1 where a row emitted nothing), and with `logprobs`
+    N > 0 also (log-probabilities [slots, steps], top ids [slots, steps, N], top log-probs
+    [slots, steps, N]) of those tokens."""
     model = nnx.merge(graphdef, params)
     slots = state.token.shape[0]
     state = state._replace(active=state.active & keep)
@@ -197,6 +208,8 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
 
     def body(carry):
         i, state, out = carry
+        if logprobs:
+            out, extra = out
         live = state.active
         logits, cache = model(state.token[:, None], state.position[:, None], live[:, None].astype(jnp.int32),
                               state.cache)
@@ -212,8 +225,30 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
             generated=generated,
         )
         out = out.at[:, i].set(jnp.where(live, nxt, -1))
+        if logprobs:
+            new = token_logprobs(logits[:, 0], state.temperature, nxt, logprobs)
+            out = (out, tuple(buf.at[:, i].set(value) for buf, value in zip(extra, new)))
         return i + 1, _constrain_state(state, model.rules), out
 
     out = jnp.full((slots, steps), -1, jnp.int32)
+    if logprobs:
+        out = (out, (jnp.zeros((slots, steps), jnp.float32), jnp.zeros((slots, steps, logprobs), jnp.int32),
+                     jnp.zeros((slots, steps, logprobs), jnp.float32)))
     _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
+    if logprobs:
+        return state, *out
     return state, out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_n"))
+def score_prompt(graphdef, params, tokens: jax.Array, length: jax.Array, temperature: jax.Array, top_n: int):
+    """Every prompt token's log-probability given the tokens before it (no cache, no decode state).
+
+    tokens [1, width] right-padded to `length` [1] tokens, temperature [1] -> (log-probabilities
+    [1, width - 1] of tokens 1.., top ids [1, width - 1, top_n], top log-probs [1, width - 1, top_n]);
+    entries past length - 1 are meaningless."""
+    model = nnx.merge(graphdef, params)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    segments = (positions < length[:, None]).astype(jnp.int32)
+    logits = model(tokens, positions, segments)[0]
+    return token_logprobs(logits[:, :-1], temperature[:, None], tokens[:, 1:], top_n)

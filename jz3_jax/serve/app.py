@@ -42,6 +42,7 @@ class ServeState:
     request_timeout_s: float
     max_body_bytes: int
     api_key: str | None = None
+    body_timeout_s: float = 60.0
     started: int = dataclasses.field(default_factory=lambda: int(time.time()))
     draining: bool = False  # set from another thread; read once per request on the loop
     in_flight: int = 0  # requests past the gate and not yet answered (touched on the loop only)
@@ -140,25 +141,43 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def _error_response(error: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    headers = None
+    if error.status == 401:  # and the connection is closed: an unauthenticated client holds nothing
+        headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}
+    elif error.status == 408:
+        headers = {"Connection": "close"}
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 # --- generation --------------------------------------------------------------------------------------
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (checked on Content-Length and again while reading)."""
+async def _read_json(request: Request, limit: int, timeout: float) -> Any:
+    """The body as JSON; 413 past `limit` bytes (checked on Content-Length and again while reading),
+    408 (and the connection closed) when the whole body takes longer than `timeout` seconds, 400
+    for text that is not valid JSON or not encodable (a lone surrogate escape such as "\\ud800")."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"the request body has {length} bytes; serve.max_body_bytes={limit}", code="body_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"the request body exceeds serve.max_body_bytes={limit}", code="body_too_large")
     try:
-        return json.loads(bytes(body))
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"the request body exceeds serve.max_body_bytes={limit}",
+                                   code="body_too_large")
+    except TimeoutError:
+        raise ApiError(408, f"the request body took longer than serve.body_timeout_s={timeout:g}s",
+                       code="request_timeout") from None
+    try:
+        decoded = json.loads(bytes(body))
+        # JSON allows "\ud800" (a lone surrogate) but no tokenizer can encode it: refuse it here, once
+        json.dumps(decoded, ensure_ascii=False).encode("utf-8")
+        return decoded
+    except UnicodeEncodeError as error:
+        raise ApiError(400, f"the request body holds text that is not valid Unicode (a lone surrogate): {error}",
+                       code="invalid_json") from None
     except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
 
@@ -173,14 +192,16 @@ async def _watch_disconnect(receive: Receive, job: AsyncJob) -> None:
 async def _generate(request: Request, state: ServeState, kind: str) -> Response:
     arrived = time.monotonic()
     try:
-        body = await _read_json(request, state.max_body_bytes)
+        body = await _read_json(request, state.max_body_bytes, state.body_timeout_s)
     except ClientDisconnect:  # gone before the whole body arrived
         return Response(status_code=CLIENT_GONE_STATUS)
     parsed = protocol.parse_request(kind, body, state.model)
     loop = asyncio.get_running_loop()
-    job = AsyncJob(parsed.prompt_ids, parsed.params, loop)
+    prompts = parsed.choice_prompts
+    job = AsyncJob(parsed.prompt_ids, parsed.params, loop, prompts=prompts, generate=parsed.generate,
+                   echo_logprobs=parsed.logprobs if parsed.echo else None)
     state.worker.submit(job)  # ApiError 429 (queue full) or 503 (stopping)
-    state.metrics.prompt_tokens.inc(len(parsed.prompt_ids) * len(parsed.params))
+    state.metrics.prompt_tokens.inc(sum(len(p) for p in prompts))
     deadline = loop.time() + state.request_timeout_s
     watcher = asyncio.create_task(_watch_disconnect(request.receive, job))
     streaming = False
@@ -217,7 +238,7 @@ async def _collect(parsed: ParsedRequest, job: AsyncJob, event, deadline: float,
         if event.finished is not None:
             results[event.request.id] = event.finished
         if all(r is not None for r in results):
-            return protocol.response_body(parsed, state.model.name, results)
+            return protocol.response_body(parsed, state.model, results, job.prompt_logprobs)
         event = await _next(job, deadline, state)
 
 
@@ -240,16 +261,28 @@ def _data(body: dict) -> bytes:
 
 
 async def _sse(parsed: ParsedRequest, job: AsyncJob, event, deadline: float, state: ServeState) -> AsyncIterator[bytes]:
-    model = state.model.name
+    model = state.model
+    offsets = [0] * len(parsed.params)  # each choice's text_offset so far (completions with logprobs)
     if parsed.kind == protocol.CHAT:
         for index in range(len(parsed.params)):
             yield _data(protocol.chunk_body(parsed, model, index, role=True))
+    elif parsed.echo:  # each choice opens with its prompt (and, with logprobs, the prompt's)
+        for index in range(len(parsed.params)):
+            prompt = parsed.prompts[index // parsed.n]
+            entries = (protocol.prompt_entries(prompt, job.prompt_logprobs[index])
+                       if job.prompt_logprobs is not None else [])
+            yield _data(protocol.chunk_body(parsed, model, index, text=parsed.echo_texts[index // parsed.n],
+                                            entries=entries))
+            offsets[index] += sum(len(model.token_text(token)) for token, _, _ in entries)
     unfinished, completion_tokens = len(parsed.params), 0
     try:
         while True:
             index = event.request.id
-            if event.text_delta:
-                yield _data(protocol.chunk_body(parsed, model, index, text=event.text_delta))
+            if event.text_delta or event.logprobs:
+                entries = protocol.token_entries(event.logprobs) if event.logprobs is not None else None
+                yield _data(protocol.chunk_body(parsed, model, index, text=event.text_delta, entries=entries,
+                                                offset=offsets[index]))
+                offsets[index] += sum(len(model.token_text(token)) for token, _, _ in entries or [])
             if event.finished is not None:
                 yield _data(protocol.chunk_body(parsed, model, index, finish_reason=event.finished.finish_reason))
                 completion_tokens += len(event.finished.token_ids)

@@ -25,10 +25,11 @@ _GONE = object()
 class AsyncJob(Job):
     """A job read from the event loop `loop` (create it on that loop)."""
 
-    def __init__(self, prompt_ids: list[int], params: list[SamplingParams], loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompt_ids: list[int], params: list[SamplingParams], loop: asyncio.AbstractEventLoop,
+                 **options):
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
-        super().__init__(prompt_ids, params)
+        super().__init__(prompt_ids, params, **options)
 
     def _put(self, item: Event | ApiError) -> None:
         # A loop already closed (server stopped) has no reader left to tell.

@@ -14,6 +14,11 @@ class ServeConfig:
     variable holding the API key every `/v1/*` request must send as `Authorization: Bearer KEY`
     (empty: no auth). Request bodies over `max_body_bytes` get 413. On SIGTERM the server answers
     new requests with 503 and gives in-flight ones up to `drain_timeout_s` to finish.
+
+    Connections: the request line and headers must arrive within `header_timeout_s` of the
+    connection opening (or of the previous response), the body within `body_timeout_s` of the
+    headers (408 otherwise), and a connection with no request under way is closed after
+    `keep_alive_timeout_s`; more than `max_connections` open connections get 503 and are closed.
     """
 
     host: str = "127.0.0.1"
@@ -24,3 +29,7 @@ class ServeConfig:
     api_key_env: str = ""
     max_body_bytes: int = 8 << 20
     drain_timeout_s: float = 30.0
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 15.0
+    max_connections: int = 1024

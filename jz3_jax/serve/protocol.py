@@ -15,16 +15,18 @@ from typing import Any
 
 import pydantic
 
-from jz3_jax.decoding.engine import Generation
+from jz3_jax.decoding.engine import Generation, TokenLogprob
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.serve import models
 
 CHAT = "chat"
 COMPLETION = "completion"
-# Fields that would change what a client gets back but are not implemented: refuse, never ignore.
-_UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
-                "best_of": (None, 1), "tools": (None, []), "functions": (None, []), "frequency_penalty": (None, 0),
-                "presence_penalty": (None, 0), "logit_bias": (None, {}), "response_format": (None, {"type": "text"})}
+LOGPROB_FLOOR = -9999.0  # a log-probability of -inf is sent as this (JSON has no infinity)
+# Fields that would change what a client gets back but are not implemented: only these no-op
+# values pass (compared by type too: `false` is not 0); anything else is a 400 naming the field.
+_UNSUPPORTED = {"suffix": ("",), "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},),
+                "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
+                "parallel_tool_calls": (True, False), "response_format": ({"type": "text"},)}
 
 
 class ApiError(Exception):
@@ -59,58 +61,146 @@ class ModelInfo:
     tokenizer: Any  # jz3_jax.tokenizer.Tokenizer
     max_seq_len: int
     defaults: SamplingParams  # temperature/top_p/top_k/max_new_tokens used when a request omits them
+    max_logprobs: int = 20  # engine.max_logprobs: the largest `logprobs` / `top_logprobs`
+    _token_text: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def token_text(self, token: int) -> str:
+        """One token's text as a logprobs entry names it: its decoded text (special tokens spelled
+        out), or, for a byte-level token that is only part of a UTF-8 character, `bytes:\\xNN...`
+        as OpenAI writes it."""
+        text = self._token_text.get(token)
+        if text is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            if "\ufffd" in text:
+                raw = _token_bytes(self.tokenizer, token)
+                if raw is not None and b"\xef\xbf\xbd" not in raw:
+                    text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            self._token_text[token] = text
+        return text
+
+
+def _token_bytes(tokenizer, token: int) -> bytes | None:
+    """A byte-level BPE token's raw bytes (GPT-2's byte alphabet), or None when not known."""
+    backend = getattr(tokenizer, "backend", None)
+    piece = backend.id_to_token(token) if backend is not None else None
+    if piece is None:
+        return None
+    from jz3_jax.tokenizer.byte_tokenizer import _CHAR_TO_BYTE
+
+    if all(c in _CHAR_TO_BYTE for c in piece):
+        return bytes(_CHAR_TO_BYTE[c] for c in piece)
+    if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:  # SentencePiece byte fallback
+        return bytes([int(piece[3:5], 16)])
+    return None
 
 
 @dataclasses.dataclass
 class ParsedRequest:
-    """A checked request: the prompt tokens, one `SamplingParams` per choice, and how to answer."""
+    """A checked request: its prompts' tokens, one `SamplingParams` per choice, and how to answer.
+
+    Choice i continues prompt i // n (OpenAI's indexing of batched prompts)."""
 
     kind: str  # CHAT | COMPLETION
-    prompt_ids: list[int]
+    prompts: list[list[int]]
     params: list[SamplingParams]
     stream: bool = False
     include_usage: bool = False
     id: str = ""
     created: int = 0
+    n: int = 1
+    logprobs: int | None = None  # top-N log-probabilities per token; None: none
+    echo: bool = False  # completions: the prompt (and, with logprobs, its tokens' log-probabilities) first
+    echo_texts: list[str] = dataclasses.field(default_factory=list)  # per prompt, with echo
+    generate: bool = True  # False: max_tokens=0 with echo (score the prompt only)
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The first prompt (the only one of a chat request)."""
+        return self.prompts[0]
+
+    @property
+    def choice_prompts(self) -> list[list[int]]:
+        """Each choice's prompt."""
+        return [self.prompts[i // self.n] for i in range(len(self.params))]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """`usage.prompt_tokens`: every prompt counted once."""
+        return sum(len(p) for p in self.prompts)
 
 
 # --- request parsing ---------------------------------------------------------------------------
 
 
 def parse_request(kind: str, body: Any, model: ModelInfo) -> ParsedRequest:
-    """Check an OpenAI request body (`kind` CHAT or COMPLETION; decoded JSON) and tokenize its prompt.
+    """Check an OpenAI request body (`kind` CHAT or COMPLETION; decoded JSON) and tokenize its prompt(s).
 
-    Raises ApiError (400) for anything the engine could not run or that OpenAI would refuse.
+    Raises ApiError: 404 for an unknown model, 400 for anything else the engine could not run or
+    that OpenAI would refuse.
     """
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    for key, allowed in _UNSUPPORTED.items():
-        if key in body and body[key] not in allowed:
-            raise invalid(f"{key!r} is not supported by this server", key, "unsupported_parameter")
     try:
         checked = (models.ChatRequest if kind == CHAT else models.CompletionRequest).model_validate(body)
     except pydantic.ValidationError as error:
         raise _validation_error(error) from None
+    for key, allowed in _UNSUPPORTED.items():
+        value = getattr(checked, key, None)
+        if value is not None and not any(type(value) is type(a) and value == a for a in allowed):
+            if not (isinstance(value, float) and value == 0 and 0 in allowed):
+                raise invalid(f"{key!r} is not supported by this server (only {' or '.join(map(repr, allowed))})",
+                              key, "unsupported_parameter")
     if checked.model is not None and checked.model != model.name:
-        raise invalid(f"the model {checked.model!r} does not exist; this server serves {model.name!r}", "model",
-                      "model_not_found")
+        raise ApiError(404, f"the model {checked.model!r} does not exist; this server serves {model.name!r}",
+                       param="model", code="model_not_found")
+    max_tokens = checked.max_completion_tokens if checked.max_completion_tokens is not None else checked.max_tokens
+    max_param = "max_completion_tokens" if checked.max_completion_tokens is not None else "max_tokens"
+    echo, echo_texts = False, []
     if isinstance(checked, models.ChatRequest):
-        prompt_ids, prompt_param = _chat_prompt(checked, model.tokenizer), "messages"
-        max_tokens = checked.max_completion_tokens or checked.max_tokens
+        if checked.top_logprobs is not None and not checked.logprobs:
+            raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        logprobs = (checked.top_logprobs or 0) if checked.logprobs else None
+        logprobs_param = "top_logprobs"
     else:
-        prompt_ids, prompt_param = _completion_prompt(checked.prompt, model.tokenizer), "prompt"
-        max_tokens = checked.max_tokens
-    room = model.max_seq_len - len(prompt_ids)
-    if not prompt_ids:
-        raise invalid("the prompt is empty", prompt_param)
-    if room < 1:
-        raise _too_long(len(prompt_ids), 1, model.max_seq_len, prompt_param)
-    if max_tokens is None:
-        max_tokens = min(model.defaults.max_new_tokens, room)
-    elif max_tokens > room:
-        raise _too_long(len(prompt_ids), max_tokens, model.max_seq_len, prompt_param)
+        logprobs, logprobs_param, echo = checked.logprobs, "logprobs", checked.echo
+        if checked.best_of is not None and checked.best_of != checked.n:
+            raise invalid("'best_of' is supported only equal to 'n'", "best_of", "unsupported_parameter")
+    if logprobs is not None and logprobs > model.max_logprobs:
+        raise invalid(f"{logprobs_param}={logprobs} exceeds this server's limit of {model.max_logprobs} "
+                      "(engine.max_logprobs)" if model.max_logprobs else
+                      "log-probabilities are off on this server (engine.max_logprobs=0)", logprobs_param)
+    if isinstance(checked, models.ChatRequest):
+        prompts, prompt_param = [_chat_prompt(checked, model.tokenizer)], "messages"
+    else:
+        texts, prompts = _completion_prompts(checked.prompt, model.tokenizer)
+        prompt_param = "prompt"
+        if echo:
+            echo_texts = [t if t is not None else model.tokenizer.decode(p) for t, p in zip(texts, prompts)]
+    if len(prompts) * checked.n > models.MAX_CHOICES:
+        raise invalid(f"{len(prompts)} prompts x n={checked.n} exceeds {models.MAX_CHOICES} choices per request", "n")
+    generate = max_tokens != 0
+    if not generate and not echo:
+        raise invalid(f"'{max_param}' must be at least 1 (0 only with 'echo': true, to score the prompt)", max_param)
     if checked.stream_options is not None and not checked.stream:
         raise invalid("'stream_options' needs 'stream': true", "stream_options")
+
+    limits = []
+    for ids in prompts:
+        room = model.max_seq_len - len(ids)
+        if not ids:
+            raise invalid("the prompt is empty", prompt_param)
+        if not generate:
+            if room < 0:
+                raise _too_long(len(ids), 0, model.max_seq_len, prompt_param)
+            limits.append(1)  # a placeholder: nothing is generated
+        elif room < 1:
+            raise _too_long(len(ids), 1, model.max_seq_len, prompt_param)
+        elif max_tokens is None:
+            limits.append(min(model.defaults.max_new_tokens, room))
+        elif max_tokens > room:
+            raise _too_long(len(ids), max_tokens, model.max_seq_len, prompt_param)
+        else:
+            limits.append(max_tokens)
 
     defaults = model.defaults
     stop = (checked.stop,) if isinstance(checked.stop, str) else tuple(checked.stop or ())
@@ -118,21 +208,33 @@ def parse_request(kind: str, body: Any, model: ModelInfo) -> ParsedRequest:
     top_p = defaults.top_p if checked.top_p is None else checked.top_p
     top_k = defaults.top_k if checked.top_k is None else max(checked.top_k, 0)
     seed = checked.seed
+    n = checked.n
     try:
-        params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_tokens,
-                                 seed=None if seed is None else seed + i, stop=stop) for i in range(checked.n)]
+        params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=limits[i // n],
+                                 seed=None if seed is None else seed + i, stop=stop, logprobs=logprobs)
+                  for i in range(len(prompts) * n)]
     except ValueError as error:  # the engine's own checks, in case they are stricter than ours
         raise invalid(str(error)) from error
     include_usage = checked.stream_options is not None and checked.stream_options.include_usage
     prefix = "chatcmpl-" if kind == CHAT else "cmpl-"
-    return ParsedRequest(kind, prompt_ids, params, checked.stream, include_usage, prefix + uuid.uuid4().hex[:24],
-                         int(time.time()))
+    return ParsedRequest(kind, prompts, params, checked.stream, include_usage, prefix + uuid.uuid4().hex[:24],
+                         int(time.time()), n=n, logprobs=logprobs, echo=echo, echo_texts=echo_texts,
+                         generate=generate)
 
 
 def _validation_error(error: pydantic.ValidationError) -> ApiError:
     """The first validation problem as a 400 naming the offending field (`messages.0.role`)."""
-    first = error.errors(include_url=False)[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
+    problems = error.errors(include_url=False)
+    extra = next((p for p in problems if p["type"] == "extra_forbidden"), None)
+    if extra is not None:
+        name = ".".join(str(part) for part in extra["loc"])
+        return invalid(f"{name!r} is not a field this server accepts (see the README for the supported and "
+                       "ignored fields)", name, "unsupported_parameter")
+    first = problems[0]
+    # a union's member names ("str", "list[int]") are part of the location: keep the field path only
+    parts = [str(part) for part in first["loc"] if isinstance(part, int) or not any(c in str(part) for c in "[]-")]
+    parts = [p for p in parts if p not in ("str", "int", "float", "bool", "dict", "list")]
+    param = ".".join(parts) or None
     return invalid(f"{param}: {first['msg']}" if param else first["msg"], param)
 
 
@@ -154,19 +256,24 @@ def _chat_prompt(request: models.ChatRequest, tokenizer) -> list[int]:
     return tokenizer.encode(text)
 
 
-def _completion_prompt(prompt: str | list, tokenizer) -> list[int]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
+def _completion_prompts(prompt, tokenizer) -> tuple[list[str | None], list[list[int]]]:
+    """The prompt(s) as (their texts, None for token ids; their token ids)."""
     if isinstance(prompt, str):
-        # A raw prompt starts with BOS where the tokenizer itself adds one (as transformers does).
-        return tokenizer.encode(prompt, add_bos=tokenizer.adds_bos)
-    if prompt and all(isinstance(t, int) for t in prompt):
-        if all(0 <= t < tokenizer.vocab_size for t in prompt):
-            return list(prompt)  # token ids, as OpenAI's API also accepts
-        raise invalid(f"token ids in 'prompt' must be in [0, {tokenizer.vocab_size})", "prompt")
-    if len(prompt) > 1:
-        raise invalid("only one prompt per request is supported; send several requests", "prompt")
-    raise invalid("'prompt' must be a string, a list of one string, or a list of token ids", "prompt")
+        prompt = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    texts, ids = [], []
+    for one in prompt:
+        if isinstance(one, str):
+            # A raw prompt starts with BOS where the tokenizer itself adds one (as transformers does).
+            texts.append(one)
+            ids.append(tokenizer.encode(one, add_bos=tokenizer.adds_bos))
+        else:
+            if not all(0 <= t < tokenizer.vocab_size for t in one):
+                raise invalid(f"token ids in 'prompt' must be in [0, {tokenizer.vocab_size})", "prompt")
+            texts.append(None)
+            ids.append(list(one))  # token ids, as OpenAI's API also accepts
+    return texts, ids
 
 
 # --- response bodies (`models` declares their shape) -----------------------------------------------------
@@ -184,25 +291,111 @@ def _object(request: ParsedRequest, chunk: bool) -> str:
     return "text_completion"
 
 
-def _completion(request: ParsedRequest, model: str, chunk: bool, choices: list[models.Choice], **usage_field) -> dict:
-    return models.Completion(id=request.id, object=_object(request, chunk), created=request.created, model=model,
-                             choices=choices, **usage_field).body()
+def _completion(request: ParsedRequest, model: ModelInfo, chunk: bool, choices: list[models.Choice],
+                **usage_field) -> dict:
+    return models.Completion(id=request.id, object=_object(request, chunk), created=request.created,
+                             model=model.name, choices=choices, **usage_field).body()
 
 
-def response_body(request: ParsedRequest, model: str, generations: list[Generation]) -> dict:
-    """The whole (non-streamed) response for `generations`, one per choice in index order."""
+# --- log-probabilities ------------------------------------------------------------------------------
+
+# One token's entry: (token id, its log-probability or None (echo's first token), [(id, logprob)] or None)
+Entry = tuple[int, "float | None", "list[tuple[int, float]] | None"]
+
+
+def _floor(logprob: float) -> float:
+    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # -inf (and nan) -> the floor
+
+
+def prompt_entries(prompt: list[int], scored: list[TokenLogprob]) -> list[Entry]:
+    """An echoed prompt's entries: its first token has no log-probability (nothing comes before it)."""
+    return [(prompt[0], None, None)] + [(t.token, t.logprob, t.top) for t in scored]
+
+
+def token_entries(logprobs: list[TokenLogprob] | None) -> list[Entry]:
+    """Generated tokens' entries."""
+    return [(t.token, t.logprob, t.top) for t in logprobs or []]
+
+
+def completion_logprobs(model: ModelInfo, entries: list[Entry], offset: int = 0) -> models.CompletionLogprobs:
+    """The legacy `logprobs` object: `tokens`, `token_logprobs`, `top_logprobs` (a dict per token
+    of the top N tokens' text -> log-probability, and the chosen token's, as vLLM and OpenAI send
+    it; null for echo's first token) and `text_offset` (each token's start in the choice's text,
+    counting the token texts from `offset`)."""
+    tokens, values, tops, offsets = [], [], [], []
+    for token, logprob, top in entries:
+        text = model.token_text(token)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        values.append(None if logprob is None else _floor(logprob))
+        if top is None:
+            tops.append(None)
+            continue
+        mapping: dict[str, float] = {}
+        for other, value in top:
+            mapping.setdefault(model.token_text(other), _floor(value))
+        if logprob is not None:
+            mapping.setdefault(text, _floor(logprob))
+        tops.append(mapping)
+    return models.CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
+
+
+def _utf8(text: str) -> list[int]:
+    if text.startswith("bytes:\\x"):  # a partial UTF-8 character: its raw bytes
+        return list(bytes.fromhex(text[len("bytes:"):].replace("\\x", "")))
+    return list(text.encode("utf-8", "replace"))
+
+
+def chat_logprobs(model: ModelInfo, entries: list[Entry]) -> models.ChatLogprobs:
+    """The chat `logprobs` object: `content`, one `{token, logprob, bytes, top_logprobs}` per token."""
+    content = []
+    for token, logprob, top in entries:
+        text = model.token_text(token)
+        alternatives = [models.TopLogprob(token=(alt := model.token_text(other)), logprob=_floor(value),
+                                          bytes=_utf8(alt)) for other, value in top or []]
+        content.append(models.ChatTokenLogprob(token=text, logprob=_floor(logprob), bytes=_utf8(text),
+                                               top_logprobs=alternatives))
+    return models.ChatLogprobs(content=content)
+
+
+def _logprobs(request: ParsedRequest, model: ModelInfo, entries: list[Entry], offset: int = 0):
+    if request.logprobs is None:
+        return None
+    if request.kind == CHAT:
+        return chat_logprobs(model, entries)
+    return completion_logprobs(model, entries, offset)
+
+
+# --- response bodies ----------------------------------------------------------------------------------
+
+
+def response_body(request: ParsedRequest, model: ModelInfo, generations: list[Generation],
+                  prompt_logprobs: list[list[TokenLogprob]] | None = None) -> dict:
+    """The whole (non-streamed) response for `generations`, one per choice in index order;
+    `prompt_logprobs` (echo with logprobs) has each choice's scored prompt."""
     choices = []
     for index, gen in enumerate(generations):
-        content = ({"message": models.AssistantMessage(role="assistant", content=gen.text)} if request.kind == CHAT
-                   else {"text": gen.text})
-        choices.append(models.Choice(index=index, **content, logprobs=None, finish_reason=gen.finish_reason))
+        entries = token_entries(gen.logprobs)
+        if request.kind == CHAT:
+            content = {"message": models.AssistantMessage(role="assistant", content=gen.text)}
+        else:
+            text = gen.text
+            if request.echo:
+                text = request.echo_texts[index // request.n] + text
+                if prompt_logprobs is not None:
+                    entries = prompt_entries(request.prompts[index // request.n], prompt_logprobs[index]) + entries
+            content = {"text": text}
+        choices.append(models.Choice(index=index, **content, logprobs=_logprobs(request, model, entries),
+                                     finish_reason=gen.finish_reason))
     return _completion(request, model, False, choices,
-                       usage=usage(len(request.prompt_ids), sum(len(g.token_ids) for g in generations)))
+                       usage=usage(request.prompt_tokens, sum(len(g.token_ids) for g in generations)))
 
 
-def chunk_body(request: ParsedRequest, model: str, index: int, text: str | None = None, role: bool = False,
-               finish_reason: str | None = None) -> dict:
-    """One streamed chunk for choice `index`: the role opener (chat), new text, or the finish reason."""
+def chunk_body(request: ParsedRequest, model: ModelInfo, index: int, text: str | None = None, role: bool = False,
+               finish_reason: str | None = None, entries: list[Entry] | None = None, offset: int = 0) -> dict:
+    """One streamed chunk for choice `index`: the role opener (chat), new text (and, when the
+    request asked, the log-probabilities of `entries`, offsets counted from `offset`), or the finish reason."""
     if request.kind == CHAT:
         delta = models.Delta(role="assistant", content="") if role else models.Delta()
         if text:
@@ -210,14 +403,15 @@ def chunk_body(request: ParsedRequest, model: str, index: int, text: str | None 
         content = {"delta": delta}
     else:
         content = {"text": text or ""}
-    choice = models.Choice(index=index, **content, logprobs=None, finish_reason=finish_reason)
+    logprobs = _logprobs(request, model, entries, offset) if entries is not None else None
+    choice = models.Choice(index=index, **content, logprobs=logprobs, finish_reason=finish_reason)
     # OpenAI sends null usage on every chunk but the last when usage was asked for
     return _completion(request, model, True, [choice], **({"usage": None} if request.include_usage else {}))
 
 
-def usage_chunk_body(request: ParsedRequest, model: str, completion_tokens: int) -> dict:
+def usage_chunk_body(request: ParsedRequest, model: ModelInfo, completion_tokens: int) -> dict:
     """The last streamed chunk with `stream_options.include_usage`: no choices, the usage."""
-    return _completion(request, model, True, [], usage=usage(len(request.prompt_ids), completion_tokens))
+    return _completion(request, model, True, [], usage=usage(request.prompt_tokens, completion_tokens))
 
 
 def models_body(name: str, created: int) -> dict:

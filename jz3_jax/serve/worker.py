@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 
-from jz3_jax.decoding.engine import Engine, Event, Request, RequestError
+from jz3_jax.decoding.engine import Engine, Event, Generation, Request, RequestError, TokenLogprob
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.serve.protocol import ApiError
 
@@ -23,13 +23,27 @@ from jz3_jax.serve.protocol import ApiError
 class Job:
     """One HTTP request's engine requests (one per choice) and the queue their events arrive on.
 
+    Every choice continues `prompt_ids`, or its own entry of `prompts` (batched prompts). With
+    `echo_logprobs` N the worker first scores each choice's prompt (`Engine.score`, top N, at the
+    choice's temperature) into `prompt_logprobs`, before any event; with `generate` False (an echo
+    with max_tokens=0) it then finishes every choice with no new token instead of running it.
+
     A reader thread reads with `next_event`; the worker thread writes through the requests'
     `on_event` and `fail`, both ending in `_put` (what a subclass overrides to deliver elsewhere).
     `cancel` (client gone) makes the worker drop the job's further events and free its rows.
     """
 
-    def __init__(self, prompt_ids: list[int], params: list[SamplingParams]):
-        self.requests = [Request(prompt_ids, p, id=i, on_event=self._deliver) for i, p in enumerate(params)]
+    def __init__(self, prompt_ids: list[int], params: list[SamplingParams], *, prompts: list[list[int]] | None = None,
+                 echo_logprobs: int | None = None, generate: bool = True):
+        prompts = prompts if prompts is not None else [prompt_ids] * len(params)
+        if len(prompts) != len(params):
+            raise ValueError(f"{len(prompts)} prompts for {len(params)} choices")
+        self.requests = [Request(prompt, p, id=i, on_event=self._deliver)
+                         for i, (prompt, p) in enumerate(zip(prompts, params))]
+        self.echo_logprobs = echo_logprobs
+        self.generate = generate
+        # written by the worker before the job's first event; read by the reader after it
+        self.prompt_logprobs: list[list[TokenLogprob]] | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._unfinished = len(self.requests)  # written by the worker thread only
         self.cancelled = threading.Event()
@@ -148,8 +162,18 @@ class Worker(threading.Thread):
             if job.cancelled.is_set():
                 continue
             try:
-                for request in job.requests:
-                    self.engine.validate(request)
+                if job.generate:
+                    for request in job.requests:
+                        self.engine.validate(request)
+                if job.echo_logprobs is not None:
+                    job.prompt_logprobs = self._score(job)
+                if not job.generate:
+                    for request in job.requests:
+                        prompt = list(request.prompt_ids)
+                        done = Generation(request.id, prompt, [], "", "length", seed=0, logprobs=[])
+                        job._deliver(Event(request, [], "", done, []))
+                    self.completed += len(job.requests)
+                    continue
                 for request in job.requests:
                     self.engine.submit(request)
             except RequestError as error:
@@ -160,6 +184,17 @@ class Worker(threading.Thread):
                 job.fail(ApiError(500, f"could not start the request: {error}", "server_error"))
                 continue
             self._live[id(job)] = job
+
+    def _score(self, job: Job) -> list[list[TokenLogprob]]:
+        """Each choice's prompt scored (once per distinct prompt and temperature)."""
+        scored: dict[tuple, list[TokenLogprob]] = {}
+        out = []
+        for request in job.requests:
+            key = (tuple(request.prompt_ids), request.params.temperature)
+            if key not in scored:
+                scored[key] = self.engine.score(request.prompt_ids, job.echo_logprobs, request.params.temperature)
+            out.append(scored[key])
+        return out
 
     def _drop_cancelled(self) -> None:
         """Free the engine rows of jobs whose client went away."""
