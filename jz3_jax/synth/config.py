@@ -48,6 +48,10 @@ class FilterConfig:
     evaluation row (all present ones are joined in order).
     Near duplicates: MinHash (`num_perm` permutations, seed `minhash_seed`) over `shingle`-word shingles
     of the normalised problem, LSH candidates verified by exact Jaccard >= `near_dup_threshold`.
+    `bucket_cap`: at most this many earlier members of an LSH bucket are checked against a problem
+    (the bucket's first ones and the ones just before it, by record order), so large families of
+    similar problems cost time linear in their size. `rows_per_pass`: the most rows one process
+    joins in memory at a time (about 40 bytes each); more rows take more passes over the spools.
     """
 
     inputs: str = ""
@@ -59,6 +63,8 @@ class FilterConfig:
     num_perm: int = 128
     shingle: int = 5
     minhash_seed: int = 0
+    bucket_cap: int = 16
+    rows_per_pass: int = 2_000_000
 
     def validate(self) -> None:
         """Raise FilterError naming the `filter.*` key whose value cannot work."""
@@ -68,6 +74,10 @@ class FilterConfig:
             raise FilterError(f"filter.shingle must be >= 1, got {self.shingle}")
         if self.num_perm < 1:
             raise FilterError(f"filter.num_perm must be >= 1, got {self.num_perm}")
+        if self.bucket_cap < 1:
+            raise FilterError(f"filter.bucket_cap must be >= 1, got {self.bucket_cap}")
+        if self.rows_per_pass < 1:
+            raise FilterError(f"filter.rows_per_pass must be >= 1, got {self.rows_per_pass}")
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise FilterError(f"filter.near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
         if self.decontaminate and not self.eval_dir:

@@ -6,7 +6,17 @@ record is counted under the first reason that applies):
 1. truncated: `finish_reason` is "length";
 2. malformed: the completion does not follow `parse.py`'s format (sub-counts by reason);
 3. contaminated: overlaps an evaluation set (`contamination.py`; sub-counts by the set matched);
-4. exact_duplicate / near_duplicate of an earlier kept problem of the same kind (`dedup.py`).
+4. exact_duplicate: the same normalised problem (and kind) as an earlier record that passed 1-3;
+5. near_duplicate: a problem of the same kind with Jaccard >= the threshold to an earlier kept one
+   (`dedup.py`: MinHash-LSH candidates, capped per bucket, verified exactly).
+
+Every process of the job takes part, and the outputs do not depend on how many there are: each
+reads its own byte range of the inputs and judges 1-3 (`filter_scan.py`), spooling the survivors'
+fixed-width deduplication features to `RUN_DIR/filter/.work/` (on the shared run directory); the
+exact and near passes are sort-based joins split by key partitions (`dedup_index.py`); process 0
+decides near duplicates in record order and streams the outputs (`filter_merge.py`). Memory stays
+flat in the number of records. A run directory that is a URL (gs://) has no shared file system for
+the spools: then process 0 does all the work in a local temporary directory.
 
 Writes to the stage directory, each file atomically (temp file + rename), so a rerun replaces the
 outputs whole and an interrupted run leaves the previous ones intact; `report.json` is written last:
@@ -20,147 +30,188 @@ outputs whole and an interrupted run leaves the previous ones intact; `report.js
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
+import shutil
+import tempfile
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from jz3_jax.runtime.paths import atomic_write
-from jz3_jax.synth.completions import iter_completions, resolve_inputs
-from jz3_jax.synth.contamination import EvalIndex
-from jz3_jax.synth.dedup import ExactDedup, NearDedup
-from jz3_jax.synth.config import FilterConfig
-from jz3_jax.synth.spec import FilterSpec
+from tqdm import tqdm
+
 from jz3_jax.runtime import artifacts
-from jz3_jax.synth.parse import KINDS, MALFORMED_REASONS, Malformed, parse_completion
-from jz3_jax.synth.text import WordHasher, words
+from jz3_jax.runtime.paths import as_path, atomic_write, is_local
+from jz3_jax.synth.completions import resolve_inputs
+from jz3_jax.synth.config import FilterConfig
+from jz3_jax.synth.contamination import EvalIndex
+from jz3_jax.synth.dedup import MinHasher, resolve_near, sketch_margin
+from jz3_jax.synth.dedup_index import NearStats, Share, candidates, exact_pass, near_pass, read_edges, read_exact
+from jz3_jax.synth.dedup_spool import Spools, SpoolWriter
+from jz3_jax.synth.filter_merge import REASONS, merge  # noqa: F401 - REASONS is part of this module's surface
+from jz3_jax.synth.filter_scan import Judge, Verdicts, scan, share_of, training_input  # noqa: F401
+from jz3_jax.synth.spec import FilterSpec
+from jz3_jax.synth.text import WordHasher
 
 if TYPE_CHECKING:
     from jz3_jax.stages import StageContext
 
-REASONS = ("truncated", "malformed", "contaminated", "exact_duplicate", "near_duplicate")
-SOLUTION_HEADERS = {"cot": "## Solution", "tool": "## Code Solution"}
-
-
-def training_input(problem: str, kind: str) -> str:
-    """The prompt side of a training record, in the evaluation format."""
-    return f"## Question\n{problem}\n\n{SOLUTION_HEADERS[kind]}\n"
+WORK_DIR = ".work"
 
 
 def run(spec: FilterSpec, ctx: StageContext) -> dict:
-    """Run the stage (process 0 only: it is a single-host CPU job); returns the report."""
+    """Run the stage on every process of the job; process 0 writes the outputs and returns the report
+    (the other processes return {})."""
     fc: FilterConfig = spec.filter
     fc.validate()
-    if ctx.process_index != 0:
-        ctx.logger.info("filter: process %d has nothing to do (process 0 writes the outputs)", ctx.process_index)
+    files = [str(p) for p in resolve_inputs(fc.inputs or artifacts.locate_str(ctx.run_dir, "synthesize.completions"))]
+    shared = is_local(ctx.stage_dir)
+    workers = ctx.process_count if shared else 1
+    me = ctx.process_index
+    if me >= workers:
+        ctx.logger.info("filter: process %d has nothing to do (the run directory is not a shared file system)", me)
         return {}
-    files = resolve_inputs(fc.inputs or artifacts.locate_str(ctx.run_dir, "synthesize.completions"))
-    start = time.perf_counter()
-    hasher = WordHasher()
-    index = None
-    if fc.decontaminate:
-        index = EvalIndex.from_dir(fc.eval_dir, fc.eval_fields, fc.ngram, hasher)
-        for name, stats in index.stats.items():
-            if stats["empty_questions"] == stats["questions"]:
-                ctx.logger.warning("filter: evaluation set %s has none of the fields %s", name, fc.eval_fields)
-        ctx.logger.info("filter: indexed %d evaluation sets (%d n-gram/question hashes) in %.1fs",
-                        len(index.names), len(index), time.perf_counter() - start)
-    exact = {kind: ExactDedup() for kind in KINDS}
-    near = {kind: NearDedup(fc.near_dup_threshold, fc.num_perm, fc.shingle, fc.minhash_seed) for kind in KINDS}
-    counts = _Counts()
-    stage_dir = ctx.stage_dir
-    loop_start = time.perf_counter()
-    with atomic_write(artifacts.output(stage_dir, "filter.records")) as out, atomic_write(artifacts.output(stage_dir, "filter.removed")) as removed:
-        kept_hash, removed_hash = hashlib.sha256(), hashlib.sha256()
-        for rec in iter_completions(files):
-            counts.read(rec.kind)
-            verdict = _judge(rec, index, exact[rec.kind], near[rec.kind], hasher)
-            if isinstance(verdict, dict):
-                counts.removed(verdict)
-                line = json.dumps({"id": rec.id, "kind": rec.kind, **verdict}, ensure_ascii=False) + "\n"
-                removed.write(line)
-                removed_hash.update(line.encode())
-            else:
-                problem, solution = verdict
-                row = {"input": training_input(problem, rec.kind), "output": solution, "id": rec.id,
-                       "kind": rec.kind, "source_hash": hashlib.sha256(rec.completion.encode()).hexdigest()}
-                if rec.meta is not None:
-                    row["meta"] = rec.meta
-                line = json.dumps(row, ensure_ascii=False) + "\n"
-                out.write(line)
-                kept_hash.update(line.encode())
-                counts.kept(rec.kind)
-            if counts.total % 50_000 == 0:
-                ctx.logger.info("filter: %d read, %d kept", counts.total, counts.total_kept)
-    loop_seconds = time.perf_counter() - loop_start
-    report = {
-        "inputs": [str(p) for p in files],
-        **counts.summary(),
-        "eval_sets": None if index is None else {"dir": str(fc.eval_dir), "hashes": len(index), "sets": index.stats},
-        "settings": {"ngram": fc.ngram, "shingle": fc.shingle, "near_dup_threshold": fc.near_dup_threshold,
-                     "num_perm": fc.num_perm, "minhash_seed": fc.minhash_seed, "lsh_bands": near["cot"].bands, "lsh_rows": near["cot"].rows,
-                     "decontaminate": fc.decontaminate, "eval_fields": list(fc.eval_fields)},
-        "outputs": {"records.jsonl": {"rows": counts.total_kept, "sha256": kept_hash.hexdigest()},
-                    "removed.jsonl": {"rows": counts.total - counts.total_kept, "sha256": removed_hash.hexdigest()}},
-        "seconds": round(time.perf_counter() - start, 3),
-        "records_per_second": round(counts.total / loop_seconds, 1) if loop_seconds > 0 else None,
-    }
-    with atomic_write(artifacts.output(stage_dir, "filter.report")) as f:
-        f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    removed_total = report["read"] - report["kept"]
-    ctx.logger.info("filter: read %d, kept %d, removed %d %s (%.0f records/s)", report["read"], report["kept"],
-                    removed_total, report["removed"], report["records_per_second"] or 0)
+    barrier: Callable[[str, BaseException | None], None] = _alone
+    if workers > 1:
+        from jz3_jax.runtime import peers  # imports jax: only where there are peers
+
+        barrier = peers.agree
+    work = Path(ctx.stage_dir) / WORK_DIR if shared else Path(tempfile.mkdtemp(prefix="jz3-filter-"))
+    try:
+        report = _run(fc, ctx, files, work, me, workers, barrier)
+    except BaseException:
+        shutil.rmtree(work if me == 0 else work / f"p{me}", ignore_errors=True)
+        raise
+    if me == 0:  # the others are done with the spools (they returned after the near pass)
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _judge(rec, index, exact: ExactDedup, near: NearDedup, hasher: WordHasher):
-    """(problem, solution) to keep, or a dict saying why the record is removed."""
-    if rec.finish_reason == "length":
-        return {"reason": "truncated"}
-    parsed = parse_completion(rec.completion, rec.kind)
-    if isinstance(parsed, Malformed):
-        return {"reason": "malformed", "detail": parsed.reason}
-    problem_words = words(parsed.problem)
-    if index is not None:
-        match = index.match(problem_words, words(parsed.solution))
-        if match is not None:
-            return {"reason": "contaminated", "set": match.set, "sets": match.sets, "ngrams": match.ngrams,
-                    "example": match.example}
-    key = exact.key(parsed.problem)
-    first = exact.find(key)
-    if first is not None:
-        return {"reason": "exact_duplicate", "duplicate_of": first}
-    similar = near.check(hasher(problem_words), rec.id)
-    if similar is not None:
-        return {"reason": "near_duplicate", "duplicate_of": similar[0], "jaccard": round(similar[1], 4)}
-    exact.add(key, rec.id)
-    return parsed.problem, parsed.solution
+def _alone(name: str, error: BaseException | None) -> None:
+    if error is not None:
+        raise error
 
 
-class _Counts:
-    def __init__(self) -> None:
-        self.total = self.total_kept = 0
-        self.removed_by = dict.fromkeys(REASONS, 0)
-        self.malformed_by = dict.fromkeys(MALFORMED_REASONS, 0)
-        self.contaminated_by: dict[str, int] = {}
-        self.by_kind = {kind: {"read": 0, "kept": 0} for kind in KINDS}
+def _step(name: str, barrier: Callable[[str, BaseException | None], None], fn: Callable):
+    """Run `fn` here, then wait for every process to finish its own; raise if any failed."""
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised by the barrier, here and as PeerFailed in the peers
+        error = e
+    barrier(name, error)
+    return result
 
-    def read(self, kind: str) -> None:
-        self.total += 1
-        self.by_kind[kind]["read"] += 1
 
-    def kept(self, kind: str) -> None:
-        self.total_kept += 1
-        self.by_kind[kind]["kept"] += 1
+def _run(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, me: int, workers: int, barrier) -> dict:
+    start = time.perf_counter()
+    mine = work / f"p{me}"
+    minhasher = MinHasher(fc.near_dup_threshold, fc.num_perm, fc.shingle, fc.minhash_seed)
+    if me == 0:
+        _step("filter start", barrier, lambda: shutil.rmtree(work, ignore_errors=True))
+    else:
+        _step("filter start", barrier, lambda: None)
+    seconds: dict[str, float] = {}
 
-    def removed(self, verdict: dict) -> None:
-        self.removed_by[verdict["reason"]] += 1
-        if verdict["reason"] == "malformed":
-            self.malformed_by[verdict["detail"]] += 1
-        elif verdict["reason"] == "contaminated":
-            self.contaminated_by[verdict["set"]] = self.contaminated_by.get(verdict["set"], 0) + 1
+    def read() -> dict:
+        hasher = WordHasher()
+        index = _eval_index(fc, ctx, hasher)
+        sizes = [as_path(f).stat().length for f in files]
+        pieces = share_of(files, sizes, me, workers)
+        own_bytes = sum(p.end - p.start for p in pieces)
+        bar = tqdm(desc="filter: read", unit="rec", disable=me != 0, mininterval=1.0, dynamic_ncols=True)
 
-    def summary(self) -> dict:
-        return {"read": self.total, "kept": self.total_kept, "removed": dict(self.removed_by),
-                "malformed_by_reason": dict(self.malformed_by),
-                "contaminated_by_set": dict(sorted(self.contaminated_by.items())), "by_kind": self.by_kind}
+        def progress(records: int, done: int) -> None:
+            if done:
+                bar.total = max(records, round(records * own_bytes / done))
+            bar.update(records - bar.n)
+
+        mine.mkdir(parents=True, exist_ok=True)
+        with open(mine / "lines", "wb") as lines:
+            stats = scan(pieces, Judge(index, minhasher, hasher), Verdicts(lines),
+                         SpoolWriter(mine, minhasher.bands), progress)
+        bar.close()
+        info = {**dataclasses.asdict(stats), "eval": None if index is None else
+                {"dir": str(fc.eval_dir), "hashes": len(index), "sets": index.stats}}
+        (mine / "scan.json").write_text(json.dumps(info))
+        ctx.logger.info("filter: process %d read %d records (%d past the per-record checks) in %.1fs, %.0f records/s",
+                        me, stats.records, stats.survivors, stats.seconds, stats.records / max(stats.seconds, 1e-9))
+        return info
+
+    _step("filter read", barrier, read)
+    seconds["read"] = time.perf_counter() - start
+    scans = [json.loads((work / f"p{p}" / "scan.json").read_text()) for p in range(workers)]
+    spools = Spools([work / f"p{p}" for p in range(workers)], [s["survivors"] for s in scans], minhasher.num_perm)
+    share = Share(me, workers, fc.rows_per_pass)
+    with spools:
+        _step("filter exact pass", barrier, lambda: exact_pass(spools, share, mine / "exact.bin"))
+        seconds["exact_pass"] = time.perf_counter() - start - sum(seconds.values())
+
+        def near() -> None:
+            exact = read_exact([work / f"p{p}" / "exact.bin" for p in range(workers)])
+            flags = candidates(spools, exact)
+            bar = tqdm(total=minhasher.bands, desc="filter: near-duplicate bands", unit="band", disable=me != 0)
+            stats = near_pass(spools, flags, share, minhasher.bands, fc.bucket_cap, fc.near_dup_threshold,
+                              sketch_margin(fc.near_dup_threshold, minhasher.num_perm), mine / "edges.bin",
+                              lambda band: bar.update(1))
+            bar.close()
+            (mine / "near.json").write_text(json.dumps(dataclasses.asdict(stats)))
+
+        _step("filter near pass", barrier, near)
+        seconds["near_pass"] = time.perf_counter() - start - sum(seconds.values())
+    if me != 0:
+        return {}
+    return _finish(fc, ctx, files, work, workers, scans, minhasher, start, seconds)
+
+
+def _eval_index(fc: FilterConfig, ctx: StageContext, hasher: WordHasher) -> EvalIndex | None:
+    if not fc.decontaminate:
+        return None
+    index = EvalIndex.from_dir(fc.eval_dir, fc.eval_fields, fc.ngram, hasher)
+    for name, stats in index.stats.items():
+        if stats["empty_questions"] == stats["questions"] and ctx.process_index == 0:
+            ctx.logger.warning("filter: evaluation set %s has none of the fields %s", name, fc.eval_fields)
+    return index
+
+
+def _finish(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, workers: int, scans: list[dict],
+            minhasher: MinHasher, start: float, seconds: dict[str, float]) -> dict:
+    """Process 0: decide the near duplicates, write the outputs and the report."""
+    exact = read_exact([work / f"p{p}" / "exact.bin" for p in range(workers)])
+    edges = read_edges([work / f"p{p}" / "edges.bin" for p in range(workers)])
+    near = resolve_near(edges["i"], edges["j"], edges["jaccard"])
+    near_stats = NearStats()
+    for p in range(workers):
+        near_stats.add(NearStats(**json.loads((work / f"p{p}" / "near.json").read_text())))
+    total = sum(s["records"] for s in scans)
+    bar = tqdm(total=total, desc="filter: write", unit="rec", disable=False, mininterval=1.0)
+    stage_dir = ctx.stage_dir
+    with atomic_write(artifacts.output(stage_dir, "filter.records")) as out, \
+            atomic_write(artifacts.output(stage_dir, "filter.removed")) as removed:
+        counts, outputs = merge([work / f"p{p}" / "lines" for p in range(workers)], exact, near, out, removed,
+                                lambda n: bar.update(n - bar.n))
+    bar.update(total - bar.n)
+    bar.close()
+    seconds["write"] = time.perf_counter() - start - sum(seconds.values())
+    elapsed = time.perf_counter() - start
+    report = {
+        "inputs": files,
+        **counts.summary(),
+        "eval_sets": scans[0]["eval"],
+        "settings": {"ngram": fc.ngram, "shingle": fc.shingle, "near_dup_threshold": fc.near_dup_threshold,
+                     "num_perm": fc.num_perm, "minhash_seed": fc.minhash_seed, "lsh_bands": minhasher.bands,
+                     "lsh_rows": minhasher.rows, "bucket_cap": fc.bucket_cap, "decontaminate": fc.decontaminate,
+                     "eval_fields": list(fc.eval_fields)},
+        "dedup": {"exact_duplicates": len(exact), **dataclasses.asdict(near_stats)},
+        "outputs": outputs,
+        "processes": workers,
+        "seconds": round(elapsed, 3),
+        "phase_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "records_per_second": round(counts.total / elapsed, 1) if elapsed > 0 else None,
+    }
+    with atomic_write(artifacts.output(stage_dir, "filter.report")) as f:
+        f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    ctx.logger.info("filter: read %d, kept %d, removed %d %s in %.1fs with %d process(es) (%.0f records/s)",
+                    report["read"], report["kept"], report["read"] - report["kept"], report["removed"], elapsed,
+                    workers, report["records_per_second"] or 0)
+    return report

@@ -36,18 +36,29 @@ def normalize(text: str) -> str:
 
 
 class _WordValues(dict):
-    """word -> 64-bit value; a missing word is hashed (blake2b) and remembered."""
+    """word -> 64-bit value; a missing word is hashed (blake2b) and remembered, up to `limit` words
+    (then the cache starts over: values never change, only how often they are recomputed)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
 
     def __missing__(self, word: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
         value = self[word] = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
         return value
 
 
 class WordHasher:
-    """Maps words to deterministic uint64 values; keeps a cache (one instance per stage run)."""
+    """Maps words to deterministic uint64 values; keeps a bounded cache (one instance per stage run).
 
-    def __init__(self) -> None:
-        self._cache = _WordValues()
+    `cache_words` bounds the cache (about 150 bytes a word), so memory stays flat however many
+    distinct words (numbers, LaTeX tokens) a large input has.
+    """
+
+    def __init__(self, cache_words: int = 200_000) -> None:
+        self._cache = _WordValues(cache_words)
 
     def __call__(self, tokens: list[str]) -> np.ndarray:
         return np.fromiter(map(self._cache.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
