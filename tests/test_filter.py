@@ -279,7 +279,7 @@ def test_rerun_gives_identical_outputs_and_failures_leave_them_intact(tmp_path):
     first = {name: (stage_dir / name).read_bytes() for name in ("records.jsonl", "removed.jsonl")}
     report2, _, _ = run_filter(tmp_path, rows)
     assert {name: (stage_dir / name).read_bytes() for name in first} == first
-    timing = ("seconds", "records_per_second", "phase_seconds")
+    timing = ("seconds", "records_per_second", "phase_seconds", "peak_rss_mb")
     assert {k: v for k, v in report1.items() if k not in timing} == {k: v for k, v in report2.items() if k not in timing}
     assert report1["outputs"]["records.jsonl"] == {
         "rows": 3, "sha256": hashlib.sha256(first["records.jsonl"]).hexdigest()}

@@ -26,7 +26,7 @@ from jz3_jax.synth.dedup import capped_pairs
 from jz3_jax.synth.filter_stage import run
 from jz3_jax.synth.spec import FilterSpec
 
-TIMING = ("seconds", "records_per_second", "phase_seconds", "processes")
+TIMING = ("seconds", "records_per_second", "phase_seconds", "peak_rss_mb", "processes")
 
 
 def read_jsonl(path: Path) -> list[dict]:

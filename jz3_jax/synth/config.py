@@ -51,7 +51,7 @@ class FilterConfig:
     `bucket_cap`: at most this many earlier members of an LSH bucket are checked against a problem
     (the bucket's first ones and the ones just before it, by record order), so large families of
     similar problems cost time linear in their size. `rows_per_pass`: the most rows one process
-    joins in memory at a time (about 40 bytes each); more rows take more passes over the spools.
+    joins in memory at a time (at most about 64 bytes each); more rows take more passes over the spools.
     """
 
     inputs: str = ""
@@ -64,7 +64,7 @@ class FilterConfig:
     shingle: int = 5
     minhash_seed: int = 0
     bucket_cap: int = 16
-    rows_per_pass: int = 2_000_000
+    rows_per_pass: int = 1_000_000
 
     def validate(self) -> None:
         """Raise FilterError naming the `filter.*` key whose value cannot work."""

@@ -178,13 +178,17 @@ def jaccard_batch(flat: np.ndarray, off_a: np.ndarray, cnt_a: np.ndarray, off_b:
     return inter / (cnt_a + cnt_b - inter)
 
 
-def resolve_near(i: np.ndarray, j: np.ndarray, jaccard: np.ndarray) -> dict[int, tuple[int, float]]:
-    """Which problems are near duplicates, given verified pairs (i < j, Jaccard >= threshold):
-    {j: (i, Jaccard)} where i is the earliest kept problem paired with j, in record order (a problem
-    is kept when no earlier kept problem is paired with it; pairs may repeat)."""
+def resolve_near(i: np.ndarray, j: np.ndarray, jaccard: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which problems are near duplicates, given verified pairs (i < j, Jaccard >= threshold; pairs may
+    repeat): arrays (j, i, Jaccard) sorted by j, where i is the earliest kept problem paired with j
+    (a problem is kept when no earlier kept problem is paired with it: the decisions of one pass in
+    record order)."""
     removed: dict[int, tuple[int, float]] = {}
     order = np.lexsort((i, j))
     for jj, ii, value in zip(j[order].tolist(), i[order].tolist(), jaccard[order].tolist()):
         if jj not in removed and ii not in removed:
             removed[jj] = (ii, value)
-    return removed
+    dup = np.fromiter(removed, np.int64, len(removed))
+    first = np.fromiter((v[0] for v in removed.values()), np.int64, len(removed))
+    value = np.fromiter((v[1] for v in removed.values()), np.float64, len(removed))
+    return dup, first, value

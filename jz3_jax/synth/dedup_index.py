@@ -12,7 +12,7 @@ Both passes are sort-based joins over fixed-width keys (`dedup_spool.py` holds t
 The key space is cut into partitions (key mod P x passes): process p of P takes partitions p, p + P,
 ..., one per pass, reading each column in chunks and keeping only its partition's rows. `passes` is
 chosen so that a partition holds at most `rows_per_pass` rows: memory per process is about 40 bytes x
-`rows_per_pass` for the join, plus two flags per row (first occurrence, candidate) and the batch of
+`rows_per_pass` for the join (64 in the exact pass), plus two flags per row (first occurrence, candidate) and the batch of
 pairs being verified, whatever the number of records. Each process writes its results to its own
 spool directory; the partitions do not depend on the process, so any number of processes finds the
 same pairs.
@@ -56,20 +56,31 @@ def exact_pass(spools: Spools, share: Share, out: Path) -> int:
     found = 0
     with open(out, "wb") as f:
         for part in mine:
-            hi, lo, idx = [], [], []
-            for start, rows in spools.chunks("exact.u64", np.uint64, 2):
-                sel = np.flatnonzero(rows[:, 0] % np.uint64(count) == part)
-                hi.append(rows[sel, 0])
-                lo.append(rows[sel, 1])
-                idx.append(sel + start)
-            if not idx:
-                continue
-            dup, first = exact_duplicates(np.concatenate(hi), np.concatenate(lo), np.concatenate(idx))
+            keys, idx = _partition(spools, "exact.u64", 2, count, part, None)
+            dup, first = exact_duplicates(keys[:, 0], keys[:, 1], idx)
+            del keys, idx
             rows_out = np.empty(len(dup), EXACT_DTYPE)
             rows_out["dup"], rows_out["first"] = dup, first
             f.write(rows_out.tobytes())
             found += len(dup)
     return found
+
+
+def _partition(spools: Spools, name: str, width: int, count: int, part: int,
+               flags: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(key rows, row numbers) of the rows of column `name` whose first key is in partition `part` of
+    `count` (and whose flag is set), in row order; read in chunks."""
+    keys, idx = [], []
+    for start, rows in spools.chunks(name, np.uint64, width):
+        mask = rows[:, 0] % np.uint64(count) == part
+        if flags is not None:
+            mask &= flags[start:start + len(rows)]
+        sel = np.flatnonzero(mask)
+        keys.append(rows[sel])
+        idx.append(sel + start)
+    if not keys:
+        return np.zeros((0, width), np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(keys), np.concatenate(idx)
 
 
 def read_exact(paths: list[Path]) -> np.ndarray:
@@ -111,17 +122,11 @@ def near_pass(spools: Spools, flags: np.ndarray, share: Share, bands: int, cap: 
     with open(out, "wb") as f:
         for band in range(bands):
             for part in mine:
-                keys, idx = [], []
-                for start, rows in spools.chunks(band_name(band), np.uint64, 1):
-                    column = rows[:, 0]
-                    sel = np.flatnonzero(flags[start:start + len(column)] & (column % np.uint64(count) == part))
-                    keys.append(column[sel])
-                    idx.append(sel + start)
-                if not idx:
-                    continue
-                keys_all, idx_all = np.concatenate(keys), np.concatenate(idx)
-                order = np.argsort(keys_all, kind="stable")  # rows came in record order: ties stay so
-                for i, j in capped_pairs(keys_all[order], idx_all[order], cap):
+                keys, idx = _partition(spools, band_name(band), 1, count, part, flags)
+                order = np.argsort(keys[:, 0], kind="stable")  # rows came in record order: ties stay so
+                keys, idx = keys[order, 0], idx[order]
+                del order
+                for i, j in capped_pairs(keys, idx, cap):
                     for s in range(0, len(i), VERIFY_BATCH):
                         edges = verify(spools, i[s:s + VERIFY_BATCH], j[s:s + VERIFY_BATCH], threshold, margin, stats)
                         f.write(edges.tobytes())

@@ -22,7 +22,8 @@ import numpy as np
 
 from jz3_jax.synth.dedup import concat_ranges
 
-_GAP_BYTES = 1 << 14  # rows closer than this are read in one call (and the bytes between discarded)
+_GAP_BYTES = 1 << 12  # rows closer than this are read in one call (and the bytes between discarded)
+_RUN_BYTES = 1 << 20  # the most bytes one such call reads (beyond its last row)
 META = "spool.json"
 
 
@@ -92,7 +93,7 @@ class Spools:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def chunks(self, name: str, dtype: type, width: int, rows: int = 1 << 18) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, name: str, dtype: type, width: int, rows: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
         """(global start row, array of up to `rows` rows x `width`) over column file `name`, in order."""
         item = np.dtype(dtype).itemsize * width
         for p, directory in enumerate(self.directories):
@@ -137,23 +138,24 @@ class Spools:
 
 
 def _read_ranges(fd: int, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The bytes of ranges (sorted by start, not overlapping) concatenated, as uint8; neighbouring
-    ranges are read with one `pread`."""
+    """The bytes of ranges (sorted by start, not overlapping) concatenated, as uint8. Ranges less than
+    `_GAP_BYTES` apart are read with one `pread` of at most about `_RUN_BYTES`."""
+    out = np.empty(int(lengths.sum()), np.uint8)
     if len(starts) == 0:
-        return np.zeros(0, np.uint8)
+        return out
     ends = starts + lengths
-    cut = np.flatnonzero(starts[1:] - ends[:-1] > _GAP_BYTES) + 1
-    run_first = np.concatenate([[0], cut])
-    run_last = np.concatenate([cut, [len(starts)]]) - 1
-    buffers, base, where = [], 0, np.empty(len(starts), np.int64)
-    for first, last in zip(run_first.tolist(), run_last.tolist()):
-        begin, end = int(starts[first]), int(ends[last])
+    run = np.zeros(len(starts), np.int64)
+    run[1:] = np.cumsum(starts[1:] - ends[:-1] > _GAP_BYTES)
+    run_begin = starts[np.searchsorted(run, run)]  # each range's run start
+    run = run * (1 << 40) + (starts - run_begin) // _RUN_BYTES  # split long runs
+    cut = np.flatnonzero(run[1:] != run[:-1]) + 1
+    out_at = np.cumsum(lengths) - lengths
+    for first, stop in zip(np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [len(starts)]]).tolist()):
+        begin, end = int(starts[first]), int(ends[stop - 1])
         data = os.pread(fd, end - begin, begin)
         if len(data) != end - begin:
             raise OSError(f"short read from a filter spool file ({len(data)} of {end - begin} bytes)")
-        buffers.append(np.frombuffer(data, np.uint8))
-        where[first:last + 1] = base + starts[first:last + 1] - begin
-        base += end - begin
-    buffer = np.concatenate(buffers)
-    return buffer[concat_ranges(where, lengths)]
-
+        part = slice(first, stop)
+        out[concat_ranges(out_at[part], lengths[part])] = np.frombuffer(data, np.uint8)[
+            concat_ranges(starts[part] - begin, lengths[part])]
+    return out

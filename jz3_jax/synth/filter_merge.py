@@ -1,8 +1,8 @@
 """The last pass of `filter` (process 0): the processes' `lines` files, in process order, become
 `records.jsonl` and `removed.jsonl`, with the duplicates found by the deduplication passes removed.
 
-Streaming: survivors are numbered in record order as they are read; the exact duplicates (sorted by
-number) and the near duplicates ({number: (earlier number, Jaccard)}) are looked up as the stream
+Streaming: survivors are numbered in record order as they are read; the exact and the near
+duplicates (arrays sorted by number) are looked up as the stream
 passes them, and the ids of the records they duplicate are remembered when the stream passes those
 (always earlier). Memory holds the duplicate tables, not the records.
 """
@@ -65,17 +65,19 @@ class _Writer:
         self.rows += 1
 
 
-def merge(lines: list[Path], exact: np.ndarray, near: dict[int, tuple[int, float]], records: IO[str],
+def merge(lines: list[Path], exact: np.ndarray, near: tuple[np.ndarray, np.ndarray, np.ndarray], records: IO[str],
           removed: IO[str], progress: Callable[[int], None] | None = None) -> tuple[Counts, dict]:
     """Write the output lines; returns the counts and {file name: {rows, sha256}} of the outputs.
 
-    `exact`: rows (dup, first) sorted by dup (`dedup_index.EXACT_DTYPE`); `near`: `dedup.resolve_near`.
+    `exact`: rows (dup, first) sorted by dup (`dedup_index.EXACT_DTYPE`); `near`: (dup, first,
+    Jaccard) sorted by dup (`dedup.resolve_near`).
     """
     counts, kept_out, removed_out = Counts(), _Writer(records), _Writer(removed)
-    dups, firsts = exact["dup"].tolist(), exact["first"].tolist()
-    targets = sorted(set(firsts) | {i for i, _ in near.values()})
+    dups, firsts = exact["dup"], exact["first"]
+    near_dups, near_firsts, near_jaccard = near
+    targets = np.unique(np.concatenate([firsts, near_firsts]))
     ids: dict[int, str | int] = {}
-    number = next_dup = next_target = 0
+    number = next_dup = next_near = next_target = 0
     for path in lines:
         with open(path, "rb") as f:
             for raw in f:
@@ -92,11 +94,12 @@ def merge(lines: list[Path], exact: np.ndarray, near: dict[int, tuple[int, float
                         next_target += 1
                     verdict = None
                     if next_dup < len(dups) and dups[next_dup] == number:
-                        verdict = {"reason": "exact_duplicate", "duplicate_of": ids[firsts[next_dup]]}
+                        verdict = {"reason": "exact_duplicate", "duplicate_of": ids[int(firsts[next_dup])]}
                         next_dup += 1
-                    elif number in near:
-                        first, jaccard = near[number]
-                        verdict = {"reason": "near_duplicate", "duplicate_of": ids[first], "jaccard": round(jaccard, 4)}
+                    elif next_near < len(near_dups) and near_dups[next_near] == number:
+                        verdict = {"reason": "near_duplicate", "duplicate_of": ids[int(near_firsts[next_near])],
+                                   "jaccard": round(float(near_jaccard[next_near]), 4)}
+                        next_near += 1
                     if verdict is None:
                         counts.kept(kind)
                         kept_out.write(row)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -111,7 +112,7 @@ def _run(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, me: 
         _step("filter start", barrier, lambda: shutil.rmtree(work, ignore_errors=True))
     else:
         _step("filter start", barrier, lambda: None)
-    seconds: dict[str, float] = {}
+    phases = _Phases(start)
 
     def read() -> dict:
         hasher = WordHasher()
@@ -139,13 +140,13 @@ def _run(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, me: 
         return info
 
     _step("filter read", barrier, read)
-    seconds["read"] = time.perf_counter() - start
+    phases.done("read")
     scans = [json.loads((work / f"p{p}" / "scan.json").read_text()) for p in range(workers)]
     spools = Spools([work / f"p{p}" for p in range(workers)], [s["survivors"] for s in scans], minhasher.num_perm)
     share = Share(me, workers, fc.rows_per_pass)
     with spools:
         _step("filter exact pass", barrier, lambda: exact_pass(spools, share, mine / "exact.bin"))
-        seconds["exact_pass"] = time.perf_counter() - start - sum(seconds.values())
+        phases.done("exact_pass")
 
         def near() -> None:
             exact = read_exact([work / f"p{p}" / "exact.bin" for p in range(workers)])
@@ -158,10 +159,24 @@ def _run(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, me: 
             (mine / "near.json").write_text(json.dumps(dataclasses.asdict(stats)))
 
         _step("filter near pass", barrier, near)
-        seconds["near_pass"] = time.perf_counter() - start - sum(seconds.values())
+        phases.done("near_pass")
     if me != 0:
         return {}
-    return _finish(fc, ctx, files, work, workers, scans, minhasher, start, seconds)
+    return _finish(fc, ctx, files, work, workers, scans, minhasher, start, phases)
+
+
+class _Phases:
+    """Seconds and this process's peak resident memory (MB) at the end of each phase."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.last = start, start
+        self.seconds: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.last = round(now - self.last, 3), now
+        self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _eval_index(fc: FilterConfig, ctx: StageContext, hasher: WordHasher) -> EvalIndex | None:
@@ -175,7 +190,7 @@ def _eval_index(fc: FilterConfig, ctx: StageContext, hasher: WordHasher) -> Eval
 
 
 def _finish(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, workers: int, scans: list[dict],
-            minhasher: MinHasher, start: float, seconds: dict[str, float]) -> dict:
+            minhasher: MinHasher, start: float, phases: "_Phases") -> dict:
     """Process 0: decide the near duplicates, write the outputs and the report."""
     exact = read_exact([work / f"p{p}" / "exact.bin" for p in range(workers)])
     edges = read_edges([work / f"p{p}" / "edges.bin" for p in range(workers)])
@@ -192,7 +207,7 @@ def _finish(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, w
                                 lambda n: bar.update(n - bar.n))
     bar.update(total - bar.n)
     bar.close()
-    seconds["write"] = time.perf_counter() - start - sum(seconds.values())
+    phases.done("write")
     elapsed = time.perf_counter() - start
     report = {
         "inputs": files,
@@ -206,7 +221,8 @@ def _finish(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, w
         "outputs": outputs,
         "processes": workers,
         "seconds": round(elapsed, 3),
-        "phase_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "phase_seconds": phases.seconds,
+        "peak_rss_mb": phases.peak_rss_mb,
         "records_per_second": round(counts.total / elapsed, 1) if elapsed > 0 else None,
     }
     with atomic_write(artifacts.output(stage_dir, "filter.report")) as f:
