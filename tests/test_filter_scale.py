@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,18 +134,30 @@ def test_a_bad_line_in_the_second_process_share_stops_both(tmp_path, planted_dat
     assert not (tmp_path / "filter" / ".work").exists()
 
 
-def test_templated_families_are_kept_with_capped_verification(tmp_path):
-    templated(tmp_path / "t.jsonl", 1200, families=4)
+def test_templated_families_are_kept_and_their_near_duplicates_found_with_capped_verification(tmp_path):
+    templated(tmp_path / "t.jsonl", 800, families=4)
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    # At the end (out of reach of the window of nearest members), copies of early and late members
+    # with one of their three numbers changed: near duplicates of that member only.
+    sources = [3, 50, 222, 404, 640, 777, 799, 7, 99, 310, 555, 612, 702, 798]
+    for k, m in enumerate(sources):
+        row = json.loads(lines[m])
+        number = re.findall(r"\b\d{2,}\b", row["completion"].split("## Solution")[0])[0]
+        row["id"], row["completion"] = f"near{k}", row["completion"].replace(number, str(5_000_000 + k), 1)
+        lines.append(json.dumps(row))
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
     report = run_direct(tmp_path, inputs=str(tmp_path / "t.jsonl"), decontaminate=False, bucket_cap=4)
-    assert report["kept"] == 1200
-    # 300 members a family: without the cap, a member would be checked against every earlier member
+    assert report["kept"] == 800
+    assert removed_by_id(tmp_path / "filter") == {
+        f"near{k}": {"reason": "near_duplicate", "duplicate_of": f"t{m}"} for k, m in enumerate(sources)}
+    # 200 members a family: without the cap, a member would be checked against every earlier member
     # it shares a band with; with it, against at most 4 per band.
     dedup = report["dedup"]
-    assert 0 < dedup["candidate_pairs"] <= 1200 * 4 * report["settings"]["lsh_bands"]
-    assert dedup["similar_pairs"] == 0
+    assert 0 < dedup["candidate_pairs"] <= len(lines) * 4 * report["settings"]["lsh_bands"]
     uncapped = run_direct(tmp_path / "uncapped", inputs=str(tmp_path / "t.jsonl"), decontaminate=False,
-                          bucket_cap=1200)
-    assert uncapped["kept"] == 1200 and uncapped["dedup"]["candidate_pairs"] > 3 * dedup["candidate_pairs"]
+                          bucket_cap=len(lines))
+    assert uncapped["kept"] == 800 and uncapped["dedup"]["candidate_pairs"] > 3 * dedup["candidate_pairs"]
+    assert removed_by_id(tmp_path / "uncapped" / "filter") == removed_by_id(tmp_path / "filter")
 
 
 def test_bucket_cap_picks_the_first_and_the_nearest_earlier_members():

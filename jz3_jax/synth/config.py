@@ -63,7 +63,7 @@ class FilterConfig:
     num_perm: int = 128
     shingle: int = 5
     minhash_seed: int = 0
-    bucket_cap: int = 16
+    bucket_cap: int = 8
     rows_per_pass: int = 1_000_000
 
     def validate(self) -> None:

@@ -14,8 +14,8 @@ Bounded verification: within an LSH bucket (problems with one band in common), a
 against at most `cap` earlier members, chosen by record order alone (the bucket's first members and
 the ones just before it; `capped_pairs`), so a bucket of a templated family (thousands of similar
 problems under the threshold) costs `cap` checks per member, not one per earlier member. Before the exact Jaccard, two cheap checks drop pairs that cannot reach the threshold: the set
-sizes (Jaccard <= min/max) and the agreement of 8-bit MinHash sketches, with a margin of 6 standard
-deviations below the threshold (a pair at the threshold is dropped with probability < 1e-8).
+sizes (Jaccard <= min/max) and the agreement of 8-bit MinHash sketches, with a margin of 4 standard
+deviations below the threshold (`sketch_margin`).
 
 How similar is "one number changed"? One replaced word changes up to `k` of a problem's shingles
 (k = shingle length), so Jaccard = (L - 2k + 1) / (L + 1) for L words: with k=5 and threshold 0.8 a
@@ -47,9 +47,11 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[
 
 
 def sketch_margin(threshold: float, num_perm: int) -> float:
-    """How far below `threshold` the sketch agreement of a pair may fall before it is dropped unchecked:
-    6 standard deviations of the agreement of a pair at the threshold, at least 0.05."""
-    return max(0.05, 6.0 * math.sqrt(threshold * (1.0 - threshold) / num_perm))
+    """How far below `threshold` the sketch agreement of a pair may fall before the pair is dropped
+    unchecked: 4 standard deviations of the agreement of a pair at the threshold (at least 0.05). A pair
+    at the threshold is dropped with probability about 3e-5, far below the 5e-3 with which the banding
+    itself misses it; a pair 0.04 above the threshold, with probability under 1e-8."""
+    return max(0.05, 4.0 * math.sqrt(threshold * (1.0 - threshold) / num_perm))
 
 
 def exact_key(kind: str, problem: str) -> np.ndarray:
@@ -114,13 +116,15 @@ def exact_duplicates(hi: np.ndarray, lo: np.ndarray, idx: np.ndarray) -> tuple[n
     return idx[~new], first[~new]
 
 
-def capped_pairs(keys: np.ndarray, idx: np.ndarray, cap: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def capped_pairs(keys: np.ndarray, idx: np.ndarray, cap: int,
+                 batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Candidate pairs (earlier, later) of one band: `keys` sorted, `idx` ascending within equal keys.
 
     In each bucket (run of equal keys) a member is paired with at most `cap` members before it: the
     bucket's first `cap - cap // 2` members (its heads, the earliest problems) and the `cap // 2`
     members just before it (near-duplicates written close together). A bucket of m members gives
-    fewer than `cap` * m pairs. Yields arrays of pairs, one batch per offset.
+    fewer than `cap` * m pairs. Yields batches of at most `batch` pairs, all the pairs of a run of
+    members together (so a batch reads few distinct problems).
     """
     n = len(keys)
     if n < 2:
@@ -137,17 +141,22 @@ def capped_pairs(keys: np.ndarray, idx: np.ndarray, cap: int) -> Iterator[tuple[
     pos = np.flatnonzero(member) - starts[bucket]
     begin = np.zeros(len(starts), np.int64)  # where each bucket begins in the compressed arrays
     begin[bucket[pos == 0]] = np.flatnonzero(pos == 0)
-    heads = cap - cap // 2
-    for r in range(heads):
-        later = np.flatnonzero(pos > r)
-        if len(later) == 0:
-            return
-        yield idx[begin[bucket[later]] + r], idx[later]
-    for d in range(1, cap // 2 + 1):
-        later = np.flatnonzero(pos - d >= heads)
-        if len(later) == 0:
-            return
-        yield idx[later - d], idx[later]
+    heads, step = cap - cap // 2, max(1, batch // cap)
+    for first in range(0, len(idx), step):
+        at = np.arange(first, min(first + step, len(idx)))
+        p, b = pos[at], begin[bucket[at]]
+        earlier, later = [], []
+        for r in range(heads):
+            m = p > r
+            earlier.append(idx[b[m] + r])
+            later.append(idx[at[m]])
+        for d in range(1, cap // 2 + 1):
+            m = p - d >= heads
+            earlier.append(idx[at[m] - d])
+            later.append(idx[at[m]])
+        earlier_all, later_all = np.concatenate(earlier), np.concatenate(later)
+        if len(later_all):
+            yield earlier_all, later_all
 
 
 def sketch_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from jz3_jax.synth.dedup_spool import Spools, band_name
 
 EXACT_DTYPE = np.dtype([("dup", "<i8"), ("first", "<i8")])
 EDGE_DTYPE = np.dtype([("i", "<i8"), ("j", "<i8"), ("jaccard", "<f8")])
-VERIFY_BATCH = 1 << 15  # candidate pairs verified together
+VERIFY_BATCH = 1 << 12  # candidate pairs verified together (up to about 8 KB of memory each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +126,8 @@ def near_pass(spools: Spools, flags: np.ndarray, share: Share, bands: int, cap: 
                 order = np.argsort(keys[:, 0], kind="stable")  # rows came in record order: ties stay so
                 keys, idx = keys[order, 0], idx[order]
                 del order
-                for i, j in capped_pairs(keys, idx, cap):
-                    for s in range(0, len(i), VERIFY_BATCH):
-                        edges = verify(spools, i[s:s + VERIFY_BATCH], j[s:s + VERIFY_BATCH], threshold, margin, stats)
-                        f.write(edges.tobytes())
+                for i, j in capped_pairs(keys, idx, cap, VERIFY_BATCH):
+                    f.write(verify(spools, i, j, threshold, margin, stats).tobytes())
             if on_band is not None:
                 on_band(band)
     return stats
@@ -144,25 +142,22 @@ def verify(spools: Spools, i: np.ndarray, j: np.ndarray, threshold: float, margi
     """
     stats.candidate_pairs += len(i)
     rows = np.unique(np.concatenate([i, j]))
-    size = spools.rows("index.u64", np.uint64, 2, rows)[:, 1].astype(np.int64)
-    si, sj = size[np.searchsorted(rows, i)], size[np.searchsorted(rows, j)]
-    keep = np.minimum(si, sj) >= threshold * np.maximum(si, sj) - 1e-9
-    stats.size_rejected += int((~keep).sum())
-    i, j = i[keep], j[keep]
-    if len(i) == 0:
-        return np.zeros(0, EDGE_DTYPE)
-    rows = np.unique(np.concatenate([i, j]))
+    index = spools.rows("index.u64", np.uint64, 2, rows)
     sketch = spools.rows("sketch.u8", np.uint8, spools.sketch_width, rows)
-    agreement = sketch_agreement(sketch[np.searchsorted(rows, i)], sketch[np.searchsorted(rows, j)])
-    keep = agreement >= threshold - margin
-    stats.sketch_rejected += int((~keep).sum())
-    i, j = i[keep], j[keep]
+    ai, aj = np.searchsorted(rows, i), np.searchsorted(rows, j)
+    si, sj = index[ai, 1].astype(np.int64), index[aj, 1].astype(np.int64)
+    sized = np.minimum(si, sj) >= threshold * np.maximum(si, sj) - 1e-9
+    similar_sketch = sketch_agreement(sketch[ai], sketch[aj]) >= threshold - margin
+    stats.size_rejected += int((~sized).sum())
+    stats.sketch_rejected += int((sized & ~similar_sketch).sum())
+    keep = sized & similar_sketch
+    i, j, ai, aj = i[keep], j[keep], ai[keep], aj[keep]
     if len(i) == 0:
         return np.zeros(0, EDGE_DTYPE)
-    rows = np.unique(np.concatenate([i, j]))
-    flat, offsets, counts = spools.shingles(rows)
-    ai, aj = np.searchsorted(rows, i), np.searchsorted(rows, j)
-    jaccard = jaccard_batch(flat, offsets[ai], counts[ai], offsets[aj], counts[aj])
+    needed = np.unique(np.concatenate([ai, aj]))  # positions in `rows` of the pairs left
+    flat, offsets, counts = spools.shingles(rows[needed], index[needed])
+    bi, bj = np.searchsorted(needed, ai), np.searchsorted(needed, aj)
+    jaccard = jaccard_batch(flat, offsets[bi], counts[bi], offsets[bj], counts[bj])
     stats.jaccard_checked += len(i)
     similar = jaccard >= threshold
     stats.similar_pairs += int(similar.sum())

@@ -22,8 +22,7 @@ import numpy as np
 
 from jz3_jax.synth.dedup import concat_ranges
 
-_GAP_BYTES = 1 << 12  # rows closer than this are read in one call (and the bytes between discarded)
-_RUN_BYTES = 1 << 20  # the most bytes one such call reads (beyond its last row)
+_GAP_BYTES = 1 << 10  # rows closer than this are read in one call (and the bytes between discarded)
 META = "spool.json"
 
 
@@ -126,9 +125,10 @@ class Spools:
             out[part] = data.view(dtype).reshape(-1, width)
         return out
 
-    def shingles(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat uint32, offsets, counts) of the shingle sets of rows `idx` (sorted, unique)."""
-        index = self.rows("index.u64", np.uint64, 2, idx).astype(np.int64)
+    def shingles(self, idx: np.ndarray, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat uint32, offsets, counts) of the shingle sets of rows `idx` (sorted, unique); `index`:
+        their rows of `index.u64` when already read."""
+        index = (self.rows("index.u64", np.uint64, 2, idx) if index is None else index).astype(np.int64)
         counts = index[:, 1]
         pieces = []
         for p, _, part in self._split(idx):
@@ -139,23 +139,21 @@ class Spools:
 
 def _read_ranges(fd: int, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The bytes of ranges (sorted by start, not overlapping) concatenated, as uint8. Ranges less than
-    `_GAP_BYTES` apart are read with one `pread` of at most about `_RUN_BYTES`."""
-    out = np.empty(int(lengths.sum()), np.uint8)
+    `_GAP_BYTES` apart are read with one `pread` (so the bytes read exceed the bytes asked for by at
+    most `_GAP_BYTES` a range)."""
     if len(starts) == 0:
-        return out
+        return np.zeros(0, np.uint8)
     ends = starts + lengths
-    run = np.zeros(len(starts), np.int64)
-    run[1:] = np.cumsum(starts[1:] - ends[:-1] > _GAP_BYTES)
-    run_begin = starts[np.searchsorted(run, run)]  # each range's run start
-    run = run * (1 << 40) + (starts - run_begin) // _RUN_BYTES  # split long runs
-    cut = np.flatnonzero(run[1:] != run[:-1]) + 1
-    out_at = np.cumsum(lengths) - lengths
-    for first, stop in zip(np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [len(starts)]]).tolist()):
-        begin, end = int(starts[first]), int(ends[stop - 1])
+    cut = np.flatnonzero(starts[1:] - ends[:-1] > _GAP_BYTES) + 1
+    firsts, stops = np.concatenate([[0], cut]), np.concatenate([cut, [len(starts)]])
+    run_begin, run_end = starts[firsts], ends[stops - 1]
+    pieces = []
+    for begin, end in zip(run_begin.tolist(), run_end.tolist()):
         data = os.pread(fd, end - begin, begin)
         if len(data) != end - begin:
             raise OSError(f"short read from a filter spool file ({len(data)} of {end - begin} bytes)")
-        part = slice(first, stop)
-        out[concat_ranges(out_at[part], lengths[part])] = np.frombuffer(data, np.uint8)[
-            concat_ranges(starts[part] - begin, lengths[part])]
-    return out
+        pieces.append(data)
+    buffer = np.frombuffer(b"".join(pieces), np.uint8)
+    run_base = np.cumsum(run_end - run_begin) - (run_end - run_begin)  # where each run lies in `buffer`
+    run = np.repeat(np.arange(len(firsts)), stops - firsts)
+    return buffer[concat_ranges(run_base[run] + starts - run_begin[run], lengths)]

@@ -57,7 +57,7 @@ class WordHasher:
     distinct words (numbers, LaTeX tokens) a large input has.
     """
 
-    def __init__(self, cache_words: int = 200_000) -> None:
+    def __init__(self, cache_words: int = 100_000) -> None:
         self._cache = _WordValues(cache_words)
 
     def __call__(self, tokens: list[str]) -> np.ndarray:
