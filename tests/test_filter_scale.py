@@ -177,3 +177,65 @@ def test_bucket_cap_picks_the_first_and_the_nearest_earlier_members():
     again = sorted((int(a), int(b)) for i, j in capped_pairs(keys[::-1][order], idx[::-1][order], 4)
                    for a, b in zip(i, j))
     assert again == pairs
+
+
+# --- growth (slow) ------------------------------------------------------------------------------
+
+MEASURE = """
+import json, logging, resource, sys
+from jz3_jax.stages.registry import StageContext
+from jz3_jax.synth.config import FilterConfig
+from jz3_jax.synth.filter_stage import run
+from jz3_jax.synth.spec import FilterSpec
+run_dir, kwargs = sys.argv[1], json.loads(sys.argv[2])
+ctx = StageContext("filter", __import__("pathlib").Path(run_dir) / "filter", logging.getLogger("measure"))
+report = run(FilterSpec(FilterConfig(**kwargs)), ctx)
+print(json.dumps({"report": report, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measured(run_dir: Path, **kwargs) -> tuple[dict, float]:
+    """(report, peak RSS in MB) of the stage run alone in a fresh interpreter (one process)."""
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(run_dir), json.dumps(kwargs)], cwd=REPO_ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    return result["report"], result["peak_rss_mb"]
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_from_40k_to_160k_and_every_planted_record_goes(tmp_path):
+    evals, questions = eval_dir(tmp_path / "eval")
+    rss, seconds = {}, {}
+    for n in (40_000, 160_000):
+        data = tmp_path / f"c{n}.jsonl"
+        expected = planted(data, n, questions, seed=n)
+        report, rss[n] = measured(tmp_path / f"run{n}", inputs=str(data), eval_dir=str(evals))
+        seconds[n] = report["seconds"]
+        assert removed_by_id(tmp_path / f"run{n}" / "filter") == expected
+        assert report["kept"] == n - len(expected)
+        if n == 40_000:  # the same outputs with two processes
+            codes, stderr = launch_pod(tmp_path / "pod", [f"filter.inputs={data}", f"filter.eval_dir={evals}"],
+                                       timeout=1800)
+            assert codes == [0, 0], stderr
+            for name in ("records.jsonl", "removed.jsonl"):
+                assert (tmp_path / "pod" / "filter" / name).read_bytes() == \
+                    (tmp_path / f"run{n}" / "filter" / name).read_bytes()
+            pod = json.loads((tmp_path / "pod" / "filter" / "report.json").read_text())
+            print(f"filter 40k with 2 processes: {pod['seconds']} s")
+        (tmp_path / f"run{n}" / "filter" / "records.jsonl").unlink()
+        data.unlink()
+    print(f"filter planted: peak RSS {rss} MB, seconds {seconds}")
+    assert rss[160_000] <= 1.3 * rss[40_000]
+
+
+@pytest.mark.slow
+def test_templated_problems_take_near_linear_time(tmp_path):
+    seconds = {}
+    for n in (10_000, 80_000):
+        templated(tmp_path / f"t{n}.jsonl", n)
+        report, _ = measured(tmp_path / f"run{n}", inputs=str(tmp_path / f"t{n}.jsonl"), decontaminate=False)
+        assert report["kept"] == n
+        seconds[n] = report["seconds"]
+    print(f"filter templated: seconds {seconds}")
+    assert seconds[80_000] <= 10 * seconds[10_000]
