@@ -182,20 +182,21 @@ def test_bucket_cap_picks_the_first_and_the_nearest_earlier_members():
 # --- growth (slow) ------------------------------------------------------------------------------
 
 MEASURE = """
-import json, logging, resource, sys
+import json, logging, sys
 from jz3_jax.stages.registry import StageContext
 from jz3_jax.synth.config import FilterConfig
-from jz3_jax.synth.filter_stage import run
+from jz3_jax.synth.filter_stage import peak_rss_mb, run
 from jz3_jax.synth.spec import FilterSpec
 run_dir, kwargs = sys.argv[1], json.loads(sys.argv[2])
 ctx = StageContext("filter", __import__("pathlib").Path(run_dir) / "filter", logging.getLogger("measure"))
 report = run(FilterSpec(FilterConfig(**kwargs)), ctx)
-print(json.dumps({"report": report, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"report": report, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
 def measured(run_dir: Path, **kwargs) -> tuple[dict, float]:
-    """(report, peak RSS in MB) of the stage run alone in a fresh interpreter (one process)."""
+    """(report, peak RSS in MB) of the stage run alone in a fresh interpreter (one process); the peak is
+    the child's own high-water mark (`ru_maxrss` would include this test process's memory)."""
     proc = subprocess.run([sys.executable, "-c", MEASURE, str(run_dir), json.dumps(kwargs)], cwd=REPO_ROOT,
                           env=subprocess_env(), capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr

@@ -176,7 +176,21 @@ class _Phases:
     def done(self, name: str) -> None:
         now = time.perf_counter()
         self.seconds[name], self.last = round(now - self.last, 3), now
-        self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        self.peak_rss_mb[name] = peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: the high-water mark of its own address space
+    (Linux `VmHWM`; `ru_maxrss` elsewhere, which on Linux also counts the parent's memory when the
+    process was started by a large parent through vfork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _eval_index(fc: FilterConfig, ctx: StageContext, hasher: WordHasher) -> EvalIndex | None:
