@@ -22,7 +22,7 @@ from jz3_jax.synth.config import FilterConfig
 from jz3_jax.synth.spec import FilterSpec
 from jz3_jax.synth.filter_stage import run
 from jz3_jax.synth.parse import Malformed, Parsed, has_boxed, parse_completion
-from jz3_jax.synth.text import WordHasher, normalize, words
+from jz3_jax.synth.text import normalize, words
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 

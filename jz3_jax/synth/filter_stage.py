@@ -49,8 +49,8 @@ from jz3_jax.synth.contamination import EvalIndex
 from jz3_jax.synth.dedup import MinHasher, resolve_near, sketch_margin
 from jz3_jax.synth.dedup_index import NearStats, Share, candidates, exact_pass, near_pass, read_edges, read_exact
 from jz3_jax.synth.dedup_spool import Spools, SpoolWriter
-from jz3_jax.synth.filter_merge import REASONS, merge  # noqa: F401 - REASONS is part of this module's surface
-from jz3_jax.synth.filter_scan import Judge, Verdicts, scan, share_of, training_input  # noqa: F401
+from jz3_jax.synth.filter_merge import merge
+from jz3_jax.synth.filter_scan import Judge, Verdicts, scan, share_of
 from jz3_jax.synth.spec import FilterSpec
 from jz3_jax.synth.text import WordHasher
 
