@@ -33,12 +33,14 @@ class Counts:
         self.by_kind = {kind: {"read": 0, "kept": 0} for kind in KINDS}
 
     def kept(self, kind: str) -> None:
+        """Count a kept record."""
         self.total += 1
         self.total_kept += 1
         self.by_kind[kind]["read"] += 1
         self.by_kind[kind]["kept"] += 1
 
     def removed(self, kind: str, verdict: dict) -> None:
+        """Count a removed record under its reason."""
         self.total += 1
         self.by_kind[kind]["read"] += 1
         self.removed_by[verdict["reason"]] += 1
@@ -48,6 +50,7 @@ class Counts:
             self.contaminated_by[verdict["set"]] = self.contaminated_by.get(verdict["set"], 0) + 1
 
     def summary(self) -> dict:
+        """The counts as the report has them."""
         return {"read": self.total, "kept": self.total_kept, "removed": dict(self.removed_by),
                 "malformed_by_reason": dict(self.malformed_by),
                 "contaminated_by_set": dict(sorted(self.contaminated_by.items())), "by_kind": self.by_kind}
@@ -60,6 +63,7 @@ class _Writer:
     rows: int = 0
 
     def write(self, line: str) -> None:
+        """Write one output line and hash it."""
         self.handle.write(line)
         self.digest.update(line.encode())
         self.rows += 1

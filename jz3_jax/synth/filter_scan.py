@@ -98,9 +98,11 @@ class Verdicts:
         self.handle = handle
 
     def removed(self, row: dict) -> None:
+        """A record removed by the per-record checks (`row` is its removed.jsonl line)."""
         self.handle.write(b"R\t" + json.dumps(row, ensure_ascii=False).encode() + b"\n")
 
     def survivor(self, kind: str, record_id: str | int, row: dict) -> None:
+        """A record that passed them (`row` is its records.jsonl line unless it is a duplicate)."""
         self.handle.write(f"K\t{kind}\t{json.dumps(record_id)}\t{json.dumps(row, ensure_ascii=False)}\n".encode())
 
 

@@ -108,10 +108,8 @@ def _run(fc: FilterConfig, ctx: StageContext, files: list[str], work: Path, me: 
     start = time.perf_counter()
     mine = work / f"p{me}"
     minhasher = MinHasher(fc.near_dup_threshold, fc.num_perm, fc.shingle, fc.minhash_seed)
-    if me == 0:
-        _step("filter start", barrier, lambda: shutil.rmtree(work, ignore_errors=True))
-    else:
-        _step("filter start", barrier, lambda: None)
+    # Process 0 clears what a killed run left behind before anyone writes there.
+    _step("filter start", barrier, lambda: shutil.rmtree(work, ignore_errors=True) if me == 0 else None)
     phases = _Phases(start)
 
     def read() -> dict:
