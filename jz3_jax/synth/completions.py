@@ -56,13 +56,13 @@ def resolve_inputs(spec: str) -> list[epath.Path]:
 
 def iter_completions(files: list[epath.Path]) -> Iterator[Completion]:
     """Validated completions of `files`, in file then line order."""
-    for line in read_lines(files, error=FilterError, validate=_check):
+    for line in read_lines(files, error=FilterError, validate=check_completion):
         row = line.record
         yield Completion(row["id"], row["completion"], row["finish_reason"], row.get("kind", "cot"),
                          row.get("meta"), line.where)
 
 
-def _check(row: dict) -> str | None:
+def check_completion(row: dict) -> str | None:
     """Why `row` is not a completion record (None when it is)."""
     if reason := id_reason(row.get("id")):
         return reason

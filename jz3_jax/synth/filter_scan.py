@@ -22,7 +22,7 @@ from jz3_jax.errors import FilterError
 from jz3_jax.records.jsonl import parse_line
 from jz3_jax.runtime.paths import as_path
 from jz3_jax.synth.completions import Completion
-from jz3_jax.synth.completions import _check as check_completion  # the completion contract's line check
+from jz3_jax.synth.completions import check_completion
 from jz3_jax.synth.contamination import EvalIndex
 from jz3_jax.synth.dedup import MinHasher, exact_key
 from jz3_jax.synth.dedup_spool import SpoolWriter
