@@ -26,7 +26,7 @@ import collections
 import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,61 +35,13 @@ from flax import nnx
 
 from jz3_jax.decoding import steps as device
 from jz3_jax.decoding.attention import resolve_layout
+from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, smallest_at_least
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
+from jz3_jax.decoding.logprobs import fetch_logprobs, row_logprobs, scored_tokens
+from jz3_jax.decoding.requests import Event, Generation, Request, RequestError, TokenLogprob
 from jz3_jax.decoding.sampling import SamplingParams, seed_words
 from jz3_jax.model.decoder import Decoder
-
-
-class RequestError(ValueError):
-    """A request the engine cannot run (empty prompt, too long for the cache, bad settings)."""
-
-
-@dataclasses.dataclass
-class Request:
-    """One prompt to continue. `on_event`, if set, is called (from the engine's thread) with
-    every `Event` of this request as it happens."""
-
-    prompt_ids: Sequence[int]
-    params: SamplingParams = dataclasses.field(default_factory=SamplingParams)
-    id: Any = None
-    on_event: Callable[["Event"], None] | None = None
-
-
-@dataclasses.dataclass
-class TokenLogprob:
-    """One token's log-probability (`sampling.token_logprobs`: after temperature) and the request's
-    top-N alternatives (id, log-probability), most likely first."""
-
-    token: int
-    logprob: float
-    top: list[tuple[int, float]]
-
-
-@dataclasses.dataclass
-class Generation:
-    """A finished request: the new tokens (up to and including EOS or the stop-completing token),
-    their text (cut before a stop string; None without a tokenizer) and why it ended: "stop"
-    (EOS or a stop string) or "length" (max_new_tokens)."""
-
-    id: Any
-    prompt_ids: list[int]
-    token_ids: list[int]
-    text: str | None
-    finish_reason: str
-    seed: int
-    logprobs: list[TokenLogprob] | None = None  # one per token of token_ids when the request asked
-
-
-@dataclasses.dataclass
-class Event:
-    """Progress of one request: newly sampled tokens, the new text, and the result once finished."""
-
-    request: Request
-    new_token_ids: list[int]
-    text_delta: str
-    finished: Generation | None = None
-    logprobs: list[TokenLogprob] | None = None  # one per new token when the request asked
 
 
 @dataclasses.dataclass
@@ -108,37 +60,6 @@ def _current_mesh() -> jax.sharding.Mesh | None:
     """The concrete mesh set with `jax.set_mesh`, if any."""
     mesh = jax.sharding.get_mesh() if hasattr(jax.sharding, "get_mesh") else None
     return None if mesh is None or getattr(mesh, "empty", True) else mesh
-
-
-def bucket_length(n: int, multiple: int = 16) -> int:
-    """Round a prompt length up so that similar lengths share one compiled shape."""
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def doubling_buckets(smallest: int, bound: int) -> tuple[int, ...]:
-    """`smallest`, twice that, four times ... while below `bound`, then `bound` itself."""
-    sizes = []
-    size = max(1, smallest)
-    while size < bound:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, bound)
-
-
-def _smallest_at_least(buckets: tuple[int, ...], n: int) -> int:
-    return next(b for b in buckets if b >= n)
-
-
-def group_rows(width: int, max_seq_len: int, max_batch: int) -> int:
-    """The rows of a prefill of several prompts of bucket `width`: a prefill computes at most
-    `max_seq_len` tokens (or one prompt) and fills at most `max_batch` rows."""
-    return max(1, min(max_batch, max_seq_len // width))
-
-
-def prefill_shapes(prompt_bucket: int, max_seq_len: int, max_batch: int) -> list[tuple[int, int]]:
-    """Every (rows, width) a prefill of an engine with these sizes can have (see the module docstring)."""
-    return [(rows, width) for width in doubling_buckets(prompt_bucket, max_seq_len)
-            for rows in sorted({1, group_rows(width, max_seq_len, max_batch)})]
 
 
 class Engine:
@@ -303,11 +224,12 @@ class Engine:
             want = self._logprobs_wanted(self._rows)
             result = device.decode(self.decode_graphdef, self.params, self._state, jnp.asarray(keep),
                                    self.steps_per_dispatch, self.eos_ids, self.max_top_k, want)
-            self._state, out, extra = result[0], np.asarray(result[1]), self._fetch_logprobs(result[2] if len(result) > 2 else None)
+            self._state, out, extra = result[0], np.asarray(result[1]), fetch_logprobs(result[2:])
         for row, live in enumerate(self._rows):
             if live is not None:
                 tokens = [int(t) for t in out[row] if t >= 0]  # a row's tokens come first, then -1s
-                self._advance(row, tokens, events, self._row_logprobs(live, extra, row, len(tokens)))
+                wanted = live.request.params.logprobs
+                self._advance(row, tokens, events, row_logprobs(wanted, extra, row, len(tokens)))
         return events
 
     def score(self, prompt_ids: Sequence[int], top_n: int, temperature: float = 0.0) -> list[TokenLogprob]:
@@ -320,15 +242,13 @@ class Engine:
         self.check_logprobs(top_n)
         if n == 1:
             return []
-        width = _smallest_at_least(self.prefill_widths, n)
+        width = smallest_at_least(self.prefill_widths, n)
         with self._on_mesh():
             chosen, ids, lps = device.score_prompt(self.graphdef, self.params,
                                                    *self._score_inputs(prompt_ids, width, temperature),
                                                    self.max_logprobs)
             chosen, ids, lps = np.asarray(chosen)[0], np.asarray(ids)[0], np.asarray(lps)[0]
-        return [TokenLogprob(int(prompt_ids[i + 1]), float(chosen[i]),
-                             [(int(t), float(v)) for t, v in zip(ids[i, :top_n], lps[i, :top_n])])
-                for i in range(n - 1)]
+        return scored_tokens(prompt_ids, chosen, ids, lps, top_n)
 
     def _score_inputs(self, prompt_ids: Sequence[int], width: int, temperature: float):
         tokens = np.full((1, width), self.pad_id, np.int32)
@@ -340,23 +260,6 @@ class Engine:
         """The static `logprobs` of this dispatch: `max_logprobs` when some row asks, else 0 (the plain program)."""
         asks = any(live is not None and live.request.params.logprobs is not None for live in lives)
         return self.max_logprobs if asks else 0
-
-    @staticmethod
-    def _fetch_logprobs(extra) -> tuple[np.ndarray, ...] | None:
-        return tuple(np.asarray(x) for x in extra) if extra else None
-
-    @staticmethod
-    def _row_logprobs(live: _Live, extra, row: int, count: int) -> list[TokenLogprob] | None:
-        """The first `count` tokens' log-probabilities of `row` (extra: [slots, steps(, N)] arrays,
-        or [slots(, N)] for the first token), trimmed to the request's N."""
-        n = live.request.params.logprobs
-        if n is None or extra is None:
-            return None
-        chosen, ids, lps = (x[row] for x in extra)
-        if chosen.ndim == 0:
-            chosen, ids, lps = chosen[None], ids[None], lps[None]
-        return [TokenLogprob(-1, float(chosen[j]), [(int(t), float(v)) for t, v in zip(ids[j, :n], lps[j, :n])])
-                for j in range(count)]
 
     def generate(self, requests: Iterable[Request], progress: Callable[[Generation], None] | None = None
                  ) -> list[Generation]:
@@ -385,7 +288,7 @@ class Engine:
             admitted.append((free.pop(0), self._waiting.popleft()))
         by_bucket: dict[int, list[tuple[int, _Live]]] = collections.defaultdict(list)
         for row, live in admitted:
-            by_bucket[_smallest_at_least(self.prefill_widths, len(live.request.prompt_ids))].append((row, live))
+            by_bucket[smallest_at_least(self.prefill_widths, len(live.request.prompt_ids))].append((row, live))
         for width, group in sorted(by_bucket.items()):
             step = group_rows(width, self.max_seq_len, self.max_batch)
             for start in range(0, len(group), step):
@@ -396,9 +299,9 @@ class Engine:
             want = self._logprobs_wanted([live for _, live in admitted])
             result = device.sample_first(self._state, jnp.asarray(fresh), self.eos_ids, self.max_top_k, self.rules,
                                          want)
-            self._state, first, extra = result[0], np.asarray(result[1]), self._fetch_logprobs(result[2] if len(result) > 2 else None)
+            self._state, first, extra = result[0], np.asarray(result[1]), fetch_logprobs(result[2:])
             for row, live in admitted:
-                self._advance(row, [int(first[row])], events, self._row_logprobs(live, extra, row, 1))
+                self._advance(row, [int(first[row])], events, row_logprobs(live.request.params.logprobs, extra, row, 1))
 
     def _prefill_batch(self, rows: int, width: int, group: list[tuple[int, _Live]]) -> device.PrefillBatch:
         """The prompts and settings of `group` as a batch of `rows` x `width` (the rest padding)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from jz3_jax.decoding.engine import Engine, Request, bucket_length
+from jz3_jax.decoding.buckets import bucket_length
+from jz3_jax.decoding.engine import Engine
+from jz3_jax.decoding.requests import Request
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.model.decoder import Decoder
 

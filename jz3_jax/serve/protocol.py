@@ -15,13 +15,14 @@ from typing import Any
 
 import pydantic
 
-from jz3_jax.decoding.engine import Generation, TokenLogprob
+from jz3_jax.decoding.requests import Generation, TokenLogprob
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.serve import models
+from jz3_jax.serve.logprobs import (Entry, chat_logprobs, completion_logprobs, prompt_entries, token_bytes,
+                                    token_entries)
 
 CHAT = "chat"
 COMPLETION = "completion"
-LOGPROB_FLOOR = -9999.0  # a log-probability of -inf is sent as this (JSON has no infinity)
 # Fields that would change what a client gets back but are not implemented: only these no-op
 # values pass (compared by type too: `false` is not 0); anything else is a 400 naming the field.
 _UNSUPPORTED = {"suffix": ("",), "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},),
@@ -72,26 +73,11 @@ class ModelInfo:
         if text is None:
             text = self.tokenizer.decode([token], skip_special_tokens=False)
             if "\ufffd" in text:
-                raw = _token_bytes(self.tokenizer, token)
+                raw = token_bytes(self.tokenizer, token)
                 if raw is not None and b"\xef\xbf\xbd" not in raw:
                     text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
             self._token_text[token] = text
         return text
-
-
-def _token_bytes(tokenizer, token: int) -> bytes | None:
-    """A byte-level BPE token's raw bytes (GPT-2's byte alphabet), or None when not known."""
-    backend = getattr(tokenizer, "backend", None)
-    piece = backend.id_to_token(token) if backend is not None else None
-    if piece is None:
-        return None
-    from jz3_jax.tokenizer.byte_tokenizer import _CHAR_TO_BYTE
-
-    if all(c in _CHAR_TO_BYTE for c in piece):
-        return bytes(_CHAR_TO_BYTE[c] for c in piece)
-    if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:  # SentencePiece byte fallback
-        return bytes([int(piece[3:5], 16)])
-    return None
 
 
 @dataclasses.dataclass
@@ -297,74 +283,12 @@ def _completion(request: ParsedRequest, model: ModelInfo, chunk: bool, choices: 
                              model=model.name, choices=choices, **usage_field).body()
 
 
-# --- log-probabilities ------------------------------------------------------------------------------
-
-# One token's entry: (token id, its log-probability or None (echo's first token), [(id, logprob)] or None)
-Entry = tuple[int, "float | None", "list[tuple[int, float]] | None"]
-
-
-def _floor(logprob: float) -> float:
-    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # -inf (and nan) -> the floor
-
-
-def prompt_entries(prompt: list[int], scored: list[TokenLogprob]) -> list[Entry]:
-    """An echoed prompt's entries: its first token has no log-probability (nothing comes before it)."""
-    return [(prompt[0], None, None)] + [(t.token, t.logprob, t.top) for t in scored]
-
-
-def token_entries(logprobs: list[TokenLogprob] | None) -> list[Entry]:
-    """Generated tokens' entries."""
-    return [(t.token, t.logprob, t.top) for t in logprobs or []]
-
-
-def completion_logprobs(model: ModelInfo, entries: list[Entry], offset: int = 0) -> models.CompletionLogprobs:
-    """The legacy `logprobs` object: `tokens`, `token_logprobs`, `top_logprobs` (a dict per token
-    of the top N tokens' text -> log-probability, and the chosen token's, as vLLM and OpenAI send
-    it; null for echo's first token) and `text_offset` (each token's start in the choice's text,
-    counting the token texts from `offset`)."""
-    tokens, values, tops, offsets = [], [], [], []
-    for token, logprob, top in entries:
-        text = model.token_text(token)
-        tokens.append(text)
-        offsets.append(offset)
-        offset += len(text)
-        values.append(None if logprob is None else _floor(logprob))
-        if top is None:
-            tops.append(None)
-            continue
-        mapping: dict[str, float] = {}
-        for other, value in top:
-            mapping.setdefault(model.token_text(other), _floor(value))
-        if logprob is not None:
-            mapping.setdefault(text, _floor(logprob))
-        tops.append(mapping)
-    return models.CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
-
-
-def _utf8(text: str) -> list[int]:
-    if text.startswith("bytes:\\x"):  # a partial UTF-8 character: its raw bytes
-        return list(bytes.fromhex(text[len("bytes:"):].replace("\\x", "")))
-    return list(text.encode("utf-8", "replace"))
-
-
-def chat_logprobs(model: ModelInfo, entries: list[Entry]) -> models.ChatLogprobs:
-    """The chat `logprobs` object: `content`, one `{token, logprob, bytes, top_logprobs}` per token."""
-    content = []
-    for token, logprob, top in entries:
-        text = model.token_text(token)
-        alternatives = [models.TopLogprob(token=(alt := model.token_text(other)), logprob=_floor(value),
-                                          bytes=_utf8(alt)) for other, value in top or []]
-        content.append(models.ChatTokenLogprob(token=text, logprob=_floor(logprob), bytes=_utf8(text),
-                                               top_logprobs=alternatives))
-    return models.ChatLogprobs(content=content)
-
-
 def _logprobs(request: ParsedRequest, model: ModelInfo, entries: list[Entry], offset: int = 0):
     if request.logprobs is None:
         return None
     if request.kind == CHAT:
-        return chat_logprobs(model, entries)
-    return completion_logprobs(model, entries, offset)
+        return chat_logprobs(model.token_text, entries)
+    return completion_logprobs(model.token_text, entries, offset)
 
 
 # --- response bodies ----------------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""The engine's fixed shapes: prompt-length buckets and the (rows, width) of every prefill
+(see `engine.py`'s docstring): a small, known set, so warm-up compiles all of them."""
+
+from __future__ import annotations
+
+
+def bucket_length(n: int, multiple: int = 16) -> int:
+    """Round a prompt length up so that similar lengths share one compiled shape."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def doubling_buckets(smallest: int, bound: int) -> tuple[int, ...]:
+    """`smallest`, twice that, four times ... while below `bound`, then `bound` itself."""
+    sizes = []
+    size = max(1, smallest)
+    while size < bound:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, bound)
+
+
+def smallest_at_least(buckets: tuple[int, ...], n: int) -> int:
+    """The first bucket of `buckets` (ascending) that holds `n`."""
+    return next(b for b in buckets if b >= n)
+
+
+def group_rows(width: int, max_seq_len: int, max_batch: int) -> int:
+    """The rows of a prefill of several prompts of bucket `width`: a prefill computes at most
+    `max_seq_len` tokens (or one prompt) and fills at most `max_batch` rows."""
+    return max(1, min(max_batch, max_seq_len // width))
+
+
+def prefill_shapes(prompt_bucket: int, max_seq_len: int, max_batch: int) -> list[tuple[int, int]]:
+    """Every (rows, width) a prefill of an engine with these sizes can have (see the module docstring)."""
+    return [(rows, width) for width in doubling_buckets(prompt_bucket, max_seq_len)
+            for rows in sorted({1, group_rows(width, max_seq_len, max_batch)})]
