@@ -95,7 +95,7 @@ class TokenIndex:
         todo = [p for path, kind in files for p in self.parts(path, kind, split)]
         built = 0
         for unit in todo[part::parts]:
-            if self._load(unit) is None:
+            if not self._file(unit).exists():
                 self._check(unit, self._build(unit, split, bad_records), bad_records)
                 built += 1
         return built
@@ -106,15 +106,21 @@ class TokenIndex:
             arrays = self._index_lines(part)
         else:
             reader = _open_reader(part.path, part.kind, split, self.fields, bad_records)
-            counts = self._id_counts([reader.read(i) for i in range(len(reader))])
+            batches = [range(start, min(start + _BATCH, len(reader))) for start in range(0, len(reader), _BATCH)]
+            counts = np.concatenate([np.zeros(0, np.int32)] + [self._id_counts([reader.read(i) for i in rows])
+                                                               for rows in batches])
             arrays = {"lengths": counts, "meta": _meta(len(counts), reader.skipped, None)}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         target = self._file(part)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(buffer.getvalue())
+            tmp.replace(target)  # readers see the whole part or none
+        except OSError as error:
+            raise DataError(f"cannot write the data index to {self.directory}: {error.strerror or error}",
+                            hint="set data.index_dir to a writable directory") from error
         self.built += 1
         seconds = time.perf_counter() - start
         records = len(arrays["lengths"])
