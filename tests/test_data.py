@@ -141,17 +141,24 @@ def test_all_formats_read_the_same_records(tmp_path, records):
     write_jsonl(parts / "a.jsonl", records[:25])
     tfds_dir = _write_tfds(tmp_path / "tfds", records)
 
+    from jz3_jax.data import TokenIndex
+
     sources = {
-        "jsonl": read_records(str(jsonl)),
-        "parquet": read_records(str(tmp_path / "r.parquet")),
-        "array_record": read_records(str(tmp_path / "r.array_record")),
-        "tfds (auto)": read_records(tfds_dir),
-        "tfds": read_records(tfds_dir, fmt="tfds", split="train"),
-        "directory": read_records(str(parts)),
-        "glob": read_records(str(parts / "*.jsonl")),
+        "jsonl": (str(jsonl), {}),
+        "parquet": (str(tmp_path / "r.parquet"), {}),
+        "array_record": (str(tmp_path / "r.array_record"), {}),
+        "tfds (auto)": (tfds_dir, {}),
+        "tfds": (tfds_dir, {"fmt": "tfds", "split": "train"}),
+        "directory": (str(parts), {}),
+        "glob": (str(parts / "*.jsonl"), {}),
     }
-    for name, src in sources.items():
+    ids = [len(encode_example(r, TOK, max_length=10**6).tokens) + 1 for r in records]
+    for name, (path, kwargs) in sources.items():
+        src = read_records(path, **kwargs)
         assert [src[i] for i in range(len(src))] == records, name
+        through_index = read_records(path, index=TokenIndex(tmp_path / "index", TOK), **kwargs)
+        assert [through_index[i] for i in range(len(src))] == records, name
+        assert through_index.id_counts.tolist() == ids, name
     assert len(read_records(tfds_dir, fmt="tfds", split="test")) == 3
     with pytest.raises(DataError, match="no split 'nope'"):
         read_records(tfds_dir, fmt="tfds", split="nope")
