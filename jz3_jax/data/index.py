@@ -106,7 +106,7 @@ class TokenIndex:
             arrays = self._index_lines(part)
         else:
             reader = _open_reader(part.path, part.kind, split, self.fields, bad_records)
-            batches = [range(start, min(start + _BATCH, len(reader))) for start in range(0, len(reader), _BATCH)]
+            batches = [range(first, min(first + _BATCH, len(reader))) for first in range(0, len(reader), _BATCH)]
             counts = np.concatenate([np.zeros(0, np.int32)] + [self._id_counts([reader.read(i) for i in rows])
                                                                for rows in batches])
             arrays = {"lengths": counts, "meta": _meta(len(counts), reader.skipped, None)}
