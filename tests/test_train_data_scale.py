@@ -5,6 +5,11 @@ and a resume builds no index part (no counting pass).
 Slow (about 5 minutes on 2 cores): the records (~600 bytes each, 60 and 240 MB) are generated in the
 test's temp dir, indexed once the way the first launch would (`TokenIndex.build_share`, timed), then
 `pretrain` is launched on each. Fast tests of the same logic are in test_data.py and test_trainer.py.
+
+The README's figures: `python tests/test_train_data_scale.py DIR RECORDS [REPO]` writes RECORDS
+records under DIR and prints one JSON line of seconds to the first logged step: `first` (a new run,
+which builds the index), `resume` (the same run relaunched after step 1) and `later` (a new run on
+the same index); with REPO (another checkout, e.g. the version before) `first` and `resume` only.
 """
 
 from __future__ import annotations
@@ -50,19 +55,20 @@ def build_index(data: Path, index_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def first_step_seconds(run_dir: Path, data: Path, index_dir: Path, step: int = 1) -> tuple[float, str]:
+def first_step_seconds(run_dir: Path, data: Path, index_dir: Path | None, step: int = 1,
+                       repo: Path = REPO_ROOT) -> tuple[float, str]:
     """(seconds from launch to the logged `step`, the run's log); the process is killed once the
-    checkpoint of that step is written."""
+    checkpoint of that step is written. `repo`: the checkout to run (None `index_dir`: its default)."""
     args = [sys.executable, "-m", "jz3_jax.launch", "pretrain", "--config", "configs/tiny.py", "--run-dir",
-            str(run_dir), f"data.train_path={data}", f"data.index_dir={index_dir}", "train.steps=0", "train.epochs=1",
-            "data.pack=true", "data.max_length=2048", "train.global_batch_size=8", "train.log_every=1",
-            "train.checkpoint_every=1", "train.export_hf=false"]
+            str(run_dir), f"data.train_path={data}", "train.steps=0", "train.epochs=1", "data.pack=true",
+            "data.max_length=2048", "train.global_batch_size=8", "train.log_every=1", "train.checkpoint_every=1",
+            "train.export_hf=false", *([f"data.index_dir={index_dir}"] if index_dir else [])]
     env = subprocess_env()
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every launch compiles, as a new run would
     metrics = run_dir / "pretrain" / "metrics.jsonl"
     checkpoint = run_dir / "pretrain" / "checkpoints" / str(step)
     start = time.monotonic()
-    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     seconds = None
     try:
@@ -96,3 +102,25 @@ def test_start_up_does_not_grow_with_the_records(tmp_path):
         data.unlink()
     print(json.dumps({k: round(v, 1) for k, v in figures.items()}))
     assert figures["first_step_400000"] <= 1.5 * figures["first_step_100000"], figures
+
+
+def measure(directory: Path, records: int, repo: Path | None = None) -> dict:
+    """The README's figures for one size (see the module docstring)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / f"records_{records}.jsonl"
+    if not data.exists():
+        write_records(data, records)
+    index_dir = None if repo else directory / f"index_{records}"
+    stamp = time.strftime("%H%M%S")
+    run = directory / f"run_{records}_{stamp}"
+    figures = {"records": records, "repo": str(repo or REPO_ROOT)}
+    figures["first"] = first_step_seconds(run, data, index_dir, 1, repo or REPO_ROOT)[0]
+    figures["resume"] = first_step_seconds(run, data, index_dir, 2, repo or REPO_ROOT)[0]
+    if not repo:
+        figures["later"] = first_step_seconds(directory / f"run_{records}_{stamp}_later", data, index_dir)[0]
+    return figures
+
+
+if __name__ == "__main__":
+    where, count = Path(sys.argv[1]), int(sys.argv[2])
+    print(json.dumps(measure(where, count, Path(sys.argv[3]).resolve() if len(sys.argv) > 3 else None)))
