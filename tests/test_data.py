@@ -592,14 +592,14 @@ def test_resume_reads_the_index_and_tokenizes_only_the_batches_it_trains_on(tmp_
     take(it, 5)
     state = json.loads(json.dumps(data.get_state()))
     expected = take(it, 2)
-    data.close()  # its reader threads stop prefetching
-    tok.calls = 0
-    resumed_source, resumed_index = indexed(path, tok, tmp_path / "idx", chunk_bytes=4000)
-    resumed = make_data(resumed_source, tok, max_length=64)
+    data.close()
+    fresh = CountingTokenizer()  # the resumed run's own (a new process), apart from the first one's reader threads
+    resumed_source, resumed_index = indexed(path, fresh, tmp_path / "idx", chunk_bytes=4000)
+    resumed = make_data(resumed_source, fresh, max_length=64)
     assert (resumed.rows_per_epoch(), resumed_index.built) == (rows, 0)
-    assert tok.calls <= 1  # no counting pass: at most the fingerprint's probe
+    assert fresh.calls <= 1  # no counting pass: at most the fingerprint's probe
     resumed.set_state(state)
     assert_same_batches(take(resumed, 2), expected)
     examples = sum(int(b["segment_ids"].max(axis=1).sum()) for b in expected)
     # the two batches' records, and what grain's reader threads prefetch past them; not the whole file
-    assert 0 < tok.calls < len(records) and tok.calls // 2 < examples + 100
+    assert 0 < fresh.calls < len(records) and fresh.calls // 2 < examples + 100
