@@ -141,17 +141,24 @@ def test_all_formats_read_the_same_records(tmp_path, records):
     write_jsonl(parts / "a.jsonl", records[:25])
     tfds_dir = _write_tfds(tmp_path / "tfds", records)
 
+    from jz3_jax.data import TokenIndex
+
     sources = {
-        "jsonl": read_records(str(jsonl)),
-        "parquet": read_records(str(tmp_path / "r.parquet")),
-        "array_record": read_records(str(tmp_path / "r.array_record")),
-        "tfds (auto)": read_records(tfds_dir),
-        "tfds": read_records(tfds_dir, fmt="tfds", split="train"),
-        "directory": read_records(str(parts)),
-        "glob": read_records(str(parts / "*.jsonl")),
+        "jsonl": (str(jsonl), {}),
+        "parquet": (str(tmp_path / "r.parquet"), {}),
+        "array_record": (str(tmp_path / "r.array_record"), {}),
+        "tfds (auto)": (tfds_dir, {}),
+        "tfds": (tfds_dir, {"fmt": "tfds", "split": "train"}),
+        "directory": (str(parts), {}),
+        "glob": (str(parts / "*.jsonl"), {}),
     }
-    for name, src in sources.items():
+    ids = [len(encode_example(r, TOK, max_length=10**6).tokens) + 1 for r in records]
+    for name, (path, kwargs) in sources.items():
+        src = read_records(path, **kwargs)
         assert [src[i] for i in range(len(src))] == records, name
+        through_index = read_records(path, index=TokenIndex(tmp_path / "index", TOK), **kwargs)
+        assert [through_index[i] for i in range(len(src))] == records, name
+        assert through_index.id_counts.tolist() == ids, name
     assert len(read_records(tfds_dir, fmt="tfds", split="test")) == 3
     with pytest.raises(DataError, match="no split 'nope'"):
         read_records(tfds_dir, fmt="tfds", split="nope")
@@ -416,3 +423,183 @@ def test_finetune_sample_with_smollm2_tokenizer():
     stats = data.stats()
     assert stats["examples_seen"] == sum(int(b["segment_ids"].max(axis=1).sum()) for b in batches)
     assert 1000 / data.rows_per_epoch() > 2
+
+
+# --- the one-time index (`data/index.py`) -----------------------------------------------------------
+
+
+class CountingTokenizer(CharTokenizer):
+    """`CharTokenizer` that counts the texts it encodes."""
+
+    def __init__(self, adds_bos: bool = True) -> None:
+        self.adds_bos, self.calls = adds_bos, 0
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        self.calls += 1
+        return super().encode(text, add_bos, add_eos)
+
+
+def varied_records(n: int, seed: int = 0) -> list[dict]:
+    """Records of 0 to ~90 characters, some with empty fields and non-ASCII text."""
+    rng = np.random.default_rng(seed)
+    return [{"input": "é" * int(rng.integers(0, 4)) + "q" * int(rng.integers(0, 40)) + f"{i}",
+             "output": "a" * int(rng.integers(0, 50)) if i % 7 else ""} for i in range(n)]
+
+
+def indexed(path: Path, tokenizer, directory: Path, chunk_bytes: int = 1000, **read) -> tuple:
+    from jz3_jax.data import TokenIndex
+
+    index = TokenIndex(directory, tokenizer, chunk_bytes=chunk_bytes)
+    return read_records(str(path), index=index, **read), index
+
+
+def epoch_rows(data: TrainData) -> int:
+    """Rows one epoch (num_epochs=1) of `data` actually yields: padding rows of the last batch not counted."""
+    return sum(int(np.count_nonzero(b["segment_ids"].max(axis=1))) for b in data)
+
+
+@pytest.mark.parametrize("tokenizer", ["chars", "bytes", "mistral"])
+def test_index_holds_every_record_and_the_ids_it_encodes_to(tmp_path, tokenizer, mistral_tokenizer):
+    from jz3_jax.tokenizer import load_tokenizer
+
+    tok = {"chars": TOK, "bytes": load_tokenizer("bytes"), "mistral": mistral_tokenizer}[tokenizer]
+    records = varied_records(300) + [{"input": "<s> and </s> inside", "output": "\u4e2d\u6587 \U0001F600"}]
+    path = write_jsonl(tmp_path / "r.jsonl", records)
+    src, index = indexed(path, tok, tmp_path / "idx", chunk_bytes=700)  # ~40 parts, lines across their borders
+    assert index.built > 10 and len(list((tmp_path / "idx").rglob("*.npz"))) == index.built
+    assert [src[i] for i in range(len(src))] == records
+    expected = [len(encode_example(r, tok, max_length=10**6).tokens) + 1 for r in records]
+    assert src.id_counts.tolist() == expected
+    held_train, held = hold_out(src, 10, seed=2)
+    assert held.id_counts.tolist() == [expected[records.index(held[i])] for i in range(len(held))]
+    assert len(held_train.id_counts) == len(records) - 10
+
+
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("max_length", [16, 48, 200])
+@pytest.mark.parametrize("processes", [1, 3])
+def test_step_count_equals_the_rows_training_yields(tmp_path, pack, max_length, processes):
+    tok = CharTokenizer()
+    tok.adds_bos = False  # an empty record then has no tokens and is dropped
+    path = write_jsonl(tmp_path / "r.jsonl", varied_records(230) + [{"input": "", "output": ""}] * 3)
+    src, _ = indexed(path, tok, tmp_path / "idx")
+    for process in range(processes):
+        kwargs = dict(max_length=max_length, pack=pack, rows_per_batch=4, num_epochs=1, seed=5,
+                      process_index=process, process_count=processes)
+        counted = make_data(src, tok, **kwargs).rows_per_epoch()
+        assert counted == epoch_rows(make_data(src, tok, **kwargs)), (process, counted)
+        unindexed = read_records(str(path))  # counted by tokenizing this process's records instead
+        assert make_data(unindexed, tok, **kwargs).rows_per_epoch() == counted
+
+
+def test_processes_read_only_their_own_disjoint_shares(tmp_path, monkeypatch):
+    from jz3_jax.data import readers
+
+    records = varied_records(120)
+    path = write_jsonl(tmp_path / "r.jsonl", records)
+    everything = example_keys(list(make_data(read_records(str(path)), num_epochs=1)))
+    indexed(path, TOK, tmp_path / "idx")
+    monkeypatch.setattr(readers, "read_lines", None)  # no whole-file scan from here on
+    read: dict[int, list[int]] = {}
+    original = readers.JsonlFile.read
+    shares = []
+    for process in range(3):
+        src, index = indexed(path, TOK, tmp_path / "idx")
+        assert index.built == 0
+        monkeypatch.setattr(readers.JsonlFile, "read", lambda self, i, p=process: (read.setdefault(p, []).append(i),
+                                                                                 original(self, i))[1])
+        shares.append(example_keys(list(make_data(src, process_index=process, process_count=3, num_epochs=1))))
+    assert sorted(k for share in shares for k in share) == sorted(everything)
+    assert sum(len(s) for s in shares) == len(set(k for s in shares for k in s)) == len(records)
+    assert [len(set(read[p])) for p in range(3)] == [len(s) for s in shares]  # each read only its own records
+    assert not set(read[0]) & set(read[1]) and not set(read[1]) & set(read[2])
+
+
+def test_index_parts_are_built_once_over_the_processes(tmp_path):
+    from jz3_jax.data import TokenIndex, list_files
+
+    path = write_jsonl(tmp_path / "r.jsonl", varied_records(200))
+    files = list_files(str(path))
+    tok = CountingTokenizer()
+    processes = [TokenIndex(tmp_path / "idx", tok, chunk_bytes=900) for _ in range(3)]
+    tok.calls = 0
+    built = [index.build_share(files, split="train", bad_records="error", part=p, parts=3)
+             for p, index in enumerate(processes)]
+    parts = len(list((tmp_path / "idx").rglob("*.npz")))
+    assert parts > 6 and sum(built) == parts and max(built) - min(built) <= 1
+    assert tok.calls == 2 * 200  # every input and output encoded once, by one process
+    src = read_records(str(path), index=processes[0])
+    assert (processes[0].built, tok.calls, len(src)) == (built[0], 2 * 200, 200)
+
+
+def test_stale_index_is_rebuilt_when_the_file_changes(tmp_path):
+    records = varied_records(60)
+    path = write_jsonl(tmp_path / "r.jsonl", records)
+    tok = CountingTokenizer()
+    indexed(path, tok, tmp_path / "idx")
+    before = tok.calls
+    assert indexed(path, tok, tmp_path / "idx")[1].built == 0
+    assert tok.calls - before <= 1  # the tokenizer fingerprint's probe text; no record
+    changes = {"appended": records + [{"input": "new", "output": "record"}],
+               "same size": [{**records[0], "output": records[0]["output"].upper() + "x"}, *records[1:]]}
+    for name, content in changes.items():
+        write_jsonl(path, content)
+        src, index = indexed(path, tok, tmp_path / "idx")
+        assert index.built > 0, name
+        assert [src[i] for i in range(len(src))] == content, name
+        assert src.id_counts.tolist() == [len(r["input"]) + len(r["output"]) + 2 for r in content], name
+    # a different tokenizer or field names get their own index
+    assert indexed(path, CountingTokenizer(adds_bos=False), tmp_path / "idx")[1].built > 0
+    renamed = write_jsonl(tmp_path / "n.jsonl", [{"q": r["input"], "a": r["output"]} for r in records])
+    from jz3_jax.data import TokenIndex
+    src = read_records(str(renamed), input_field="q", output_field="a",
+                       index=TokenIndex(tmp_path / "idx", tok, ("q", "a")))
+    assert [src[i] for i in range(len(src))] == records
+
+
+def test_bad_records_through_the_index_are_counted_and_named_the_same(tmp_path, records):
+    good = [json.dumps(r) for r in records[:30]]
+    bad = ["{not json", "", json.dumps({"input": "only input"})]
+    lines = good[:20] + bad + good[20:] + ['{"input": 1, "output": "x"}']
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    for chunk in (200, 10**6):  # the bad lines in later parts, and all in one
+        directory = tmp_path / f"idx{chunk}"
+        src, _ = indexed(path, TOK, directory, chunk_bytes=chunk, bad_records="skip")
+        plain = read_records(str(path), bad_records="skip")
+        assert (src.skipped, len(src)) == (plain.skipped, len(plain)) == (3, 30)
+        assert [src[i] for i in range(len(src))] == records[:30]
+        data = make_data(src, num_epochs=1)
+        list(data)
+        assert data.stats()["skipped_records"] == 3
+        with pytest.raises(DataError) as without_index:
+            read_records(str(path))
+        with pytest.raises(DataError) as with_index:  # the index built under "skip" still knows the line
+            indexed(path, TOK, directory, chunk_bytes=chunk)
+        assert str(with_index.value) == str(without_index.value)
+        assert "bad.jsonl:21: not valid JSON" in str(with_index.value)
+
+
+def test_resume_reads_the_index_and_tokenizes_only_the_batches_it_trains_on(tmp_path):
+    records = varied_records(400)
+    path = write_jsonl(tmp_path / "r.jsonl", records)
+    tok = CountingTokenizer()
+    src, index = indexed(path, tok, tmp_path / "idx", chunk_bytes=4000)
+    assert index.built > 1 and 0 <= tok.calls - 2 * len(records) <= 1  # each text once (+ the fingerprint's probe)
+    data = make_data(src, tok, max_length=64)
+    rows = data.rows_per_epoch()
+    it = iter(data)
+    take(it, 5)
+    state = json.loads(json.dumps(data.get_state()))
+    expected = take(it, 2)
+    data.close()
+    fresh = CountingTokenizer()  # the resumed run's own (a new process), apart from the first one's reader threads
+    resumed_source, resumed_index = indexed(path, fresh, tmp_path / "idx", chunk_bytes=4000)
+    resumed = make_data(resumed_source, fresh, max_length=64)
+    assert (resumed.rows_per_epoch(), resumed_index.built) == (rows, 0)
+    assert fresh.calls <= 1  # no counting pass: at most the fingerprint's probe
+    resumed.set_state(state)
+    assert_same_batches(take(resumed, 2), expected)
+    examples = sum(int(b["segment_ids"].max(axis=1).sum()) for b in expected)
+    # the two batches' records, and what grain's reader threads prefetch past them; not the whole file
+    assert 0 < fresh.calls < len(records) and fresh.calls // 2 < examples + 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -158,6 +159,22 @@ def test_malformed_line_is_named_or_skipped(tmp_path, arithmetic):
     assert skipped.returncode == 0, skipped.stderr
     record = json.loads((tmp_path / "b" / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped_records"] == 1
+
+
+def test_epoch_steps_come_from_an_index_built_once(tmp_path, arithmetic):
+    args = train_args(tmp_path, arithmetic, "train.steps=0", "train.epochs=1", "train.checkpoint_every=2")
+    first = run_launch(*args, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "data index: " in first.stderr and "data: 64 training records" in first.stderr
+    steps = int(re.search(r"INFO training (\d+) steps", first.stderr).group(1))
+    assert sorted(losses(tmp_path)) == list(range(1, steps + 1))
+    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "sft" / "data_index").rglob("*.npz")}
+    assert parts
+    again = run_launch(*args, timeout=300)  # resumes at the last checkpoint: nothing is counted again
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from checkpoint at step {steps}" in again.stderr
+    assert "data index: " not in again.stderr and f"training {steps} steps" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "sft" / "data_index").rglob("*.npz")} == parts
 
 
 def test_empty_dataset_fails_before_compiling(tmp_path):

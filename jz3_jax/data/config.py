@@ -12,6 +12,8 @@ class DataConfig:
     `train_path`/`eval_path`: a .jsonl/.parquet/.array_record file, a directory or glob of them, or
     a TFDS array_record builder directory (format "tfds", split from `train_split`/`eval_split`).
     Without `eval_path`, `eval_rows` records are held out from the training data.
+    `index_dir`: where the one-time index of the records (byte offsets and token counts, `data/index.py`)
+    is kept; "" = the stage's directory (`RUN_DIR/STAGE/data_index`). Runs that share it index a file once.
     """
 
     train_path: str = ""
@@ -28,3 +30,4 @@ class DataConfig:
     bad_records: str = "error"  # error | skip
     shuffle: bool = True
     num_workers: int = 0
+    index_dir: str = ""

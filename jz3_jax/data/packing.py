@@ -50,6 +50,28 @@ def pack_examples(examples: grain.IterDataset, *, max_length: int, num_bins: int
     return packed.map(_packed_row)
 
 
+def packed_row_count(lengths: np.ndarray, *, max_length: int, num_bins: int) -> int:
+    """How many rows `pack_examples` makes of examples with these token counts (each 1..max_length), in order.
+
+    The packer's rule, on lengths alone: `num_bins` open rows; an example goes into the first open row
+    with room for it; when no row has room, the open rows are emitted and the example opens the next
+    ones; at the end the open rows that hold anything are emitted.
+    """
+    rows, used = 0, []
+    for n in np.asarray(lengths).tolist():
+        for i, filled in enumerate(used):
+            if filled + n <= max_length:
+                used[i] = filled + n
+                break
+        else:
+            if len(used) == num_bins:
+                rows += num_bins
+                used = [n]
+            else:
+                used.append(n)
+    return rows + len(used)
+
+
 def _packed_row(packed: dict) -> dict:
     row = {key: packed[key] for key in SEQUENCE_KEYS}
     # The packer gives every packed feature its own (identical) segment ids and positions.

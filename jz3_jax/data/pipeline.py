@@ -16,7 +16,8 @@ import numpy as np
 from .epochs import EPOCH, EpochsIterDataset
 from jz3_jax.errors import DataError
 from .examples import encode_example
-from .packing import ROW_KEYS, TRUNCATED, example_features, pack_examples, pad_batch, pad_example
+from .packing import (ROW_KEYS, TRUNCATED, example_features, pack_examples, packed_row_count, pad_batch,
+                      pad_example)
 from .sources import RecordSource
 
 _STATE_VERSION = 1
@@ -150,17 +151,35 @@ class TrainData:
     def rows_per_epoch(self) -> int:
         """Rows one epoch of this process yields (epoch 0; packing makes later epochs differ by a few rows).
 
-        Tokenizes the process's records once (cached).
+        Follows the pipeline on the examples' token counts: the same records in the same order, each
+        worker's slice on its own, the packer's first-fit rule (`packed_row_count`). The counts come
+        from the source's index (`RecordSource.id_counts`: no record is read), or else from tokenizing
+        this process's records once. Cached.
         """
         if self._rows_per_epoch is None:
             workers = self._num_workers if self._num_workers > 1 else 1
             slices = [None] if workers == 1 else [slice(w, None, workers) for w in range(workers)]
             total = 0
             for worker_slice in slices:
-                rows = self._rows(0, worker_slice)
-                total += sum(1 for _ in rows) if rows is not None else 0
+                lengths = self._example_lengths(worker_slice)
+                total += (packed_row_count(lengths, max_length=self.max_length, num_bins=self.rows_per_batch)
+                          if self._rows.pack else len(lengths))
             self._rows_per_epoch = total
         return self._rows_per_epoch
+
+    def _example_lengths(self, worker_slice: slice | None) -> np.ndarray:
+        """Token counts of the examples epoch 0 of this process (or of one worker's slice) packs, in order."""
+        records = self._rows.records(0)
+        if worker_slice is not None:
+            records = records[worker_slice]
+        counts = self.source.id_counts
+        if counts is not None:
+            lengths = np.minimum(counts[records], self.max_length + 1) - 1  # truncated as `encode_example` does
+        else:
+            encode = self._rows.encode
+            lengths = np.fromiter((len(encode(self.source[int(i)])["tokens"]) for i in records), np.int64,
+                                  len(records))
+        return lengths[lengths > 0]
 
     def __del__(self) -> None:
         try:
@@ -178,11 +197,15 @@ class _EpochRows:
         self.max_length, self.rows_per_batch, self.pack = max_length, rows_per_batch, pack
         self.seed, self.shuffle = seed, shuffle
 
+    def records(self, epoch: int) -> np.ndarray:
+        """The source indices of the records this process reads in `epoch`, in order."""
+        if not self.shuffle:
+            return self.positions
+        # one global order per epoch; this process reads its positions of it
+        return np.random.default_rng((self.seed + epoch) % 2**32).permutation(len(self.source))[self.positions]
+
     def __call__(self, epoch: int, worker_slice: slice | None) -> grain.IterDataset | None:
-        order = np.arange(len(self.source))
-        if self.shuffle:  # one global order per epoch; this process reads its positions of it
-            order = np.random.default_rng((self.seed + epoch) % 2**32).permutation(len(self.source))
-        records = grain.MapDataset.source(self.source.select(order[self.positions]))
+        records = grain.MapDataset.source(self.source.select(self.records(epoch)))
         if worker_slice is not None:
             records = records[worker_slice]
         if len(records) == 0:

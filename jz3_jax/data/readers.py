@@ -1,7 +1,8 @@
 """One reader per on-disk format: random access to the valid records of one file (or one TFDS split).
 
-Each reader validates every record once when it is built (so bad data fails before anything is compiled)
-and keeps only what random access needs: byte offsets for jsonl, valid row numbers for the others. Open file
+Each reader validates every record once when it is built (so bad data fails before anything is compiled),
+or, for jsonl, takes the byte offsets a `data.index` pass found once (`JsonlFile.from_offsets`), and keeps
+only what random access needs: byte offsets for jsonl, valid row numbers for the others. Open file
 handles are per process and reopened after pickling (grain worker processes get a pickled copy).
 """
 
@@ -20,6 +21,32 @@ from jz3_jax.records.formats import Row, iter_rows, open_parquet, open_tfds, sou
 from jz3_jax.records.jsonl import BadRecords, parse_line, read_lines
 
 Record = dict[str, str]
+
+
+def record_of(obj: Any, fields: tuple[str, str]) -> tuple[Record | None, str | None]:
+    """(record, None) for a decoded object with string `fields` (input, output), else (None, reason)."""
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    record = {}
+    for key, field in zip(("input", "output"), fields):
+        if field not in obj:
+            return None, f"missing field {field!r}"
+        value = obj[field]
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None, f"field {field!r} is not valid UTF-8"
+        if not isinstance(value, str):
+            return None, f"field {field!r} is {type(value).__name__}, not a string"
+        record[key] = value
+    return record, None
+
+
+def parse_record(data: bytes, fields: tuple[str, str]) -> tuple[Record | None, str | None]:
+    """(record, None) for one JSON line holding a valid record, else (None, reason)."""
+    obj, reason = parse_line(data)
+    return (None, reason) if reason else record_of(obj, fields)
 
 
 class RecordFile:
@@ -47,26 +74,10 @@ class RecordFile:
 
     def _record(self, obj: Any) -> tuple[Record | None, str | None]:
         """(record, None) for a valid decoded object, else (None, reason)."""
-        if not isinstance(obj, dict):
-            return None, f"expected a JSON object, got {type(obj).__name__}"
-        record = {}
-        for key, field in zip(("input", "output"), self._fields):
-            if field not in obj:
-                return None, f"missing field {field!r}"
-            value = obj[field]
-            if isinstance(value, bytes):
-                try:
-                    value = value.decode("utf-8")
-                except UnicodeDecodeError:
-                    return None, f"field {field!r} is not valid UTF-8"
-            if not isinstance(value, str):
-                return None, f"field {field!r} is {type(value).__name__}, not a string"
-            record[key] = value
-        return record, None
+        return record_of(obj, self._fields)
 
     def _parse(self, data: bytes) -> tuple[Record | None, str | None]:
-        obj, reason = parse_line(data)
-        return (None, reason) if reason else self._record(obj)
+        return parse_record(data, self._fields)
 
     def _valid_rows(self, rows: Iterable[Row]) -> np.ndarray:
         """The indices of the valid records among `rows`; each invalid one goes to the bad-record policy."""
@@ -106,6 +117,18 @@ class JsonlFile(RecordFile):
         self._starts = np.frombuffer(starts, dtype=np.int64) if starts else np.zeros(0, np.int64)
         self._ends = np.frombuffer(ends, dtype=np.int64) if ends else np.zeros(0, np.int64)
         self._fd: int | None = None
+
+    @classmethod
+    def from_offsets(cls, path: str, fields: tuple[str, str], bad_records: str, starts: np.ndarray,
+                     ends: np.ndarray, skipped: int = 0) -> JsonlFile:
+        """A reader over the records at byte ranges [starts, ends) found earlier (by `data.index`): the
+        file is not read here; `skipped` malformed lines were found when it was indexed."""
+        reader = cls.__new__(cls)
+        RecordFile.__init__(reader, path, fields, bad_records)
+        reader._bad.skipped = int(skipped)
+        reader._starts, reader._ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+        reader._fd = None
+        return reader
 
     def __len__(self) -> int:
         return len(self._starts)

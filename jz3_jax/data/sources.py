@@ -6,6 +6,7 @@ import bisect
 import glob
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from jz3_jax.errors import DataError
 from jz3_jax.records.formats import format_of, is_tfds_dir
 from jz3_jax.records.jsonl import BadRecords
 from .readers import ArrayRecordFile, JsonlFile, ParquetFile, Record, RecordFile, TfdsSplit
+
+if TYPE_CHECKING:
+    from .index import TokenIndex
 
 FORMATS = ("auto", "jsonl", "parquet", "array_record", "tfds")
 _FILE_READERS = {"jsonl": JsonlFile, "parquet": ParquetFile, "array_record": ArrayRecordFile}
@@ -27,11 +31,21 @@ class RecordSource(Sequence):
         files: the per-file readers.
     """
 
-    def __init__(self, path: str, files: list[RecordFile], indices: np.ndarray | None = None) -> None:
+    def __init__(self, path: str, files: list[RecordFile], indices: np.ndarray | None = None,
+                 counts: np.ndarray | None = None) -> None:
         self.path = path
         self.files = files
         self._ends = list(np.cumsum([len(f) for f in files]).tolist())
         self._indices = indices
+        self._counts = counts  # id counts of all the files' records (from a `TokenIndex`), or None
+
+    @property
+    def id_counts(self) -> np.ndarray | None:
+        """How many ids `encode_example` makes of each record (before truncation), when the source was
+        read through a `TokenIndex`; else None."""
+        if self._counts is None:
+            return None
+        return self._counts[self._indices] if self._indices is not None else self._counts
 
     @property
     def skipped(self) -> int:
@@ -55,14 +69,15 @@ class RecordSource(Sequence):
         """A view of the records at `indices` (positions in this source)."""
         indices = np.asarray(indices, dtype=np.int64)
         base = self._indices[indices] if self._indices is not None else indices
-        return RecordSource(self.path, self.files, base)
+        return RecordSource(self.path, self.files, base, self._counts)
 
     def __repr__(self) -> str:
         return f"RecordSource({self.path!r}, records={len(self)}, skipped={self.skipped})"
 
 
 def read_records(path: str, fmt: str = "auto", split: str = "train", input_field: str = "input",
-                 output_field: str = "output", bad_records: str = "error") -> RecordSource:
+                 output_field: str = "output", bad_records: str = "error", index: TokenIndex | None = None
+                 ) -> RecordSource:
     """Open the records at `path` for random access.
 
     `path` is a .jsonl / .parquet / .array_record file (ArrayRecord records hold JSON-encoded objects), a
@@ -71,24 +86,43 @@ def read_records(path: str, fmt: str = "auto", split: str = "train", input_field
     two string fields. Every record is validated once here: a malformed one raises DataError naming the file
     and line (jsonl, 1-based) or record/row index, unless `bad_records="skip"`, which drops and counts it
     (`RecordSource.skipped`). No records at all raises DataError.
+
+    With `index` (a `TokenIndex` for these fields), jsonl files are not read here: their byte offsets
+    and every record's id count come from the index (built once, where missing), and
+    `RecordSource.id_counts` holds the counts.
     """
+    listed = list_files(path, fmt, bad_records)
+    fields = (input_field, output_field)
+    if index is not None:
+        if index.fields != fields:
+            raise DataError(f"the index of {path} is for fields {index.fields}, not {fields}")
+        opened = [index.open(name, kind, split=split, bad_records=bad_records) for name, kind in listed]
+        files: list[RecordFile] = [reader for reader, _ in opened]
+        counts = np.concatenate([c for _, c in opened]) if opened else np.zeros(0, np.int32)
+    elif listed[0][1] == "tfds":
+        files, counts = [TfdsSplit(path, split, fields, bad_records)], None
+    else:
+        files, counts = [_FILE_READERS[kind](name, fields, bad_records) for name, kind in listed], None
+    source = RecordSource(path, files, counts=counts)
+    if len(source) == 0:
+        detail = f": all {source.skipped} records were malformed and skipped" if source.skipped else ""
+        raise DataError(f"no records in {path}{detail}")
+    return source
+
+
+def list_files(path: str, fmt: str = "auto", bad_records: str = "error") -> list[tuple[str, str]]:
+    """The (file, format) pairs `read_records` reads for `path`: [(path, "tfds")] for a TFDS builder
+    directory. Raises DataError for an unknown format or policy, or when nothing is there."""
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r} for {path}; expected one of {', '.join(FORMATS)}")
     BadRecords(bad_records, key="data.bad_records", error=DataError)  # checks the policy's name
     if not path:
         raise DataError("no data path given")
-    fields = (input_field, output_field)
     if fmt == "tfds" or (fmt == "auto" and is_tfds_dir(path)):
         if not os.path.isdir(path):
             raise DataError(f"TFDS builder directory {path} does not exist")
-        files: list[RecordFile] = [TfdsSplit(path, split, fields, bad_records)]
-    else:
-        files = [_FILE_READERS[kind](name, fields, bad_records) for name, kind in _list_files(path, fmt)]
-    source = RecordSource(path, files)
-    if len(source) == 0:
-        detail = f": all {source.skipped} records were malformed and skipped" if source.skipped else ""
-        raise DataError(f"no records in {path}{detail}")
-    return source
+        return [(path, "tfds")]
+    return _list_files(path, fmt)
 
 
 def hold_out(source: RecordSource, rows: int, seed: int = 0) -> tuple[RecordSource, RecordSource]:

@@ -42,14 +42,33 @@ if TYPE_CHECKING:
     from jz3_jax.train.spec import TrainSpec
 
 
-def _data(cfg: TrainSpec, tokenizer, ctx: StageContext, rows_per_process: int):
-    """(train data, eval data or None) for this process."""
+def _index(cfg: TrainSpec, tokenizer, ctx: StageContext):
+    """The data's `TokenIndex`, with this process's share of its missing parts built (process i of n
+    builds parts i, i + n, ...; a malformed record raises here, naming file and line, unless
+    `data.bad_records=skip`). Every part is there once all processes are past this."""
+    from jz3_jax.data import TokenIndex, list_files
+
+    d = cfg.data
+    if not d.train_path:
+        raise ConfigError("training needs data.train_path")
+    directory = d.index_dir or ctx.stage_dir / "data_index"
+    index = TokenIndex(directory, tokenizer, (d.input_field, d.output_field), logger=ctx.logger)
+    for path, split in ((d.train_path, d.train_split), (d.eval_path, d.eval_split)):
+        if path:
+            index.build_share(list_files(path, d.format, d.bad_records), split=split, bad_records=d.bad_records,
+                              part=ctx.process_index, parts=ctx.process_count)
+    return index
+
+
+def _data(cfg: TrainSpec, tokenizer, ctx: StageContext, rows_per_process: int, index=None):
+    """(train data, eval data or None) for this process; records are read through `index` when given."""
     from jz3_jax.data import TrainData, read_records
 
     d = cfg.data
     if not d.train_path:
         raise ConfigError("training needs data.train_path")
-    read = dict(fmt=d.format, input_field=d.input_field, output_field=d.output_field, bad_records=d.bad_records)
+    read = dict(fmt=d.format, input_field=d.input_field, output_field=d.output_field, bad_records=d.bad_records,
+                index=index)
     train_source = read_records(d.train_path, split=d.train_split, **read)
     eval_source = read_records(d.eval_path, split=d.eval_split, **read) if d.eval_path else None
     if eval_source is None and d.eval_rows > 0:
@@ -67,6 +86,24 @@ def _data(cfg: TrainSpec, tokenizer, ctx: StageContext, rows_per_process: int):
         evaluation = TrainData(eval_source, tokenizer, rows_per_batch=rows_per_process, shuffle=False,
                                num_epochs=None, **common)
     return train, evaluation
+
+
+def _open_data(cfg: TrainSpec, tokenizer, ctx: StageContext, rows_per_process: int, index):
+    """(train data, eval data or None, global rows per epoch or 0 with `train.steps` set), after every
+    process built its share of `index`: records and their token counts come from the index, so no
+    record is tokenized here. The processes agree on the outcome (e.g. too few records for one)."""
+    error = train = evaluation = None
+    try:
+        train, evaluation = _data(cfg, tokenizer, ctx, rows_per_process, index)
+        if cfg.train.steps == 0:
+            train.rows_per_epoch()
+    except Exception as e:  # noqa: BLE001 - re-raised by agree, in this process and as PeerFailed elsewhere
+        error = e
+    peers.agree("training data", error)
+    rows = global_rows_per_epoch(train, ctx.process_count) if cfg.train.steps == 0 else 0
+    ctx.logger.info("data: %d training records (%d skipped as malformed)%s", len(train.source), train.source.skipped,
+                    f", {rows} rows per epoch" if rows else "")
+    return train, evaluation, rows
 
 
 def global_rows_per_epoch(train_data, process_count: int) -> int:
@@ -109,13 +146,12 @@ class Trainer:
             rows_per_process = _check_batch(cfg, ctx.process_count)
             prepared = prepare_model(cfg.model, ctx.logger, needed_by="training")
             self.tokenizer = prepared.tokenizer
-            self.train_data, self.eval_data = _data(cfg, self.tokenizer, ctx, rows_per_process)
-            if cfg.train.steps == 0:
-                self.train_data.rows_per_epoch()  # tokenizes this process's share once (a bad record fails here)
+            index = _index(cfg, self.tokenizer, ctx)  # this process's share of a missing index (bad records fail here)
         except Exception as e:  # noqa: BLE001 - re-raised by agree, in this process and as PeerFailed elsewhere
             error = e
         peers.agree("training setup", error)
-        self.rows_per_epoch = global_rows_per_epoch(self.train_data, ctx.process_count) if cfg.train.steps == 0 else 0
+        self.train_data, self.eval_data, self.rows_per_epoch = _open_data(cfg, self.tokenizer, ctx, rows_per_process,
+                                                                          index)
         self.total_steps = total_steps(cfg, self.rows_per_epoch)
         with jax.set_mesh(self.mesh):
             model, self.model_cfg = prepared.load(self.mesh, self.rules, cfg.seed), prepared.config
