@@ -34,7 +34,14 @@ demo: install
 test: install
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m "not slow" tests
 
-test-all: install
+# test-all also installs the eval-harness extra (lm-evaluation-harness, for tests/test_serve_lm_eval.py),
+# once, with its own stamp; `make test` and `make install` leave it out.
+EVAL_STAMP := $(VENV)/.eval-harness-stamp
+$(EVAL_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,eval-harness]'
+	touch $(EVAL_STAMP)
+
+test-all: install $(EVAL_STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
 
 # The accelerator figures (README "Accelerator figures"): one process per benchmark, results appended
