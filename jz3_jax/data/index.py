@@ -6,7 +6,9 @@
 
 A JSON-lines file is cut into `chunk_bytes` parts at line starts. A part's index holds the byte range
 of each valid record, its id count (`[bos] + input + output + [eos]`, before truncation: what
-`encode_example` makes of it), and the number and first of its malformed lines. Each part is one
+`encode_example` makes of it), and the number and first of its malformed lines. Counts come from one
+batched tokenizer call per 8192 texts; the byte tokenizer's are the texts' UTF-8 byte counts (what its
+`encode` gives where no added token can occur; other texts are still tokenized). Each part is one
 `.npz` file, written once (atomically) and reused by every later run, resume and process: opening
 the data then reads no record, and a process reads only its own records (`JsonlFile.from_offsets`).
 Parquet / ArrayRecord / TFDS files keep their readers (they validate when opened) and get one part
