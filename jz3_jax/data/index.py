@@ -24,6 +24,7 @@ is not seen (write a new file rather than editing one in place). The index does 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -240,17 +241,18 @@ def _counter(tokenizer):
 
 def _is_byte_tokenizer(tokenizer) -> bool:
     """Whether `tokenizer` is the project's byte tokenizer (the same `tokenizers` pipeline)."""
-    from jz3_jax.tokenizer.byte_tokenizer import BYTE_TOKENIZER_NAME, byte_tokenizer
+    from jz3_jax.tokenizer.byte_tokenizer import BYTE_TOKENIZER_NAME
 
     if str(getattr(tokenizer, "source", "")) != BYTE_TOKENIZER_NAME:
         return False
-    return tokenizer.backend.to_str() == _byte_pipeline(byte_tokenizer)
+    return tokenizer.backend.to_str() == _byte_pipeline()
 
 
-def _byte_pipeline(make, _cache: list = []) -> str:  # noqa: B006 - built once per process
-    if not _cache:
-        _cache.append(make().backend.to_str())
-    return _cache[0]
+@functools.cache
+def _byte_pipeline() -> str:
+    from jz3_jax.tokenizer.byte_tokenizer import byte_tokenizer
+
+    return byte_tokenizer().backend.to_str()
 
 
 def _byte_counts(texts: list[str], backend_counts) -> np.ndarray:
