@@ -475,6 +475,52 @@ def test_index_holds_every_record_and_the_ids_it_encodes_to(tmp_path, tokenizer,
     assert len(held_train.id_counts) == len(records) - 10
 
 
+TRICKY_TEXTS = ["", " ", "a", "plain ascii text", "\u00e9t\u00e9", "\u4e2d\u6587", "\U0001F600 \U0001F9D1\u200d\U0001F4BB",
+                "e\u0301", "\ufeffbom", "\u2028\u2029", "\x00\x01\x7f", "tab\tcr\r\nlf\n", "  two  spaces  ", "\\frac{1}{2}",
+                "<s>", "</s>", "<pad>", "<unk>", "<", ">", "<<s>>", "</s</s>>", "<s><s></s>", "a<s>b</s>c<pad>d",
+                "<pa", "<|im_start|>", "x" * 5000, "\u00ff" * 300 + "<s>"]
+
+
+def test_byte_tokenizer_counts_are_its_encode_lengths_without_tokenizing(monkeypatch):
+    from jz3_jax.data.index import token_counts
+    from jz3_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("bytes")
+    expected = [len(tok.encode(text)) for text in TRICKY_TEXTS]
+    assert expected[TRICKY_TEXTS.index("<s><s></s>")] == 3  # added tokens are one id each
+    assert token_counts(tok, TRICKY_TEXTS).tolist() == expected
+    sent = []  # texts the tokenizer itself still sees: only those that may hold an added token
+    monkeypatch.setattr(tok, "_backend", _Spy(tok.backend, sent))
+    assert token_counts(tok, TRICKY_TEXTS).tolist() == expected
+    assert sent and all("<" in text for text in sent)
+    with pytest.raises(TypeError):  # a lone surrogate (valid JSON "\\ud800") fails as the tokenizer fails
+        token_counts(tok, ["ok", "\ud800"])
+
+
+class _Spy:
+    """A `tokenizers` backend that records the texts given to `encode_batch_fast`."""
+
+    def __init__(self, backend, sent):
+        self.backend, self.sent = backend, sent
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def encode_batch_fast(self, texts, **kwargs):
+        self.sent.extend(texts)
+        return self.backend.encode_batch_fast(texts, **kwargs)
+
+
+def test_a_changed_byte_pipeline_is_tokenized():
+    from jz3_jax.data.index import token_counts
+    from jz3_jax.tokenizer.byte_tokenizer import byte_tokenizer
+    from tokenizers import AddedToken
+
+    tok = byte_tokenizer()
+    tok.backend.add_special_tokens([AddedToken("ab", special=True)])
+    assert token_counts(tok, ["xaby", "ab"]).tolist() == [3, 1] == [len(tok.encode(t)) for t in ["xaby", "ab"]]
+
+
 @pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize("max_length", [16, 48, 200])
 @pytest.mark.parametrize("processes", [1, 3])

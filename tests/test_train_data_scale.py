@@ -1,14 +1,16 @@
-"""`pretrain` start-up at growing data sizes (issue 28): with the one-time index in place, launch to the
-first logged step at 400k records takes at most 1.5x that at 100k (model init and compile included),
-and a resume builds no index part (no counting pass).
+"""`pretrain` start-up at growing data sizes (issue 28): launch to the first logged step at 400k records
+takes at most 1.5x that at 100k (model init and compile included), both for a first launch (which
+builds the data index) and for a later one (index in place), and a resume builds no index part (no
+counting pass).
 
-Slow (about 5 minutes on 2 cores): the records (~600 bytes each, 60 and 240 MB) are generated in the
-test's temp dir, indexed once the way the first launch would (`TokenIndex.build_share`, timed), then
-`pretrain` is launched on each. Fast tests of the same logic are in test_data.py and test_trainer.py.
+Slow (about 6 minutes on 2 cores): the records (~600 bytes each, 60 and 240 MB) are generated in the
+test's temp dir, indexed alone once (`TokenIndex.build_share`, timed), then `pretrain` is launched on
+each with a new index directory (cold), again as a new run (warm), and at 400k resumed. Fast tests of
+the same logic are in test_data.py and test_trainer.py.
 
 The README's figures: `python tests/test_train_data_scale.py DIR RECORDS [REPO]` writes RECORDS
 records under DIR and prints one JSON line of seconds to the first logged step: `first` (a new run,
-which builds the index), `resume` (the same run relaunched after step 1) and `later` (a new run on
+which builds the index in a new directory), `resume` (the same run relaunched after step 1) and `later` (a new run on
 the same index); with REPO (another checkout, e.g. the version before) `first` and `resume` only.
 """
 
@@ -89,19 +91,23 @@ def test_start_up_does_not_grow_with_the_records(tmp_path):
     figures = {}
     for n in (100_000, 400_000):
         data = write_records(tmp_path / f"records_{n}.jsonl", n)
+        figures[f"index_{n}"] = build_index(data, tmp_path / f"index_only_{n}")  # the index build alone
         index_dir = tmp_path / f"index_{n}"
-        figures[f"index_{n}"] = build_index(data, index_dir)
-        parts = {p: p.stat().st_mtime_ns for p in index_dir.rglob("*.npz")}
         run_dir = tmp_path / f"run_{n}"
-        figures[f"first_step_{n}"], log = first_step_seconds(run_dir, data, index_dir)
+        figures[f"cold_{n}"], log = first_step_seconds(run_dir, data, index_dir)  # builds the index
+        assert "data index:" in log and f"data: {n} training records" in log
+        parts = {p: p.stat().st_mtime_ns for p in index_dir.rglob("*.npz")}
+        figures[f"warm_{n}"], log = first_step_seconds(tmp_path / f"run_{n}_later", data, index_dir)
         assert "data index:" not in log and f"data: {n} training records" in log
         if n == 400_000:
-            figures["resume_400000"], log = first_step_seconds(run_dir, data, index_dir, step=2)
+            later = tmp_path / f"run_{n}_later"  # its log holds no index build of its own first launch
+            figures["resume_400000"], log = first_step_seconds(later, data, index_dir, step=2)
             assert "resumed from checkpoint at step 1" in log and "data index:" not in log  # no part built
-            assert {p: p.stat().st_mtime_ns for p in index_dir.rglob("*.npz")} == parts
+        assert {p: p.stat().st_mtime_ns for p in index_dir.rglob("*.npz")} == parts
         data.unlink()
     print(json.dumps({k: round(v, 1) for k, v in figures.items()}))
-    assert figures["first_step_400000"] <= 1.5 * figures["first_step_100000"], figures
+    assert figures["cold_400000"] <= 1.5 * figures["cold_100000"], figures
+    assert figures["warm_400000"] <= 1.5 * figures["warm_100000"], figures
 
 
 def measure(directory: Path, records: int, repo: Path | None = None) -> dict:
@@ -110,8 +116,8 @@ def measure(directory: Path, records: int, repo: Path | None = None) -> dict:
     data = directory / f"records_{records}.jsonl"
     if not data.exists():
         write_records(data, records)
-    index_dir = None if repo else directory / f"index_{records}"
     stamp = time.strftime("%H%M%S")
+    index_dir = None if repo else directory / f"index_{records}_{stamp}"  # new: `first` builds it
     run = directory / f"run_{records}_{stamp}"
     figures = {"records": records, "repo": str(repo or REPO_ROOT)}
     figures["first"] = first_step_seconds(run, data, index_dir, 1, repo or REPO_ROOT)[0]

@@ -6,7 +6,9 @@
 
 A JSON-lines file is cut into `chunk_bytes` parts at line starts. A part's index holds the byte range
 of each valid record, its id count (`[bos] + input + output + [eos]`, before truncation: what
-`encode_example` makes of it), and the number and first of its malformed lines. Each part is one
+`encode_example` makes of it), and the number and first of its malformed lines. Counts come from one
+batched tokenizer call per 8192 texts; the byte tokenizer's are the texts' UTF-8 byte counts (what its
+`encode` gives where no added token can occur; other texts are still tokenized). Each part is one
 `.npz` file, written once (atomically) and reused by every later run, resume and process: opening
 the data then reads no record, and a process reads only its own records (`JsonlFile.from_offsets`).
 Parquet / ArrayRecord / TFDS files keep their readers (they validate when opened) and get one part
@@ -22,6 +24,7 @@ is not seen (write a new file rather than editing one in place). The index does 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -70,6 +73,7 @@ class TokenIndex:
         self.logger = logger or logging.getLogger("jz3_jax")
         self.built = 0
         self._tokenizer_key = tokenizer_fingerprint(tokenizer)
+        self._count = _counter(tokenizer)
 
     # --- which parts --------------------------------------------------------------------------
 
@@ -166,8 +170,8 @@ class TokenIndex:
         """How many ids `encode_example` makes of each record before truncation."""
         if not records:
             return np.zeros(0, np.int32)
-        inputs = token_counts(self.tokenizer, [r["input"] for r in records])
-        outputs = token_counts(self.tokenizer, [r["output"] for r in records])
+        inputs = self._count([r["input"] for r in records])
+        outputs = self._count([r["output"] for r in records])
         return (inputs + outputs + int(bool(self.tokenizer.adds_bos)) + 1).astype(np.int32)
 
     # --- loading ------------------------------------------------------------------------------
@@ -212,17 +216,62 @@ class TokenIndex:
 
 def token_counts(tokenizer, texts: list[str]) -> np.ndarray:
     """The number of ids `tokenizer.encode(text)` gives for each text (one batched call where it can)."""
+    return _counter(tokenizer)(texts)
+
+
+def _counter(tokenizer):
+    """A function: texts -> `token_counts(tokenizer, texts)`; the byte tokenizer's counts without tokenizing."""
     from jz3_jax.tokenizer.hf_tokenizer import HFTokenizer
 
     backend = getattr(tokenizer, "backend", None)
     if (isinstance(tokenizer, HFTokenizer) and type(tokenizer)._encode_plain is HFTokenizer._encode_plain
             and hasattr(backend, "encode_batch_fast")):
-        # The same backend call as `encode`, without the offsets it would also compute.
-        encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-        return np.fromiter((len(e) for e in encodings), np.int64, len(texts))
+        def backend_counts(texts: list[str]) -> np.ndarray:
+            # The same backend call as `encode`, without the offsets it would also compute.
+            encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+            return np.fromiter((len(e) for e in encodings), np.int64, len(texts))
+
+        if _is_byte_tokenizer(tokenizer):
+            return lambda texts: _byte_counts(texts, backend_counts)
+        return backend_counts
     if hasattr(tokenizer, "encode_batch"):
-        return np.fromiter((len(ids) for ids in tokenizer.encode_batch(texts)), np.int64, len(texts))
-    return np.fromiter((len(tokenizer.encode(text)) for text in texts), np.int64, len(texts))
+        return lambda texts: np.fromiter((len(ids) for ids in tokenizer.encode_batch(texts)), np.int64, len(texts))
+    return lambda texts: np.fromiter((len(tokenizer.encode(text)) for text in texts), np.int64, len(texts))
+
+
+def _is_byte_tokenizer(tokenizer) -> bool:
+    """Whether `tokenizer` is the project's byte tokenizer (the same `tokenizers` pipeline)."""
+    from jz3_jax.tokenizer.byte_tokenizer import BYTE_TOKENIZER_NAME
+
+    if str(getattr(tokenizer, "source", "")) != BYTE_TOKENIZER_NAME:
+        return False
+    return tokenizer.backend.to_str() == _byte_pipeline()
+
+
+@functools.cache
+def _byte_pipeline() -> str:
+    from jz3_jax.tokenizer.byte_tokenizer import byte_tokenizer
+
+    return byte_tokenizer().backend.to_str()
+
+
+def _byte_counts(texts: list[str], backend_counts) -> np.ndarray:
+    """The byte tokenizer's id counts: one id per UTF-8 byte. Its pipeline has no normalizer and no merges,
+    so a text is split only at its added tokens (<pad>, <s>, </s>, each one id); texts that may hold one
+    (a "<"), or that are not valid UTF-8 (lone surrogates), go to the tokenizer itself."""
+    counts = np.empty(len(texts), np.int64)
+    others = []
+    for i, text in enumerate(texts):
+        if "<" in text:
+            others.append(i)
+            continue
+        try:
+            counts[i] = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            others.append(i)
+    if others:
+        counts[others] = backend_counts([texts[i] for i in others])
+    return counts
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
