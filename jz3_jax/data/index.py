@@ -38,7 +38,7 @@ import numpy as np
 from etils import epath
 
 from jz3_jax.errors import DataError
-from jz3_jax.records.jsonl import BadRecords
+from jz3_jax.records.jsonl import BadRecords, line_number
 from .readers import ArrayRecordFile, JsonlFile, ParquetFile, RecordFile, TfdsSplit, parse_record
 
 VERSION = 1
@@ -210,7 +210,7 @@ class TokenIndex:
         if meta["first_bad"] is None or bad_records == "skip":
             return
         offset, reason = meta["first_bad"]
-        line = _line_number(part.path, int(offset))
+        line = line_number(part.path, int(offset))
         BadRecords(bad_records, key="data.bad_records", error=DataError)(f"{part.path}:{line}", reason)
 
 
@@ -341,19 +341,6 @@ def _line_start(fd: int, size: int, position: int) -> int:
             return cursor + found + 1
         cursor += len(block)
     return size
-
-
-def _line_number(path: str, offset: int) -> int:
-    """The 1-based number of the line starting at byte `offset` of `path`."""
-    newlines, done = 0, 0
-    with open(path, "rb") as f:
-        while done < offset:
-            block = f.read(min(16 << 20, offset - done))
-            if not block:
-                break
-            newlines += block.count(b"\n")
-            done += len(block)
-    return newlines + 1
 
 
 def _meta(records: int, skipped: int, first_bad: tuple[int, str] | None) -> np.ndarray:

@@ -145,3 +145,17 @@ def write_lines(path: str | os.PathLike, records: Iterable[dict], *, ascii_only:
             f.write(json.dumps(record, ensure_ascii=ascii_only) + "\n")
             count += 1
     return count
+
+
+def line_number(path: str | os.PathLike, offset: int) -> int:
+    """The 1-based number of the line starting at byte `offset` of `path` (local or a URL), for
+    error messages of readers that seek by byte offsets."""
+    count, done = 1, 0
+    with as_path(path).open("rb") as f:
+        while done < offset:
+            block = f.read(min(16 << 20, offset - done))
+            if not block:
+                break
+            count += block.count(b"\n")
+            done += len(block)
+    return count

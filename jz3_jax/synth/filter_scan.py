@@ -19,17 +19,16 @@ import time
 from typing import IO, Callable, Iterator
 
 from jz3_jax.errors import FilterError
-from jz3_jax.records.jsonl import parse_line
+from jz3_jax.prompts.library import SOLUTION_HEADERS
+from jz3_jax.records.jsonl import line_number, parse_line
 from jz3_jax.runtime.paths import as_path
-from jz3_jax.synth.completions import Completion
-from jz3_jax.synth.completions import check_completion
+from jz3_jax.synth.completions import Completion, check_completion
 from jz3_jax.synth.contamination import EvalIndex
 from jz3_jax.synth.dedup import MinHasher, exact_key
 from jz3_jax.synth.dedup_spool import SpoolWriter
 from jz3_jax.synth.parse import KINDS, Malformed, parse_completion
 from jz3_jax.synth.text import WordHasher, words
 
-SOLUTION_HEADERS = {"cot": "## Solution", "tool": "## Code Solution"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +66,6 @@ def iter_piece(piece: Piece) -> Iterator[tuple[bytes, int]]:
                 return
             yield data, pos
             pos += len(data)
-
-
-def line_number(path: str, offset: int) -> int:
-    """The 1-based number of the line starting at byte `offset` (for error messages only)."""
-    count, done = 1, 0
-    with as_path(path).open("rb") as f:
-        while done < offset:
-            chunk = f.read(min(1 << 20, offset - done))
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            done += len(chunk)
-    return count
 
 
 def training_input(problem: str, kind: str) -> str:
