@@ -8,11 +8,15 @@ fixtures of the same names in `conftest.py`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -89,3 +93,33 @@ def package_file(package: str, *parts: str) -> str:
     if not os.path.exists(path):
         pytest.skip(f"{path} is missing")
     return path
+
+
+@contextlib.contextmanager
+def launched_serve(config: str, overrides: Sequence[str], run_dir: Path, start_timeout: float = 240):
+    """`python -m jz3_jax.launch serve --config CONFIG serve.port=0 OVERRIDES` in a subprocess; yields
+    (base url, model name, the queue of its later stdout lines) once it prints its `serving` line,
+    then SIGTERMs it, which must end it with exit code 0. Its stderr goes to RUN_DIR/stderr.txt."""
+    command = [sys.executable, "-m", "jz3_jax.launch", "serve", "--config", config, "serve.port=0", *overrides,
+               "--run-dir", str(run_dir)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=stderr,
+                                text=True)
+        try:
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+            try:
+                line = lines.get(timeout=start_timeout)  # startup includes the engine warm-up compiles
+            except queue.Empty:
+                raise AssertionError("serve did not start:\n" + log.read_text()[-4000:]) from None
+            match = re.fullmatch(r"serving (\S+) on (http://127\.0\.0\.1:\d+)\n", line)
+            assert match, line + log.read_text()[-4000:]
+            yield match.group(2), match.group(1), lines
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

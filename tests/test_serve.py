@@ -9,19 +9,14 @@ import http.client
 import importlib.util
 import json
 import logging
-import queue
-import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
-from helpers import REPO_ROOT, subprocess_env
+from helpers import REPO_ROOT, launched_serve
 from jz3_jax.config import apply_overrides, load_config
 from jz3_jax.decoding import Event, Generation, Request, SamplingParams
 from jz3_jax.decoding.factory import load_engine
@@ -304,25 +299,11 @@ def test_200_concurrent_requests_get_completions_or_429(tiny_server):
 
 
 def test_stage_serves_until_sigterm(tmp_path):
-    command = [sys.executable, "-m", "jz3_jax.launch", "serve", "--config", "configs/tiny.py", "serve.port=0",
-               "engine.max_seq_len=128", "engine.prompt_bucket=16", "--run-dir", str(tmp_path / "run")]
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=stderr,
-                                text=True)
-        try:
-            lines: queue.Queue = queue.Queue()
-            threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-            line = lines.get(timeout=240)  # startup includes the engine warm-up compiles
-            match = re.fullmatch(r"serving llama-random on (http://127\.0\.0\.1:\d+)\n", line)
-            assert match, line
-            status, body = post(match.group(1) + "/v1/completions", {"prompt": "hello", "max_tokens": 5})
-            assert status == 200 and body["usage"]["completion_tokens"] <= 5, body
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0, (tmp_path / "stderr.txt").read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    overrides = ["engine.max_seq_len=128", "engine.prompt_bucket=16"]
+    with launched_serve("configs/tiny.py", overrides, tmp_path / "run") as (url, model, lines):
+        assert model == "llama-random"
+        status, body = post(url + "/v1/completions", {"prompt": "hello", "max_tokens": 5})
+        assert status == 200 and body["usage"]["completion_tokens"] <= 5, body
     assert lines.empty() or "serving" not in lines.get_nowait()  # the line is printed once
 
 

