@@ -421,3 +421,24 @@ def test_two_processes_run_the_pipeline_together_and_a_rerun_skips(tmp_path, tea
     codes, stderr, seconds = Pod("pipeline", [run_dir, run_dir], *args).start().wait(timeout=300)
     assert codes == [0, 0], "\n".join(s[-2000:] for s in stderr)
     assert set(outcome(stderr[0]).values()) == {"skipped"}
+
+
+def test_stage_specs_artifact_table_and_pipeline_links_agree():
+    """Every artifact a spec consumes or produces is in the table, the table's producer declares it,
+    and every pipeline link reads an artifact that the linked step's stage produces."""
+    from jz3_jax.pipeline.steps import ALL
+    from jz3_jax.runtime.artifacts import ARTIFACTS
+    from jz3_jax.stages import STAGES
+
+    produced = {}
+    for stage in STAGES.values():
+        spec = stage.spec_type()
+        if spec is None:
+            continue
+        assert set(spec.CONSUMES) <= set(ARTIFACTS) and set(spec.PRODUCES) <= set(ARTIFACTS), stage.name
+        produced[stage.name] = set(spec.PRODUCES)
+    for name, artifact in ARTIFACTS.items():
+        assert name in produced.get(artifact.producer, set()) or name == "pretrain.data", name
+    for step in ALL.values():
+        for link in step.links:
+            assert link.artifact in produced[ALL[link.step].stage], (step.name, link)
