@@ -17,6 +17,7 @@ import numpy as np
 
 from jz3_jax.decoding.buckets import doubling_buckets, group_rows, smallest_at_least
 from jz3_jax.decoding.paging import PagePool, page_keys, pages_for
+from jz3_jax.decoding.requests import RequestError
 
 
 def context_width(widths: Sequence[int], start: int, total: int) -> tuple[int, int]:
@@ -56,9 +57,11 @@ class PagedRows:
         self.prefill_tokens_total = 0
         self.preemptions = 0
 
-    def fits(self, tokens: int) -> bool:
-        """Whether a row of `tokens` cached tokens fits the pool on its own."""
-        return pages_for(tokens, self.page_size) <= self.pool.usable
+    def check(self, tokens: int) -> None:
+        """Raise RequestError unless a row of `tokens` cached tokens fits the pool on its own."""
+        if pages_for(tokens, self.page_size) > self.pool.usable:
+            raise RequestError(f"a request of {tokens + 1} tokens (prompt + max_new_tokens) needs more than the "
+                               f"engine's pool of {self.pool.usable} pages of {self.page_size} (engine.num_pages)")
 
     def short(self, row: int, tokens: int) -> int:
         """Pages `row` lacks to hold `tokens` tokens."""
@@ -92,6 +95,27 @@ class PagedRows:
     def grow(self, row: int, n: int) -> None:
         """Give `row` `n` more pages (the caller checked `pool.available()`)."""
         self._set(row, self._pages[row] + self.pool.take(n))
+
+    def growth(self, lives: Sequence, steps: int) -> int:
+        """Pages the running rows (`lives[row]`: an engine `Live`) lack for their next `steps` tokens."""
+        return sum(self.short(row, lives[row].tokens_after(steps)) for row in self.order)
+
+    def make_room(self, lives: Sequence, steps: int) -> list[int]:
+        """Give every running row pages for its next `steps` tokens, oldest first; when the pool runs
+        dry, free the most recently admitted row (the row itself, if it is that one). Returns the
+        rows freed so, in that order (preempted: the engine requeues their requests)."""
+        preempted: list[int] = []
+        for row in list(self.order):
+            if row in preempted:
+                continue
+            short = self.short(row, lives[row].tokens_after(steps))
+            while short > self.pool.available() and row not in preempted:
+                preempted.append(self.order[-1])
+                self.free(self.order[-1])
+                self.preemptions += 1
+            if row not in preempted and short:
+                self.grow(row, short)
+        return preempted
 
     def free(self, row: int) -> None:
         """Return `row`'s pages (the last ones first: a prefix's deeper pages are evicted before its root)."""
