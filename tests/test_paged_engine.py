@@ -208,3 +208,21 @@ def test_a_request_beyond_the_pool_is_refused(model):
         engine.submit(Request([1] * 20, SamplingParams(max_new_tokens=14)))
     done = engine.generate([Request([1] * 20, SamplingParams(max_new_tokens=13))])  # the last token is never cached
     assert len(done[0].token_ids) == 13
+
+
+def test_rows_admitted_together_share_a_prefix_in_prefill_rounds():
+    from jz3_jax.decoding.paged_rows import PagedRows
+
+    rows = PagedRows(rows=3, max_seq_len=64, page_size=4, num_pages=40, prefix_cache=True)
+    template = list(range(12))  # 3 full pages
+    rows.begin_wave()
+    assert rows.admit(0, template + [50, 51], upto=16, reserve=0) == (0, 0)  # computes the template
+    assert rows.admit(1, template + [60], upto=16, reserve=0) == (12, 1)  # reads it: prefilled after row 0
+    assert rows.admit(2, [99] + template, upto=16, reserve=0) == (0, 0)  # another prefix entirely
+    assert list(rows.table[1, :3]) == list(rows.table[0, :3]) and rows.table[1, 3] not in rows.table[0]
+    assert rows.prefix_hit_tokens == 12 and rows.prefill_tokens_computed == 14 + 1 + 13
+    rows.free(0)
+    rows.free(1)
+    rows.begin_wave()
+    assert rows.admit(0, template + [7, 7, 7, 7, 1], upto=20, reserve=0) == (12, 0)  # cached before this wave
+    assert rows.admit(1, [5] * 30, upto=40, reserve=40) is None  # the reserve for other rows does not fit

@@ -233,13 +233,11 @@ class Engine:
                                          self._prefill_batch(rows, width, (context or [width])[0], [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
             # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
-            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, 0).compile()
             for n in [0] + ([self.max_logprobs] if logprobs and self.max_logprobs else []):
+                device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, n).compile()
                 device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
                                     self.eos_ids, self.max_top_k, n, self._page_table()).compile()
             if logprobs and self.max_logprobs:
-                device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules,
-                                          self.max_logprobs).compile()
                 for width in self.prefill_widths:
                     device.score_prompt.lower(self.graphdef, self.params, *score_inputs([0], width, 0.0, self.pad_id),
                                               self.max_logprobs).compile()
@@ -331,29 +329,30 @@ class Engine:
         has their pages) and sample the first token of each new one (not of a resumed one)."""
         free = [i for i, r in enumerate(self._rows) if r is None]
         admitted: list[RowPrefill] = []
-        reserve = self._paging.growth(self._rows, self.steps_per_dispatch) if self._paging is not None else 0
+        reserve, rounds = 0, {}
+        if self._paging is not None:
+            reserve = self._paging.growth(self._rows, self.steps_per_dispatch)
+            self._paging.begin_wave()
         while free and self._waiting:
             live = self._waiting[0]
             item = RowPrefill(free[0], live, live.cached_tokens)  # resumed: all but the pending token
             if self._paging is not None:
                 upto = live.tokens_after(self.steps_per_dispatch)
-                start = self._paging.admit(item.row, item.tokens, upto, reserve)
-                if start is None:
+                admitted_at = self._paging.admit(item.row, item.tokens, upto, reserve)
+                if admitted_at is None:
                     break
-                item.start = start
+                item.start, rounds[item.row] = admitted_at
                 reserve += self._paging.short(item.row, upto)
             admitted.append(item)
             self._rows[free.pop(0)] = self._waiting.popleft()
-        by_shape: dict[tuple[int, int], list[RowPrefill]] = collections.defaultdict(list)
+        by_shape: dict[tuple[int, int, int], list[RowPrefill]] = collections.defaultdict(list)
         for item in admitted:  # (contiguous: start 0, context = width)
-            by_shape[context_width(self.prefill_widths, item.start, len(item.tokens))].append(item)
-        for (width, context), group in sorted(by_shape.items()):
+            shape = context_width(self.prefill_widths, item.start, len(item.tokens))
+            by_shape[(rounds.get(item.row, 0), *shape)].append(item)
+        for (_, width, context), group in sorted(by_shape.items()):
             step = group_rows(context, self.max_seq_len, self.max_batch)
             for start in range(0, len(group), step):
                 self._prefill(width, context, group[start: start + step])
-        if self._paging is not None:
-            for item in admitted:
-                self._paging.publish(item.row, item.tokens)
         new = [item for item in admitted if not item.live.tokens]
         if new:
             fresh = np.zeros(self.max_batch, bool)

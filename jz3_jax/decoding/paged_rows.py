@@ -52,6 +52,7 @@ class PagedRows:
         self.table = np.zeros((rows, self.pages_per_row), np.int32)
         self._pages: list[list[int]] = [[] for _ in range(rows)]
         self.order: list[int] = []  # running rows, least recently admitted first
+        self._wave: dict[int, int] = {}  # pages computed by the current admission wave -> their prefill round
         self.prefix_hit_tokens = 0
         self.prefill_tokens_computed = 0
         self.prefill_tokens_total = 0
@@ -67,10 +68,18 @@ class PagedRows:
         """Pages `row` lacks to hold `tokens` tokens."""
         return max(0, pages_for(tokens, self.page_size) - len(self._pages[row]))
 
-    def admit(self, row: int, tokens: Sequence[int], upto: int, reserve: int) -> int | None:
+    def begin_wave(self) -> None:
+        """Start admitting a new set of rows (their prefills follow `admit`'s rounds)."""
+        self._wave = {}
+
+    def admit(self, row: int, tokens: Sequence[int], upto: int, reserve: int) -> tuple[int, int] | None:
         """Give `row` the pages of `tokens` (cached prefix pages shared, fresh ones for the rest) if the
-        pool can also grow the row to `upto` tokens and keep `reserve` pages for the other rows;
-        returns the cached prefix length (the suffix to compute starts there), or None (nothing taken)."""
+        pool can also grow the row to `upto` tokens and keep `reserve` pages for the other rows.
+
+        Returns None (nothing taken), or (the cached prefix length: the suffix to compute starts
+        there, the prefill round). The row's full pages are published at once, so a later row of the
+        same wave shares them too: its round follows the rounds of the rows that compute its prefix
+        (round 0 reads only pages computed before the wave), and the prefills run round by round."""
         n = len(tokens)
         upto = max(upto, n)
         # At least one token is computed (its logits start the row): a full-hit prompt recomputes its last page.
@@ -81,11 +90,14 @@ class PagedRows:
         self.pool.hold(hits)
         self._set(row, hits + self.pool.take(pages_for(n, self.page_size) - len(hits)))
         self.order.append(row)
+        prefill_round = max((self._wave[page] + 1 for page in hits if page in self._wave), default=0)
+        self._wave.update((page, prefill_round) for page in self._pages[row][len(hits):])
+        self.publish(row, tokens)
         start = len(hits) * self.page_size
         self.prefix_hit_tokens += start
         self.prefill_tokens_computed += n - start
         self.prefill_tokens_total += n
-        return start
+        return start, prefill_round
 
     def publish(self, row: int, tokens: Sequence[int]) -> None:
         """Offer the full pages of `tokens` (prefilled into `row`) to later prompts."""
