@@ -13,6 +13,7 @@ from flax import nnx
 from jz3_jax.model.attention import DECODE_LAYOUTS, DEFAULT_DECODE_LAYOUT, attention_mask, dot_product_attention, write_kv
 from jz3_jax.model.attention_kernels import check_attention_kind, fused_attention
 from jz3_jax.model.config import ModelConfig
+from jz3_jax.model.logra import tap
 from jz3_jax.model.lora import TARGETS, adapter
 from jz3_jax.model.moe import MoE
 from jz3_jax.model.paged_attention import PagedSlots, paged_decode_attention, paged_prefill_attention, write_pages
@@ -49,6 +50,8 @@ class MLP(nnx.Module):
         lora = adapter(self, name)
         if lora is not None:
             out = out + lora(x, 1, _subkey(key, name))
+        if tap(self, name) is not None:
+            out = out + tap(self, name)(x, 1)
         return out
 
     def __call__(self, x: jax.Array, rules: tuple, dropout_key=None) -> jax.Array:
@@ -85,6 +88,8 @@ class Attention(nnx.Module):
         lora = adapter(self, name)
         if lora is not None:
             out = out + lora(rows, 1, _subkey(key, name))
+        if tap(self, name) is not None:
+            out = out + tap(self, name)(rows, 1).reshape(out.shape)
         if self.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return out
@@ -137,6 +142,8 @@ class Attention(nnx.Module):
         if lora is not None:
             heads = heads_out.reshape(b * t, *o.shape[:2])
             projected = projected + lora(heads, 2, _subkey(dropout_key, "o"))
+        if tap(self, "o") is not None:
+            projected = projected + tap(self, "o")(heads_out.reshape(b * t, *o.shape[:2]), 2)
         return projected.reshape(b, t, e), new_kv
 
 

@@ -19,7 +19,7 @@ from jz3_jax.model.layer_stack import is_stacked, layer_modules, per_layer, spli
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # target -> (owner module attribute, number of input dims of W, logical axes of W)
-_LAYOUT = {
+LAYOUT = {
     "q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2),
     "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1),
 }
@@ -44,7 +44,14 @@ class LoRA(nnx.Module):
             keep = 1.0 - self.dropout
             x = jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep, 0).astype(x.dtype)
         a, b = self.a[...].astype(x.dtype), self.b[...].astype(x.dtype)
-        return jnp.tensordot(jnp.tensordot(x, a, axes=n_in), b, axes=1) * self.scale
+        h = jnp.tensordot(x, a, axes=n_in)
+        tap_a, tap_b = getattr(self, "a_logra", None), getattr(self, "b_logra", None)  # `model/logra.py`
+        if tap_a is not None:
+            h = h + tap_a(x, n_in)
+        u = jnp.tensordot(h, b, axes=1)
+        if tap_b is not None:
+            u = u + tap_b(h, 1)
+        return u * self.scale
 
 
 def adapter(module: nnx.Module, name: str) -> LoRA | None:
@@ -65,7 +72,7 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets, seed: int)
     stacked = is_stacked(model)
     for li, layer in enumerate(layer_modules(model)):
         for ti, name in enumerate(targets):
-            owner_name, n_in = _LAYOUT[name]
+            owner_name, n_in = LAYOUT[name]
             owner = getattr(layer, owner_name)
             weight = getattr(owner, name)
             shape, axes = weight.shape, weight.get_metadata()["logical_axes"]
@@ -81,7 +88,7 @@ def add_lora(model, rank: int, alpha: float, dropout: float, targets, seed: int)
 def merge_lora(model) -> None:
     """Fold every adapter into its base weight (in place) and remove the adapters."""
     for layer in layer_modules(model):
-        for name, (owner_name, n_in) in _LAYOUT.items():
+        for name, (owner_name, n_in) in LAYOUT.items():
             owner = getattr(layer, owner_name, None)  # a mixture of experts has no `mlp`
             lora = None if owner is None else adapter(owner, name)
             if lora is None:

@@ -1,0 +1,139 @@
+"""LoGra-style features (`select.gradients=logra`): one backward pass equals the Kronecker projection
+of each example's exact gradient from the `vmap` path, with and without factored preconditioning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jz3_jax.influence.gradients import per_example_grads
+from jz3_jax.influence.inputs import Encoded, batch_arrays
+from jz3_jax.influence.logra import feature_fn, split_taps
+from jz3_jax.model.logra import add_logra, taps
+from jz3_jax.model.lora import LoRAParam, add_lora
+
+TARGETS = ["q", "o", "down"]
+ADAM = (0.9, 0.95, 1e-8)
+
+
+def tiny_model(scan_layers: bool = False):
+    from jz3_jax.config import load_config
+    from jz3_jax.model.decoder import Decoder
+
+    cfg = dataclasses.replace(load_config("configs/tiny.py").model, scan_layers=scan_layers, dtype="float32",
+                              param_dtype="float32")
+    return Decoder(cfg, rngs=nnx.Rngs(0))
+
+
+def examples(lengths, vocab=256, seed=0, prompt=2) -> Encoded:
+    rng = np.random.default_rng(seed)
+    toks, targs, masks = [], [], []
+    for n in lengths:
+        ids = rng.integers(0, vocab, n + 1).astype(np.int32)
+        mask = np.ones(n, np.float32)
+        mask[:min(prompt, n - 1)] = 0
+        toks.append(ids[:-1]), targs.append(ids[1:]), masks.append(mask)
+    return Encoded(toks, targs, masks, 0)
+
+
+def randomize(state, seed, scale, square=False):
+    rng = np.random.default_rng(seed)
+    def one(x):
+        v = rng.normal(0, scale, x.shape)
+        return jnp.asarray(v * v if square else v, x.dtype)
+    return jax.tree.map(one, state)
+
+
+def build(params: str, scan_layers: bool = False):
+    """(model with taps, exact graphdef, exact trainable state, exact frozen state)."""
+    model = tiny_model(scan_layers)
+    if params == "lora":
+        add_lora(model, 4, 8.0, 0.0, TARGETS, 0)
+        graphdef, lora, frozen = nnx.split(model, LoRAParam, ...)
+        nnx.update(model, randomize(lora, 1, 0.2))
+        graphdef, lora, frozen = nnx.split(model, LoRAParam, ...)
+    else:
+        is_target = lambda path, x: isinstance(x, nnx.Param) and path[-1] in TARGETS
+        graphdef, lora, frozen = nnx.split(model, is_target, ...)
+    add_logra(model, TARGETS, params, 3, 5, seed=7)
+    return model, graphdef, lora, frozen
+
+
+def dense_reference(model, params, scan_layers, grads, moments=None):
+    """Each example's exact gradient (optionally LESS-preconditioned with the factored second moment,
+    applied densely) projected by (P_out ⊗ P_in), in tap order."""
+    grad_model = nnx.merge(*_graph_with(model, params, grads))
+    parts = []
+    pairs = taps(model, TARGETS, params)
+    grad_pairs = taps(grad_model, TARGETS, params)
+    mom_pairs = [None] * len(pairs) if moments is None else list(zip(*(taps(nnx.merge(*_graph_with(model, params, m)),
+                                                                           TARGETS, params) for m in moments)))
+    for (t, _), (_, g), mom in zip(pairs, grad_pairs, mom_pairs):
+        g = np.asarray(g[...], np.float64)  # [rows, *lead, *in, *out]
+        if scan_layers:
+            g = np.moveaxis(g, 0, 1)  # [layers, rows, ...]
+        lead = 1 if scan_layers else 0
+        p_in = np.asarray(t.p_in[...], np.float64)
+        p_out = np.asarray(t.p_out[...], np.float64)
+        k_in, k_out = p_in.shape[lead], p_out.shape[lead]
+        p_in = p_in.reshape(*p_in.shape[:lead + 1], -1)
+        p_out = p_out.reshape(*p_out.shape[:lead + 1], -1)
+        d_in = p_in.shape[-1]
+        g = g.reshape(*g.shape[:lead + 1], d_in, -1)
+        if mom is not None:
+            m = np.asarray(mom[0][1][...], np.float64).reshape(*g.shape[:lead], d_in, -1)
+            v = ADAM[1] * np.asarray(mom[1][1][...], np.float64).reshape(m.shape) + ADAM[2]
+            r, c = v.mean(-1), v.mean(-2)
+            v_hat = r[..., :, None] * c[..., None, :] / r.mean(-1)[..., None, None]
+            m = np.expand_dims(m, lead)
+            v_hat = np.expand_dims(v_hat, lead)
+            g = (ADAM[0] * m + (1 - ADAM[0]) * g) / np.sqrt(v_hat)
+        if scan_layers:
+            f = np.einsum("lob,lrab,lia->rloi", p_out, g, p_in)
+        else:
+            f = np.einsum("ob,rab,ia->roi", p_out, g, p_in)
+        parts.append(f.reshape(f.shape[0], -1))
+        assert k_in == 3 and k_out == 5
+    return np.concatenate(parts, axis=1)
+
+
+def _graph_with(model, params, values):
+    """(graphdef, states) of `model` with the projected matrices' values replaced by `values`."""
+    if params == "lora":
+        graphdef, _, rest = nnx.split(model, LoRAParam, ...)
+    else:
+        graphdef, _, rest = nnx.split(model, lambda path, x: isinstance(x, nnx.Param) and path[-1] in TARGETS, ...)
+    return graphdef, values, rest
+
+
+@pytest.mark.parametrize("params,precondition,scan_layers", [
+    ("lora", "none", False), ("lora", "factored", False), ("linear", "none", False), ("lora", "factored", True)])
+def test_logra_equals_projected_exact_gradients(params, precondition, scan_layers):
+    model, graphdef, trainable, frozen = build(params, scan_layers)
+    lengths = [3, 30, 64, 17, 100, 128]  # two buckets (64 and 128), padded rows included
+    enc = examples(lengths)
+    tap_graph, tap_state, lora, rest = split_taps(model)
+    moments = None
+    if precondition == "factored":
+        moments = (randomize(lora, 2, 1e-3), randomize(lora, 3, 1e-3, square=True))
+    fn = jax.jit(feature_fn(tap_graph, TARGETS, params, stacked=scan_layers, precondition=precondition,
+                            adam=ADAM if moments else None))
+    exact = jax.jit(lambda p, f, b: per_example_grads(graphdef, p, f, b))
+    for length, members in ((64, [0, 1, 2, 3]), (128, [4, 5])):
+        chunk = np.array(members + [-1], np.int64)  # an all-masked pad row too
+        batch = batch_arrays(enc, chunk, length, 0)
+        got = np.asarray(fn(tap_state, lora, rest, moments, batch), np.float64)
+        grads = exact(trainable, frozen, batch)
+        want = dense_reference(model, params, scan_layers, grads, moments)
+        assert got.shape == want.shape
+        assert np.all(np.linalg.norm(want[:-1], axis=1) > 0)
+        if moments is None:
+            np.testing.assert_array_equal(got[-1], 0)
+        for i in range(len(members)):
+            err = np.linalg.norm(got[i] - want[i]) / np.linalg.norm(want[i])
+            assert err < 1e-5, (length, i, err)
