@@ -32,3 +32,10 @@ class SelectConfig:
     token_budget: int = 4096  # tokens per feature micro-batch (rows = budget // bucket length)
     grad_chunk: int = 4  # rows per vmap of grad inside a micro-batch (>= 2); features are bitwise
     # the same for any token_budget and device count at a fixed grad_chunk
+    gradients: str = "exact"  # exact (vmap of grad per example, then `projection`) | logra (taps: every example's
+    # Kronecker-projected gradient from one backward pass; README "select")
+    params: str = "lora"  # logra's projected matrices: lora (LoRA A and B) | linear (the `lora.targets` base weights)
+    precondition: str = "auto"  # candidates: none | factored (Adafactor-style, logra) | exact (LESS, exact only);
+    # auto = exact for gradients=exact, factored for logra. Targets always use plain gradients.
+    logra_in: int = 0  # logra: input-side projection dim per matrix; 0 = from proj_dim (below)
+    logra_out: int = 0  # logra: output-side dim; 0 = proj_dim split evenly over the matrices, near square

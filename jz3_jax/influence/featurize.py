@@ -126,10 +126,10 @@ class FeatureModel:
         steps = self._executables(adam, shards)
         outs = [steps[i](self._lora_on[i], self._frozen_on[i], self._moments_on[i], shards[i])
                 for i in range(self.devices)]
-        return _Pending(outs, rows)
+        return Pending(outs, rows)
 
 
-class _Pending(list):
+class Pending(list):
     """Per-device feature arrays of one micro-batch and its number of real rows."""
 
     def __init__(self, outs: list[jax.Array], rows: int):
@@ -137,7 +137,7 @@ class _Pending(list):
         self.rows = rows
 
 
-def fetch(out: _Pending) -> np.ndarray:
+def fetch(out: Pending) -> np.ndarray:
     """[rows, k] host features of a micro-batch returned by `FeatureModel.features`."""
     return np.concatenate([np.asarray(x) for x in out])[:out.rows]
 
@@ -174,7 +174,7 @@ def fill_store(model: FeatureModel, store: FeatureStore, encoded: Encoded, share
     return stats
 
 
-def _write(store: FeatureStore, chunk: np.ndarray, out: _Pending) -> None:
+def _write(store: FeatureStore, chunk: np.ndarray, out: Pending) -> None:
     rows = fetch(out)
     valid = chunk >= 0
     store.write(chunk[valid], rows[valid])

@@ -51,6 +51,27 @@ def check_config(spec: SelectSpec) -> None:
         raise ConfigError("select.warmup_fraction must be in (0, 1] and select.warmup_epochs >= 1")
     if s.bucket < 1 or s.max_length < 1 or s.token_budget < 1:
         raise ConfigError("select.bucket, select.max_length and select.token_budget must be positive")
+    check_gradients(s)
+
+
+def check_gradients(s) -> None:
+    """`select.gradients`, `select.params`, `select.precondition` and the logra dims agree."""
+    if s.gradients not in ("exact", "logra"):
+        raise ConfigError(f"select.gradients must be exact or logra, got {s.gradients!r}")
+    if s.params not in ("lora", "linear"):
+        raise ConfigError(f"select.params must be lora or linear, got {s.params!r}")
+    if s.precondition not in ("auto", "none", "factored", "exact"):
+        raise ConfigError(f"select.precondition must be auto, none, factored or exact, got {s.precondition!r}")
+    if s.gradients == "logra" and s.precondition == "exact":
+        raise ConfigError("select.precondition=exact needs select.gradients=exact (logra offers none or factored)")
+    if s.gradients == "exact" and (s.params != "lora" or s.precondition == "factored"):
+        raise ConfigError("select.gradients=exact projects the LoRA gradients (select.params=lora) with "
+                          "select.precondition=exact or none")
+    if s.params == "linear" and s.precondition in ("auto", "factored"):
+        raise ConfigError("select.params=linear has no Adam moments of the base weights (the warm-up trains LoRA): "
+                          "set select.precondition=none")
+    if s.logra_in < 0 or s.logra_out < 0:
+        raise ConfigError("select.logra_in and select.logra_out must be >= 0 (0 = derived from select.proj_dim)")
 
 
 def _digest(values) -> str:
@@ -111,8 +132,19 @@ def _features(spec: SelectSpec, ctx: StageContext, candidates, targets, tokenize
     s = spec.select
     enc_c = inputs_lib.encode_items(candidates, tokenizer, s.max_length)
     enc_t = inputs_lib.encode_items(targets, tokenizer, s.max_length)
-    model = FeatureModel(spec, warm["lora"], tuple(warm["adam"]))
-    projection = {"dim": s.proj_dim, "kind": s.projection, "seed": s.proj_seed, "max_length": s.max_length}
+    if s.gradients == "logra":
+        from jz3_jax.influence.logra_model import LograModel, candidate_precondition
+
+        model = LograModel(spec, warm["lora"], tuple(warm["adam"]))
+        dim = model.dim
+        projection = {"dim": dim, "kind": "logra", "params": s.params, "k": [model.k_in, model.k_out],
+                      "precondition": candidate_precondition(s), "seed": s.proj_seed, "max_length": s.max_length}
+    else:
+        model = FeatureModel(spec, warm["lora"], tuple(warm["adam"]))
+        dim = s.proj_dim
+        projection = {"dim": s.proj_dim, "kind": s.projection, "seed": s.proj_seed, "max_length": s.max_length}
+        if s.precondition == "none":
+            projection["precondition"] = "none"
     ids = {"candidates": _digest([inputs_lib.candidate_id(c, i) for i, c in enumerate(candidates)]
                                  + [[c.input, c.output] for c in candidates]),
            "targets": _digest([[t.task, t.input, t.output] for t in targets])}
@@ -120,10 +152,10 @@ def _features(spec: SelectSpec, ctx: StageContext, candidates, targets, tokenize
     stats = {"truncated_candidates": enc_c.truncated, "truncated_targets": enc_t.truncated, "stores": {}}
     for epoch in warm["epochs"]:
         model.load_epoch(os.fspath(ctx.stage_dir / "warmup" / epoch["file"]), warm["paths"])
-        for kind, encoded, adam in (("candidates", enc_c, True), ("targets", enc_t, False)):
+        for kind, encoded, adam in (("candidates", enc_c, s.precondition != "none"), ("targets", enc_t, False)):
             fingerprint = {**projection, "examples": ids[kind], "feature": "adam" if adam else "grad",
                            "epoch": epoch["epoch"]}
-            store = FeatureStore(os.fspath(base / f"epoch_{epoch['epoch']}" / kind), len(encoded), s.proj_dim,
+            store = FeatureStore(os.fspath(base / f"epoch_{epoch['epoch']}" / kind), len(encoded), dim,
                                  fingerprint, ctx.process_index)
             share = np.arange(ctx.process_index, len(encoded), ctx.process_count)
             stats["stores"][f"epoch_{epoch['epoch']}/{kind}"] = fill_store(model, store, encoded, share, adam=adam,
@@ -141,7 +173,7 @@ def _score_and_write(spec: SelectSpec, ctx: StageContext, candidates, targets, w
         for kind, items, out in (("candidates", candidates, cand_sets), ("targets", targets, targ_sets)):
             directory = os.fspath(base / f"epoch_{epoch['epoch']}" / kind)
             meta = json.loads((base / f"epoch_{epoch['epoch']}" / kind / "meta.json").read_text())
-            out.append(FeatureStore(directory, len(items), s.proj_dim, meta["fingerprint"], ctx.process_index).read())
+            out.append(FeatureStore(directory, len(items), meta["dim"], meta["fingerprint"], ctx.process_index).read())
     tasks = [t.task for t in targets]
     values, per_task, names = scores(cand_sets, targ_sets, tasks, [e["mean_lr"] for e in warm["epochs"]], s.aggregate)
     chosen = top_indices(values, s.top_k, s.top_fraction)
@@ -155,7 +187,8 @@ def _score_and_write(spec: SelectSpec, ctx: StageContext, candidates, targets, w
     threshold = float(values[chosen[-1]]) if len(chosen) else None
     plot_scores(values, threshold, directory / "scores.png")
     report = {"candidates": len(candidates), "targets": len(targets), "tasks": names, "selected": int(len(chosen)),
-              "threshold": threshold, "aggregate": s.aggregate, "projection": s.projection, "proj_dim": s.proj_dim,
+              "threshold": threshold, "aggregate": s.aggregate, "gradients": s.gradients,
+              "projection": s.projection if s.gradients == "exact" else "logra", "proj_dim": cand_sets[0].shape[1],
               "checkpoints": warm["epochs"], "lora": warm["lora"], "warmup_records": warm["warmup_records"],
               "score_stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
               "features": feature_stats, "seconds": round(seconds, 3)}
