@@ -137,3 +137,63 @@ def test_logra_equals_projected_exact_gradients(params, precondition, scan_layer
         for i in range(len(members)):
             err = np.linalg.norm(got[i] - want[i]) / np.linalg.norm(want[i])
             assert err < 1e-5, (length, i, err)
+
+
+# --- the stage's LograModel: sharded like training ------------------------------------------------
+
+LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q", "k", "v", "o", "up"]}
+
+
+def logra_model(**mesh):
+    """The tiny config's `LograModel` (factored candidates) with random adapters and moments."""
+    import sys
+
+    sys.path.insert(0, "tests")
+    from test_influence import random_state, tiny_cfg
+
+    from jz3_jax.influence.logra_model import LograModel
+
+    spec = tiny_cfg(gradients="logra")
+    spec = dataclasses.replace(spec, mesh=dataclasses.replace(spec.mesh, **mesh))
+    m = LograModel(spec, LORA, ADAM)
+    m.set_arrays(*random_state(m))
+    return m
+
+
+def all_features(m, adam=True) -> np.ndarray:
+    """Features of 12 examples in two buckets (64, 128), micro-batches of 8 rows."""
+    from jz3_jax.influence.featurize import fetch
+    from jz3_jax.influence.inputs import plan_batches
+
+    enc = examples([5 + 9 * i for i in range(12)], seed=1)
+    out = np.zeros((12, m.dim), np.float32)
+    for length, chunk in plan_batches(enc, np.arange(12), bucket=64, max_length=128, token_budget=8 * 64,
+                                      multiple=m.devices):
+        feats = fetch(m.features(batch_arrays(enc, chunk, length, m.pad_id), adam))
+        out[chunk[chunk >= 0]] = feats[chunk >= 0]
+    return out
+
+
+def test_logra_features_on_8_devices_with_fsdp_and_tensor_equal_one_device(tmp_path):
+    from helpers import last_json_line, run_in_subprocess
+
+    one = all_features(logra_model(data=1, fsdp=-1, tensor=1))
+    assert one.shape == (12, 20 * 2 * 3) and np.all(np.linalg.norm(one, axis=1) > 0)  # 128 // 20 = 6 = 2 x 3
+    out = run_in_subprocess(f"""
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, "tests")
+        import jax
+        assert jax.device_count() == 8
+        from test_logra import all_features, logra_model
+        m = logra_model(data=2, fsdp=2, tensor=2)
+        assert m.devices == 4 and dict(m.mesh.shape) == {{"data": 2, "fsdp": 2, "tensor": 2}}
+        assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+                   for x in jax.tree.leaves(m.frozen))
+        np.save("{tmp_path}/eight.npy", all_features(m))
+        print(json.dumps({{"ok": True}}))
+    """, devices=8)
+    assert last_json_line(out)["ok"]
+    eight = np.load(tmp_path / "eight.npy")
+    err = np.linalg.norm(eight - one, axis=1) / np.linalg.norm(one, axis=1)
+    assert err.max() < 1e-5, err
