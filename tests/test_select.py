@@ -216,3 +216,55 @@ def test_two_processes_fill_one_store_and_score_like_one(tmp_path, full_run, inp
     for name in want:
         np.testing.assert_array_equal(got[name][0], want[name][0])
     assert (stage / "scores.jsonl").read_text() == (full_run / "scores.jsonl").read_text()
+
+
+# --- select.gradients=logra (one backward pass, Kronecker-projected taps) on the same warm-up -----
+
+LOGRA = ["select.gradients=logra"]
+
+
+@pytest.fixture(scope="module")
+def logra_run(tmp_path_factory, full_run, inputs) -> Path:
+    run_dir = with_warmup(full_run, tmp_path_factory.mktemp("select_logra"))
+    proc = select(run_dir, *inputs, *LOGRA, *SMALL_BATCHES)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir / "select"
+
+
+def test_logra_top_k_come_from_the_matching_distribution(logra_run):
+    selected = read_jsonl(logra_run / "selected.jsonl")
+    precision = sum(r["id"].startswith("math") for r in selected) / len(selected)
+    assert len(selected) == 10 and precision >= 0.9, [r["id"] for r in selected]
+    report = json.loads((logra_run / "report.json").read_text())
+    assert report["gradients"] == "logra" and report["projection"] == "logra"
+    meta = json.loads((logra_run / "features" / "epoch_1" / "candidates" / "meta.json").read_text())
+    assert meta["fingerprint"]["precondition"] == "factored" and meta["dim"] == report["proj_dim"] <= 256
+
+
+def test_logra_two_processes_fill_one_store_and_score_like_one(tmp_path, full_run, logra_run, inputs):
+    run_dir = with_warmup(full_run, tmp_path)
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        command = [sys.executable, "-m", "jz3_jax.launch", "select", "--config", "configs/tiny.py", "--run-dir",
+                   str(run_dir), f"select.candidates={inputs[0]}", f"select.targets={inputs[1]}", *COMMON, *LOGRA,
+                   *SMALL_BATCHES, f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
+                   f"distributed.process_id={pid}"]
+        procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(devices=1),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], errors
+    stage = run_dir / "select"
+    got, want = feature_files(stage), feature_files(logra_run)
+    assert sorted(got) == sorted(want) and len(got) == 4
+    for name in want:
+        per_process = [np.fromfile(stage / name / f"done-p{p}.u8", np.uint8) for p in (0, 1)]
+        assert per_process[0].sum() > 0 and per_process[1].sum() > 0
+        assert np.array_equal(per_process[0] + per_process[1], np.ones_like(per_process[0]))
+        np.testing.assert_array_equal(got[name][0], want[name][0])
+    assert (stage / "scores.jsonl").read_text() == (logra_run / "scores.jsonl").read_text()
