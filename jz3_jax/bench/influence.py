@@ -225,6 +225,10 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
         extra = {"reference_batched": round(1.0 / batched_s, 5), "ratio_batched": ratio_batched,
                  "reference_projection_timed": {"less": less_info, "batched": batched_info},
                  "torch_threads": torch.get_num_threads()}
+    from jz3_jax.bench.influence_logra import measure
+
+    extra.update(measure(spec, select_spec, lora, (spec.optimizer.b1, spec.optimizer.b2, spec.optimizer.eps),
+                             (params, mu, nu), encoded, count, ours, ctx.logger))
     return report("influence", "examples/s", ours, reference, **extra, batch=b.batch, examples_1x=count, seq_len=b.seq_len,
                   lora=lora, lora_params=num_params, proj_dim=s.proj_dim, projection=s.projection,
                   peak_memory_1x=peak_1x, peak_memory_4x=peak_4x,

@@ -42,8 +42,10 @@ def tap_dims(proj_dim: int, matrices: int, logra_in: int = 0, logra_out: int = 0
         return logra_in, max(1, per // logra_in)
     if logra_out > 0:
         return max(1, per // logra_out), logra_out
-    k_in = max(1, int(per ** 0.5))
-    return k_in, per // k_in
+    # the largest k_in x k_out <= per with k_in <= k_out <= 2 k_in (34 -> 4 x 8 rather than 5 x 6)
+    shapes = [(k * (per // k), k, per // k) for k in range(1, int(per ** 0.5) + 1) if per // k <= 2 * k]
+    _, k_in, k_out = max(shapes or [(per, 1, per)])
+    return k_in, k_out
 
 
 def summed_example_losses(model, batch: dict, loss_chunk: int = 0) -> jax.Array:

@@ -51,7 +51,7 @@ def step_fn(model, spec: SelectSpec, lora: dict, adam: tuple[float, float, float
     """(graphdef, tap state, lora state, frozen state, pure feature step) of a model with taps attached."""
     s = spec.select
     graphdef, taps_state, lora_state, frozen = split_taps(model)
-    precondition = candidate_precondition(s) if candidates else "none"
+    precondition = ("none" if s.precondition == "none" else "factored") if candidates else "none"
     fn = feature_fn(graphdef, lora["targets"], s.params, stacked=is_stacked(model), precondition=precondition,
                     adam=adam if precondition == "factored" else None, loss_chunk=spec.train.loss_chunk,
                     rules=model.rules)

@@ -35,6 +35,7 @@ from jz3_jax.errors import ConfigError, UserError
 from jz3_jax.train.compile_analysis import (check_batch, fmt_gib, mfu_report, peak_flops_of,  # noqa: F401
                                             search_max_batch)  # re-exported
 from jz3_jax.train.compile_decode import compile_decode_step, decode_summary
+from jz3_jax.train.compile_select import compile_select_step, select_summary
 from jz3_jax.train.compile_train import (AbstractTrainStep, abstract_train_step, compile_train_step,  # noqa: F401
                                          topology_mesh, train_summary)
 from jz3_jax.train.tpu_topology import TpuCompilerMissing, parse_topology, tpu_devices  # noqa: F401 - re-exported
@@ -64,6 +65,9 @@ PROGRAMS: dict[str, CompiledProgram] = {
     "decode": CompiledProgram(
         compile_decode_step, decode_summary,
         "lower engine.max_batch or engine.max_seq_len, use bfloat16 weights (model.param_dtype) or a larger slice"),
+    "select": CompiledProgram(
+        compile_select_step, select_summary,
+        "lower compile.per_device_batch or data.max_length, set train.loss_chunk, model.remat=full or use more chips"),
 }
 
 

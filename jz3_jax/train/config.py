@@ -62,6 +62,7 @@ class CompileConfig:
     per_device_batch: int = 1
     num_slices: int = 1
     program: str = "train"  # train | decode (the engine's decode step: engine.max_batch x engine.max_seq_len)
+    # | select (select's logra feature step: per_device_batch x data.max_length, `select.*` taps)
     find_max_batch: bool = False  # also search (by compiling) the largest per_device_batch that fits
     max_batch_limit: int = 512  # the search's upper bound (rows per device)
     step_time_s: float = 0.0  # > 0: report the model-FLOPs utilisation this step time would mean

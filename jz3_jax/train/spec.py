@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from jz3_jax.data.config import DataConfig
 from jz3_jax.decoding.config import EngineConfig
+from jz3_jax.influence.config import SelectConfig
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.runtime.config import MeshConfig
 from jz3_jax.train.config import CompileConfig, LoraConfig, OptimizerConfig, TrainConfig
@@ -44,3 +45,4 @@ class PretrainSpec(TrainSpec):
 class CompileSpec(TrainSpec):
     compile: CompileConfig
     engine: EngineConfig
+    select: SelectConfig  # compile.program=select: the logra taps
