@@ -93,7 +93,7 @@ TINY = ("--config", "configs/tiny.py")
 STEP_NAMES = ["corpus", "distill_initial", "sft_initial", "select", "distill_boost", "sft_boost", "synthesize",
               "filter", "pretrain", "eval_base", "eval", "report"]
 FAST = [f"corpus.sources={data_path('corpus.jsonl')}", "corpus.max_snippets=8", "distill.num_snippets=4",
-        "select.top_k=2", "select.warmup_epochs=1",
+        "select.top_k=2", "select.warmup_epochs=1", "select.gradients=logra",
         "data.max_length=256", "train.global_batch_size=2", "train.steps=2", "train.log_every=1",
         "engine.prompt_bucket=512", "engine.max_batch=8", "sampling.max_new_tokens=16", "eval.limit=2",
         "eval.max_new_tokens=16", f"pipeline.pretrain_mix={data_path('tiny_train.jsonl')}", "train.checkpoint_every=1"]
