@@ -111,32 +111,32 @@ def _graph_with(model, params, values):
     return graphdef, values, rest
 
 
-@pytest.mark.parametrize("params,precondition,scan_layers", [
-    ("lora", "none", False), ("lora", "factored", False), ("linear", "none", False), ("lora", "factored", True)])
-def test_logra_equals_projected_exact_gradients(params, precondition, scan_layers):
+@pytest.mark.parametrize("params,preconditions,scan_layers", [
+    ("lora", ("none", "factored"), False), ("linear", ("none",), False), ("lora", ("factored",), True)])
+def test_logra_equals_projected_exact_gradients(params, preconditions, scan_layers):
     model, graphdef, trainable, frozen = build(params, scan_layers)
     lengths = [3, 30, 64, 17, 100, 128]  # two buckets (64 and 128), padded rows included
     enc = examples(lengths)
     tap_graph, tap_state, lora, rest = split_taps(model)
-    moments = None
-    if precondition == "factored":
-        moments = (randomize(lora, 2, 1e-3), randomize(lora, 3, 1e-3, square=True))
-    fn = jax.jit(feature_fn(tap_graph, TARGETS, params, stacked=scan_layers, precondition=precondition,
-                            adam=ADAM if moments else None))
+    moments = (randomize(lora, 2, 1e-3), randomize(lora, 3, 1e-3, square=True))
+    fns = {p: jax.jit(feature_fn(tap_graph, TARGETS, params, stacked=scan_layers, precondition=p,
+                                 adam=ADAM if p == "factored" else None)) for p in preconditions}
     exact = jax.jit(lambda p, f, b: per_example_grads(graphdef, p, f, b))
     for length, members in ((64, [0, 1, 2, 3]), (128, [4, 5])):
         chunk = np.array(members + [-1], np.int64)  # an all-masked pad row too
         batch = batch_arrays(enc, chunk, length, 0)
-        got = np.asarray(fn(tap_state, lora, rest, moments, batch), np.float64)
         grads = exact(trainable, frozen, batch)
-        want = dense_reference(model, params, scan_layers, grads, moments)
-        assert got.shape == want.shape
-        assert np.all(np.linalg.norm(want[:-1], axis=1) > 0)
-        if moments is None:
-            np.testing.assert_array_equal(got[-1], 0)
-        for i in range(len(members)):
-            err = np.linalg.norm(got[i] - want[i]) / np.linalg.norm(want[i])
-            assert err < 1e-5, (length, i, err)
+        for precondition, fn in fns.items():
+            factored = precondition == "factored"
+            got = np.asarray(fn(tap_state, lora, rest, moments if factored else None, batch), np.float64)
+            want = dense_reference(model, params, scan_layers, grads, moments if factored else None)
+            assert got.shape == want.shape
+            assert np.all(np.linalg.norm(want[:-1], axis=1) > 0)
+            if not factored:
+                np.testing.assert_array_equal(got[-1], 0)
+            for i in range(len(members)):
+                err = np.linalg.norm(got[i] - want[i]) / np.linalg.norm(want[i])
+                assert err < 1e-5, (precondition, length, i, err)
 
 
 # --- the stage's LograModel: sharded like training ------------------------------------------------
