@@ -306,17 +306,17 @@ def test_compile_decode_program_for_v5p_8(tmp_path):
 
 @needs_libtpu
 def test_compile_select_logra_program_for_v5p_8(tmp_path):
-    """select's logra feature step on the 4 chips of a v5p-8 with the training mesh (FSDP over 4):
+    """select's logra feature step on the 4 chips of a v5p-8 with a training mesh (fsdp 2 x tensor 2):
     LESS's LoRA layout, select.proj_dim split over the 16 adapted matrices, the parameters sharded."""
     env = subprocess_env()
     env.pop("JAX_PLATFORMS")
     proc = subprocess.run([sys.executable, "-c", LAUNCH, "--config", "configs/tiny_compile.py", "--run-dir",
-                           str(tmp_path), "compile.program=select", "compile.topology=v5p-8"], cwd=REPO_ROOT, env=env,
+                           str(tmp_path), "compile.program=select", "compile.topology=v5p-8", "mesh.fsdp=2"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "compile" / "compile.json").read_text())
     assert report["program"] == "select" and report["topology"]["devices"] == 4
-    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
     g = report["logra"]
     assert g["lora"]["rank"] == 128 and g["k_in"] * g["k_out"] * 16 == g["feature_dim"] <= 8192
     mem = report["memory_per_device"]
