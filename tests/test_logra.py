@@ -197,3 +197,30 @@ def test_logra_features_on_8_devices_with_fsdp_and_tensor_equal_one_device(tmp_p
     eight = np.load(tmp_path / "eight.npy")
     err = np.linalg.norm(eight - one, axis=1) / np.linalg.norm(one, axis=1)
     assert err.max() < 1e-5, err
+
+
+def test_tap_dims_split_proj_dim_near_square():
+    from jz3_jax.influence.logra import tap_dims
+
+    assert tap_dims(8192, 240) == (4, 8)  # SmolLM2, LoRA A and B on q/k/v/o: 7,680 features
+    assert tap_dims(8192, 256) == (4, 8)  # Mistral-7B: 8,192
+    assert tap_dims(8192, 1) == (64, 128)
+    assert tap_dims(8192, 240, 6, 5) == (6, 5) and tap_dims(8192, 240, 2) == (2, 17)
+    with pytest.raises(ValueError, match="smaller than"):
+        tap_dims(100, 240)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"gradients": "logra", "precondition": "exact"}, "needs select.gradients=exact"),
+    ({"gradients": "logra", "params": "linear"}, "set select.precondition=none"),
+    ({"gradients": "exact", "precondition": "factored"}, "select.precondition=exact or none"),
+    ({"gradients": "fast"}, "exact or logra"),
+])
+def test_inconsistent_gradient_settings_are_config_errors(settings, message):
+    from jz3_jax.errors import ConfigError
+    from jz3_jax.influence.config import SelectConfig
+    from jz3_jax.influence.stage import check_gradients
+
+    with pytest.raises(ConfigError, match=message):
+        check_gradients(SelectConfig(**settings))
+    check_gradients(SelectConfig(gradients="logra", params="linear", precondition="none"))

@@ -64,6 +64,24 @@ def read_scores(run_dir: Path) -> np.ndarray:
     return np.asarray([json.loads(line)["score"] for line in lines])
 
 
+def scores_from_stores(run_dir: Path, epochs: list[dict], targets: Path) -> np.ndarray:
+    """The stage's scores recomputed from the feature stores of `epochs` (checkpoint-weighted cosines)."""
+    from jz3_jax.influence.scoring import scores
+
+    stage = run_dir / "select" / "features"
+    sets = {}
+    for kind in ("candidates", "targets"):
+        sets[kind] = []
+        for e in epochs:
+            meta = json.loads((stage / f"epoch_{e['epoch']}" / kind / "meta.json").read_text())
+            data = np.fromfile(stage / f"epoch_{e['epoch']}" / kind / "features.f32", np.float32)
+            done = sum(np.fromfile(p, np.uint8) for p in (stage / f"epoch_{e['epoch']}" / kind).glob("done-p*.u8"))
+            assert np.all(done > 0), f"{run_dir} epoch {e['epoch']} {kind}: features missing"
+            sets[kind].append(data.reshape(meta["count"], meta["dim"]))
+    tasks = [json.loads(line)["task"] for line in targets.read_text().splitlines()]
+    return scores(sets["candidates"], sets["targets"], tasks, [e["mean_lr"] for e in epochs])[0]
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rank = lambda x: np.argsort(np.argsort(x)).astype(np.float64)
     return float(np.corrcoef(rank(a), rank(b))[0, 1])
@@ -81,6 +99,10 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=10, help="targets per task")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--compare-epochs", type=int, default=0,
+                        help="score with the first N warm-up checkpoints only (0 = all); the exact run may then stop "
+                             "after epoch N (--skip-exact reuses its stores)")
+    parser.add_argument("--skip-exact", action="store_true", help="reuse OUT/exact's feature stores")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -91,17 +113,23 @@ def main() -> None:
     result = {"candidates": args.candidates, "targets_per_task": args.targets, "max_length": args.max_length,
               "warmup_epochs": args.warmup_epochs, "seconds": {}}
     exact = out / "exact"
-    result["seconds"]["exact"] = run_select(exact, cands, targs, common, "select.gradients=exact",
-                                            "select.projection=sparse")
-    reference = read_scores(exact)
+    if not args.skip_exact:
+        result["seconds"]["exact"] = run_select(exact, cands, targs, common, "select.gradients=exact",
+                                                "select.projection=sparse")
+    done = json.loads((exact / "select" / "warmup" / "done.json").read_text())
+    epochs = done["epochs"][:args.compare_epochs or len(done["epochs"])]
+    result["compared_epochs"] = [e["epoch"] for e in epochs]
+    reference = scores_from_stores(exact, epochs, targs)
     for precondition in ("factored", "none"):
         run_dir = out / f"logra_{precondition}"
         if not (run_dir / "select" / "warmup").exists():
             (run_dir / "select").mkdir(parents=True, exist_ok=True)
             shutil.copytree(exact / "select" / "warmup", run_dir / "select" / "warmup")
+            (run_dir / "select" / "warmup" / "done.json").write_text(json.dumps({**done, "epochs": epochs}))
         result["seconds"][f"logra_{precondition}"] = run_select(
             run_dir, cands, targs, common, "select.gradients=logra", f"select.precondition={precondition}")
         got = read_scores(run_dir)
+        np.testing.assert_allclose(got, scores_from_stores(run_dir, epochs, targs), rtol=1e-6, atol=1e-9)
         result[f"logra_{precondition}"] = {"spearman": spearman(got, reference),
                                            "top10_overlap": top_overlap(got, reference)}
         (out / "fidelity.json").write_text(json.dumps(result, indent=1))
