@@ -12,6 +12,10 @@
    that warm-up (same checkpoints);
 4. Spearman correlation of each logra run's scores with the exact scores, and the overlap of
    their top 10%, written to OUT/fidelity.json.
+
+`--compare-epochs N` scores both with the first N warm-up checkpoints only (the exact scores are
+recomputed from its feature stores, so its run may be stopped once epoch N's stores are full;
+`--skip-exact` then reuses them).
 """
 
 from __future__ import annotations
