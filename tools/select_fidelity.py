@@ -103,6 +103,10 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=10, help="targets per task")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--warmup-fraction", type=float, default=0.1)
+    parser.add_argument("--warmup-batch", type=int, default=8,
+                        help="rows per warm-up step; fewer rows = more Adam steps, so the second moment dominates "
+                             "LESS's per-example (1 - b2) g^2 term (which logra's factored preconditioner leaves out)")
     parser.add_argument("--compare-epochs", type=int, default=0,
                         help="score with the first N warm-up checkpoints only (0 = all); the exact run may then stop "
                              "after epoch N (--skip-exact reuses its stores)")
@@ -111,11 +115,12 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cands, targs = write_inputs(out, args.candidates, args.targets)
-    common = ["select.proj_dim=8192", f"select.max_length={args.max_length}", "select.warmup_fraction=0.1",
-              f"select.warmup_epochs={args.warmup_epochs}", "select.warmup_batch_size=8", "select.warmup_lr=2e-5",
+    common = ["select.proj_dim=8192", f"select.max_length={args.max_length}", f"select.warmup_fraction={args.warmup_fraction}",
+              f"select.warmup_epochs={args.warmup_epochs}", f"select.warmup_batch_size={args.warmup_batch}", "select.warmup_lr=2e-5",
               "select.top_k=10", "select.token_budget=2048"]
     result = {"candidates": args.candidates, "targets_per_task": args.targets, "max_length": args.max_length,
-              "warmup_epochs": args.warmup_epochs, "seconds": {}}
+              "warmup_epochs": args.warmup_epochs,
+              "warmup_fraction": args.warmup_fraction, "warmup_batch": args.warmup_batch, "seconds": {}}
     exact = out / "exact"
     if not args.skip_exact:
         result["seconds"]["exact"] = run_select(exact, cands, targs, common, "select.gradients=exact",
