@@ -101,21 +101,22 @@ def test_sharded_over_a_mesh_matches_unsharded():
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: no TPU compiler")
 def test_kernel_compiles_for_a_v5p_host_into_a_tpu_custom_call():
     """DeepSeekMath-7B's decode attention (32 kv heads over the 4 chips of a v5p-8, bfloat16 pages of
-    128 tokens) lowers and compiles for TPU: the program calls the Mosaic kernel, gathers nothing."""
+    128 tokens) lowers and compiles for TPU: the program calls the Mosaic kernel per chip in
+    shard_map and gathers nothing (XLA alone would gather the pool onto every chip)."""
     out = run_in_subprocess("""
         import json, jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
         from jz3_jax.model import paged_kernels as pk
         from jz3_jax.train.tpu_topology import parse_topology, tpu_devices
         mesh = jax.sharding.Mesh(tpu_devices(parse_topology("v5p-8")), ("tensor",))
-        rules = (("heads", ("tensor",)), ("kv_heads", ("tensor",)))
         sds = lambda shape, dtype, *spec: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P(*spec)))
         rows, pages = 16, 16 * 32 + 1
         args = (sds((rows, 32, 128), jnp.bfloat16, None, "tensor"), sds((32, pages, 128, 128), jnp.bfloat16, "tensor"),
                 sds((32, pages, 128, 128), jnp.bfloat16, "tensor"), sds((rows,), jnp.int32),
                 sds((rows, 32), jnp.int32))
         with jax.set_mesh(mesh):
-            compiled = jax.jit(lambda *a: pk.pallas_paged_decode_attention(*a, rules=rules)).lower(*args).compile()
+            # no rules given: the default ones (heads and kv heads over `tensor`), as the decoder calls it
+            compiled = jax.jit(pk.pallas_paged_decode_attention).lower(*args).compile()
         text = compiled.as_text()
         print(json.dumps({"kernel": "tpu_custom_call" in text, "gathers": text.count("all-gather")}))
     """)

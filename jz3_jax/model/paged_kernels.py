@@ -102,14 +102,14 @@ def _entry(axes: tuple[str, ...]):
 
 
 def pallas_paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
-                                  page_table: jax.Array, *, rules=(), pages_per_compute_block: int = 0,
+                                  page_table: jax.Array, *, rules=None, pages_per_compute_block: int = 0,
                                   megacore_mode: str | None = None, interpret: bool | None = None) -> jax.Array:
     """Decode attention of q [rows, heads, head_dim] (already scaled) over the pages of
     k_pages/v_pages [kv_heads, num_pages, page_size, head_dim] listed by page_table [rows,
     pages_per_row], positions [0, lengths) of each row -> [rows, heads, head_dim] in q's dtype.
 
-    `rules` (the model's logical-axis rules) say how the mesh shards `kv_heads` and `batch`; the
-    kernel then runs per shard in `shard_map`. `pages_per_compute_block` 0 = `compute_block_pages`.
+    `rules` (the model's logical-axis rules; None = the default rules, `runtime.config.DEFAULT_RULES`)
+    say how the mesh shards `kv_heads` and `batch`; the kernel then runs per shard in `shard_map`. `pages_per_compute_block` 0 = `compute_block_pages`.
     `megacore_mode` ("kv_head" or "batch") splits the work over the two TensorCores of a v4/v5p chip;
     the default None is always safe. `interpret` None = interpret mode unless on TPU."""
     from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
@@ -136,6 +136,11 @@ def pallas_paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax
             return call(q, k_pages, v_pages, lengths, page_table)
 
     args = (q, k_pages, v_pages, lengths.astype(jnp.int32), page_table.astype(jnp.int32))
+    if rules is None:
+        from jz3_jax.runtime.config import DEFAULT_RULES
+        from jz3_jax.runtime.sharding import parse_rules
+
+        rules = parse_rules(DEFAULT_RULES)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or not rules:
         return kernel(*args)
