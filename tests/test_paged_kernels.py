@@ -102,7 +102,7 @@ def test_sharded_over_a_mesh_matches_unsharded():
 def test_kernel_compiles_for_a_v5p_host_into_a_tpu_custom_call():
     """DeepSeekMath-7B's decode attention (32 kv heads over the 4 chips of a v5p-8, bfloat16 pages of
     128 tokens) lowers and compiles for TPU: the program calls the Mosaic kernel per chip in
-    shard_map and gathers nothing (XLA alone would gather the pool onto every chip)."""
+    shard_map and gathers nothing (XLA cannot partition a Mosaic kernel by itself)."""
     out = run_in_subprocess("""
         import json, jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
