@@ -169,12 +169,14 @@ mesh, rules = build_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor)), parse
 cfg = ModelConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 with jax.set_mesh(mesh):
     model, _ = load_model(cfg, mesh, rules, seed=3)
-    engine = Engine(model, max_batch=4, max_seq_len=48)
-    requests = [Request([i + 1] * (3 + 5 * i), SamplingParams(temperature=float(i % 2), max_new_tokens=12 + i, seed=i))
-                for i in range(6)]
-    out = [r.token_ids for r in engine.generate(requests)]
-    k = engine._state.cache.k[0]
-print(json.dumps({"tokens": out, "cache_spec": str(k.sharding.spec)}))
+    result = {}
+    for paged in (True, False):
+        engine = Engine(model, max_batch=4, max_seq_len=48, paged=paged, page_size=16)
+        requests = [Request([i + 1] * (3 + 5 * i), SamplingParams(temperature=float(i % 2), max_new_tokens=12 + i,
+                                                                  seed=i)) for i in range(6)]
+        result[f"tokens_{paged}"] = [r.token_ids for r in engine.generate(requests)]
+        result[f"cache_spec_{paged}"] = str(engine._state.cache.k[0].sharding.spec)
+print(json.dumps(result))
 """
 
 
@@ -184,9 +186,10 @@ def test_sharded_engine_equals_unsharded(run_in_subprocess):
 
     single = last_json_line(run_in_subprocess(SHARDED, devices=1, args=["1", "1", "1"]))
     sharded = last_json_line(run_in_subprocess(SHARDED, devices=8, args=["2", "2", "2"]))
-    assert sharded["tokens"] == single["tokens"]
-    # rows over data+fsdp, kv heads over tensor
-    assert sharded["cache_spec"] == "P(('data', 'fsdp'), None, 'tensor')"
+    assert sharded["tokens_True"] == single["tokens_True"] == sharded["tokens_False"] == single["tokens_False"]
+    # contiguous: rows over data+fsdp, kv heads over tensor; paged: the pool's kv heads over tensor
+    assert sharded["cache_spec_False"] == "P(('data', 'fsdp'), None, 'tensor')"
+    assert sharded["cache_spec_True"] == "P('tensor',)"
 
 
 def test_cancel_frees_the_row(tiny):

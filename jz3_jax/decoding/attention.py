@@ -24,11 +24,13 @@ by side in one process, and every other program (training, prefill) keeps its ow
 
 from __future__ import annotations
 
+import jax
+
 from jz3_jax.model.attention import DECODE_LAYOUTS, grouped_decode_attention
 
 LAYOUTS = ("auto",) + tuple(DECODE_LAYOUTS)
 
-__all__ = ["LAYOUTS", "grouped_decode_attention", "resolve_layout"]
+__all__ = ["LAYOUTS", "PAGED_KERNELS", "grouped_decode_attention", "resolve_layout", "resolve_paged_kernel"]
 
 
 def resolve_layout(layout: str) -> str:
@@ -37,3 +39,21 @@ def resolve_layout(layout: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"engine.decode_attention must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     return "grouped" if layout == "auto" else layout
+
+
+PAGED_KERNELS = ("auto", "gather", "pallas")
+
+
+def resolve_paged_kernel(kernel: str, model_cfg, page_size: int) -> str:
+    """The paged decode attention impl for `kernel` (one of PAGED_KERNELS): "auto" asks
+    `jz3_jax.model.paged_kernels.choose_paged_impl` (by backend, model and page size) where that
+    module exists, else takes "gather" (the JAX path every backend runs)."""
+    if kernel not in PAGED_KERNELS:
+        raise ValueError(f"engine.paged_kernel must be one of {', '.join(PAGED_KERNELS)}; got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    try:
+        from jz3_jax.model.paged_kernels import choose_paged_impl  # the TPU kernel's module, where present
+    except ImportError:
+        return "gather"
+    return choose_paged_impl(jax.default_backend(), model_cfg, page_size)

@@ -18,6 +18,17 @@ prompt, no padding rows) and `max_seq_len // width` capped at `max_batch` (sever
 prefill never computes more than `max_seq_len` tokens; larger groups take several prefills).
 That is at most two programs per width; `warm_up()` compiles all of them and the decode
 dispatch, so no request compiles anything afterwards.
+
+Paged (the default, `paged=True`): the cache is a pool of `num_pages` pages of `page_size` tokens
+shared by all rows (`jz3_jax.model.paged_attention`); `max_batch` only caps the rows running at
+once. A waiting request is admitted (first come, first served) when a row is free and the pool has
+pages for its prompt and the next dispatch; before each dispatch every running row gets pages for
+its next `steps_per_dispatch` tokens, and when the pool runs dry the most recently admitted row is
+preempted: its pages are freed and its request goes back to the front of the queue, to be prefilled
+later with its prompt and the tokens it had generated, then continue where it stopped (the caller
+sees nothing of it). With `prefix_cache`, full prompt pages are shared between requests with the
+same prefix (`paging.py`) and a prefill computes only the uncached suffix, padded to a width
+bucket, attending over a context bucket (`paged_rows.paged_prefill_shapes`).
 """
 
 from __future__ import annotations
@@ -33,12 +44,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jz3_jax.decoding import steps as device
-from jz3_jax.decoding.attention import resolve_layout
+from jz3_jax.decoding import paged_steps, steps as device
+from jz3_jax.decoding.attention import resolve_layout, resolve_paged_kernel
+from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch
 from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, smallest_at_least
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.logprobs import fetch_logprobs, row_logprobs, scored_tokens
+from jz3_jax.decoding.paged_rows import PagedRows, context_width, paged_prefill_shapes
+from jz3_jax.decoding.paging import default_pages
 from jz3_jax.decoding.requests import Event, Generation, Request, RequestError, TokenLogprob
 from jz3_jax.decoding.sampling import SamplingParams, seed_words
 from jz3_jax.model.decoder import Decoder
@@ -67,7 +81,7 @@ class Engine:
 
     Args:
         model: the decoder (parameters already placed on the mesh).
-        max_batch: rows decoded together (the KV cache holds this many sequences).
+        max_batch: rows decoded together (at most; the contiguous cache holds this many sequences).
         max_seq_len: cache positions per row: prompt plus new tokens must fit.
         eos_ids: token ids that end a sequence (empty: run to max_new_tokens).
         tokenizer: needed for text output, streaming deltas and stop strings.
@@ -84,13 +98,20 @@ class Engine:
             0: none). Every program that returns them is compiled with this N, and runs only in
             the steps where some row asked.
         decode_attention: the decode step's attention layout, "auto" (= "grouped"),
-            "block_diagonal" or "grouped" (see `jz3_jax.decoding.attention`).
+            "block_diagonal" or "grouped" (see `jz3_jax.decoding.attention`); contiguous cache only.
+        paged: a paged KV cache (see the module docstring); False: a contiguous cache of
+            `max_batch` x `max_seq_len`.
+        page_size, num_pages: the pool's page size and pages (the scratch page included; 0: the
+            bytes of the contiguous cache, `paging.default_pages`).
+        prefix_cache: share full prompt pages between requests with the same prefix.
+        paged_kernel: the paged decode attention, "auto", "gather" or "pallas" (`resolve_paged_kernel`).
     """
 
     def __init__(self, model: Decoder, *, max_batch: int, max_seq_len: int, eos_ids: Iterable[int] = (),
                  tokenizer=None, steps_per_dispatch: int = 8, prompt_bucket: int = 16,
                  mesh: jax.sharding.Mesh | None = None, max_top_k: int = 64, decode_attention: str = "auto",
-                 max_logprobs: int = 20):
+                 max_logprobs: int = 20, paged: bool = True, page_size: int = 64, num_pages: int = 0,
+                 prefix_cache: bool = True, paged_kernel: str = "auto"):
         if max_batch < 1 or max_seq_len < 2 or steps_per_dispatch < 1 or prompt_bucket < 1 or max_top_k < 1:
             raise ValueError("max_batch >= 1, max_seq_len >= 2, steps_per_dispatch >= 1, prompt_bucket >= 1 and "
                              "max_top_k >= 1 are required")
@@ -98,7 +119,9 @@ class Engine:
         # Prefill runs the model as given; the decode dispatch runs it with this engine's layout
         # (the same arrays: `with_decode_attention` copies no parameter).
         self.graphdef, self.params = nnx.split(model)
-        self.decode_graphdef = nnx.graphdef(model.with_decode_attention(self.decode_layout))
+        self.paged = paged
+        self.paged_kernel = resolve_paged_kernel(paged_kernel, model.cfg, page_size) if paged else None
+        self.decode_graphdef = nnx.graphdef(model.with_decode_attention(self.decode_layout, self.paged_kernel))
         self.rules = model.rules
         self.pad_id = model.cfg.pad_token_id
         self.vocab_size = model.cfg.vocab_size
@@ -112,10 +135,15 @@ class Engine:
         self.max_top_k = min(max_top_k, self.vocab_size)
         self.max_logprobs = max(0, min(max_logprobs, self.vocab_size))
         self.prefill_widths = doubling_buckets(prompt_bucket, max_seq_len)
+        self.page_size = page_size
+        self.num_pages = num_pages or default_pages(max_batch, max_seq_len, page_size)
+        self.prefix_cache = prefix_cache
+        self._paging: PagedRows | None = None
         self._rows: list[_Live | None] = []
         self._waiting: collections.deque[_Live] = collections.deque()
         self.reset()
         self.generated_tokens = 0  # tokens sampled since construction (for throughput figures)
+        self._running = [0, 0, 0]  # decode dispatches, sum and max of the rows they ran
 
     # --- submitting -----------------------------------------------------------------------------
 
@@ -129,6 +157,9 @@ class Engine:
             raise RequestError(
                 f"prompt ({n} tokens) + max_new_tokens ({request.params.max_new_tokens}) = {total} exceeds "
                 f"the engine's context of {self.max_seq_len} tokens")
+        if self._paging is not None and not self._paging.fits(total - 1):
+            raise RequestError(f"prompt + max_new_tokens = {total} tokens need more pages than the engine's pool of "
+                               f"{self._paging.pool.usable} pages of {self.page_size} (engine.num_pages)")
         if request.params.stop and self.tokenizer is None:
             raise RequestError("stop strings need an engine with a tokenizer")
         self.check_sampling(request.params)
@@ -162,7 +193,7 @@ class Engine:
         follows. False if the engine does not hold it (already finished or never submitted)."""
         for row, live in enumerate(self._rows):
             if live is not None and live.request is request:
-                self._rows[row] = None
+                self._free(row)
                 return True
         for live in self._waiting:
             if live.request is request:
@@ -176,11 +207,33 @@ class Engine:
         self._rows = [None] * self.max_batch
         self._waiting.clear()
         with self._on_mesh():
-            self._state = device.init_state(self.graphdef, self.params, self.max_batch, self.max_seq_len)
+            if self.paged:
+                self._paging = PagedRows(self.max_batch, self.max_seq_len, self.page_size, self.num_pages,
+                                         self.prefix_cache)
+                self._state = paged_steps.init_state(self.graphdef, self.params, self.max_batch, self.num_pages,
+                                                     self.page_size, self._paging.pages_per_row)
+            else:
+                self._state = device.init_state(self.graphdef, self.params, self.max_batch, self.max_seq_len)
 
-    def prefill_shapes(self) -> list[tuple[int, int]]:
-        """Every (rows, width) a prefill can have: the programs `warm_up` compiles."""
+    def prefill_shapes(self) -> list[tuple[int, ...]]:
+        """Every (rows, width) a prefill can have (paged: (rows, width, context pages)): the programs
+        `warm_up` compiles."""
+        if self.paged:
+            return paged_prefill_shapes(self.prompt_bucket, self.max_seq_len, self.max_batch, self.page_size,
+                                        self.prefix_cache)
         return prefill_shapes(self.prompt_bucket, self.max_seq_len, self.max_batch)
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters since construction: rows per decode dispatch (mean, max), tokens generated, and
+        for a paged engine the pool's pages (in use, total, holding cached prefixes), prefix-cache
+        hit tokens vs prompt tokens prefilled (computed, total; a preempted request's recompute
+        counts again) and preemptions."""
+        dispatches, rows, most = self._running
+        out = dict(rows_running_mean=rows / dispatches if dispatches else 0.0, rows_running_max=most,
+                   generated_tokens=self.generated_tokens, waiting=len(self._waiting))
+        if self._paging is not None:
+            out.update(self._paging.stats())
+        return out
 
     def warm_up(self, logprobs: bool = False) -> int:
         """Compile every prefill bucket, the first-token sampler and the decode dispatch (nothing
@@ -188,19 +241,18 @@ class Engine:
         `logprobs` (with `max_logprobs` > 0) also compiles their log-probability variants and `score`
         for every prefill width."""
         with count_compiles() as log, self._on_mesh():
-            for rows, width in self.prefill_shapes():
-                device.prefill.lower(self.graphdef, self.params, self._state,
-                                     self._prefill_batch(rows, width, [])).compile()
+            for rows, width, *context in self.prefill_shapes():
+                self._prefill_fn().lower(self.graphdef, self.params, self._state,
+                                         self._prefill_batch(rows, width, (context or [width])[0], [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
             # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
             device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, 0).compile()
-            device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
-                                self.eos_ids, self.max_top_k, 0).compile()
+            for n in [0] + ([self.max_logprobs] if logprobs and self.max_logprobs else []):
+                device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
+                                    self.eos_ids, self.max_top_k, n, self._page_table()).compile()
             if logprobs and self.max_logprobs:
                 device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules,
                                           self.max_logprobs).compile()
-                device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
-                                    self.eos_ids, self.max_top_k, self.max_logprobs).compile()
                 for width in self.prefill_widths:
                     device.score_prompt.lower(self.graphdef, self.params, *self._score_inputs([0], width, 0.0),
                                               self.max_logprobs).compile()
@@ -218,12 +270,16 @@ class Engine:
         events: list[Event] = []
         with self._on_mesh():
             self._admit(events)
+            if self._paging is not None:
+                self._make_room()
             if not any(r is not None for r in self._rows):
                 return events
             keep = np.asarray([r is not None for r in self._rows])
+            running = int(keep.sum())
+            self._running = [self._running[0] + 1, self._running[1] + running, max(self._running[2], running)]
             want = self._logprobs_wanted(self._rows)
             result = device.decode(self.decode_graphdef, self.params, self._state, jnp.asarray(keep),
-                                   self.steps_per_dispatch, self.eos_ids, self.max_top_k, want)
+                                   self.steps_per_dispatch, self.eos_ids, self.max_top_k, want, self._page_table())
             self._state, out, extra = result[0], np.asarray(result[1]), fetch_logprobs(result[2:])
         for row, live in enumerate(self._rows):
             if live is not None:
@@ -281,54 +337,108 @@ class Engine:
     def _on_mesh(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
+    def _page_table(self) -> jax.Array | None:
+        return None if self._paging is None else jnp.asarray(self._paging.table)
+
+    def _prefill_fn(self):
+        return paged_steps.prefill if self.paged else device.prefill
+
     def _admit(self, events: list[Event]) -> None:
+        """Prefill waiting requests into free rows (first come, first served; paged: while the pool
+        has their pages) and sample the first token of each new one (not of a resumed one)."""
         free = [i for i, r in enumerate(self._rows) if r is None]
-        admitted: list[tuple[int, _Live]] = []
+        admitted: list[RowPrefill] = []
+        reserve = self._growth() if self._paging is not None else 0
         while free and self._waiting:
-            admitted.append((free.pop(0), self._waiting.popleft()))
-        by_bucket: dict[int, list[tuple[int, _Live]]] = collections.defaultdict(list)
-        for row, live in admitted:
-            by_bucket[smallest_at_least(self.prefill_widths, len(live.request.prompt_ids))].append((row, live))
-        for width, group in sorted(by_bucket.items()):
-            step = group_rows(width, self.max_seq_len, self.max_batch)
+            live = self._waiting[0]
+            prompt = list(live.request.prompt_ids)
+            item = RowPrefill(free[0], live, prompt + live.tokens[:-1])  # resumed: all but the pending token
+            if self._paging is not None:
+                upto = min(len(item.tokens) + self.steps_per_dispatch, self._last_position(live) + 1)
+                start = self._paging.admit(item.row, item.tokens, upto, reserve)
+                if start is None:
+                    break
+                item.start = start
+                reserve += self._paging.short(item.row, upto)
+            admitted.append(item)
+            self._rows[free.pop(0)] = self._waiting.popleft()
+        by_shape: dict[tuple[int, int], list[RowPrefill]] = collections.defaultdict(list)
+        for item in admitted:
+            n = len(item.tokens)
+            shape = (context_width(self.prefill_widths, item.start, n) if self.paged
+                     else (smallest_at_least(self.prefill_widths, n),) * 2)
+            by_shape[shape].append(item)
+        for (width, context), group in sorted(by_shape.items()):
+            step = group_rows(context, self.max_seq_len, self.max_batch)
             for start in range(0, len(group), step):
-                self._prefill(width, group[start: start + step])
-        if admitted:
+                self._prefill(width, context, group[start: start + step])
+        if self._paging is not None:
+            for item in admitted:
+                self._paging.publish(item.row, item.tokens)
+        new = [item for item in admitted if not item.live.tokens]
+        if new:
             fresh = np.zeros(self.max_batch, bool)
-            fresh[[row for row, _ in admitted]] = True
-            want = self._logprobs_wanted([live for _, live in admitted])
+            fresh[[item.row for item in new]] = True
+            want = self._logprobs_wanted([item.live for item in new])
             result = device.sample_first(self._state, jnp.asarray(fresh), self.eos_ids, self.max_top_k, self.rules,
                                          want)
             self._state, first, extra = result[0], np.asarray(result[1]), fetch_logprobs(result[2:])
-            for row, live in admitted:
-                self._advance(row, [int(first[row])], events, row_logprobs(live.request.params.logprobs, extra, row, 1))
+            for item in new:
+                wanted = item.live.request.params.logprobs
+                self._advance(item.row, [int(first[item.row])], events, row_logprobs(wanted, extra, item.row, 1))
 
-    def _prefill_batch(self, rows: int, width: int, group: list[tuple[int, _Live]]) -> device.PrefillBatch:
-        """The prompts and settings of `group` as a batch of `rows` x `width` (the rest padding)."""
-        tokens = np.full((rows, width), self.pad_id, np.int32)
-        columns = {name: np.zeros((rows,), dtype) for name, dtype in
-                   [("slot", np.int32), ("length", np.int32), ("max_new", np.int32), ("temperature", np.float32),
-                    ("top_k", np.int32), ("top_p", np.float32), ("seed_lo", np.uint32), ("seed_hi", np.uint32)]}
-        columns["slot"][:] = self.max_batch  # padding rows: dropped by the scatter
-        columns["length"][:] = 1
-        columns["top_p"][:] = 1.0
-        for i, (row, live) in enumerate(group):
-            prompt, params = live.request.prompt_ids, live.request.params
-            tokens[i, : len(prompt)] = prompt
-            lo, hi = seed_words(live.seed)
-            top_k = params.top_k if params.top_k < self.vocab_size else 0  # the whole vocabulary: no filter
-            for name, value in [("slot", row), ("length", len(prompt)), ("max_new", params.max_new_tokens),
-                                ("temperature", params.temperature), ("top_k", top_k),
-                                ("top_p", params.top_p), ("seed_lo", lo), ("seed_hi", hi)]:
-                columns[name][i] = value
-        return device.PrefillBatch(tokens=jnp.asarray(tokens), **{k: jnp.asarray(v) for k, v in columns.items()})
+    def _last_position(self, live: _Live) -> int:
+        """The last cache position a request can write (its final token is sampled, never written)."""
+        return len(live.request.prompt_ids) + live.request.params.max_new_tokens - 2
 
-    def _prefill(self, width: int, group: list[tuple[int, _Live]]) -> None:
-        rows = 1 if len(group) == 1 else group_rows(width, self.max_seq_len, self.max_batch)
-        batch = self._prefill_batch(rows, width, group)
-        for row, live in group:
-            self._rows[row] = live
-        self._state = device.prefill(self.graphdef, self.params, self._state, batch)
+    def _next_tokens(self, live: _Live) -> int:
+        """Cache tokens a running row needs through the next dispatch."""
+        cached = len(live.request.prompt_ids) + len(live.tokens) - 1
+        return min(cached + self.steps_per_dispatch, self._last_position(live) + 1)
+
+    def _growth(self) -> int:
+        """Pages the running rows need for the next dispatch beyond those they hold."""
+        return sum(self._paging.short(row, self._next_tokens(self._rows[row])) for row in self._paging.order)
+
+    def _make_room(self) -> None:
+        """Give every running row pages for the next dispatch, oldest first; when the pool runs dry,
+        preempt the most recently admitted row (the row itself, if it is that one)."""
+        paging = self._paging
+        for row in list(paging.order):
+            live = self._rows[row]
+            if live is None:  # preempted below for an older row
+                continue
+            short = paging.short(row, self._next_tokens(live))
+            while short > paging.pool.available() and self._rows[row] is not None:
+                self._preempt(paging.order[-1])
+            if self._rows[row] is not None and short:
+                paging.grow(row, short)
+
+    def _preempt(self, row: int) -> None:
+        """Free `row` and requeue its request at the front (it resumes where it stopped)."""
+        live = self._rows[row]
+        self._free(row)
+        self._paging.preemptions += 1
+        self._waiting.appendleft(live)
+
+    def _free(self, row: int) -> None:
+        self._rows[row] = None
+        if self._paging is not None:
+            self._paging.free(row)
+
+    def _prefill_batch(self, rows: int, width: int, context: int, group: list[RowPrefill]):
+        """The prefill of `group` as a batch of `rows` x `width` (paged: over `context` page-table
+        columns; contiguous: `context` unused)."""
+        if self.paged:
+            return paged_prefill_batch(rows, width, group, self._paging.table[:, :context], self.pad_id,
+                                       self.max_batch, self.vocab_size)
+        return prefill_batch(rows, width, group, self.pad_id, self.max_batch, self.vocab_size)
+
+    def _prefill(self, width: int, context: int, group: list[RowPrefill]) -> None:
+        rows = 1 if len(group) == 1 else group_rows(context, self.max_seq_len, self.max_batch)
+        pages = -(-context // self.page_size)
+        batch = self._prefill_batch(rows, width, pages if self.paged else context, group)
+        self._state = self._prefill_fn()(self.graphdef, self.params, self._state, batch)
 
     @staticmethod
     def _extend_text(live: _Live, tokens: list[int]) -> None:
@@ -383,7 +493,7 @@ class Engine:
             finished = Generation(id=live.request.id, prompt_ids=list(live.request.prompt_ids), token_ids=live.tokens,
                                   text=live.text if live.detok is not None else None,
                                   finish_reason=live.finish_reason, seed=live.seed, logprobs=live.logprobs)
-            self._rows[row] = None
+            self._free(row)
         event = Event(live.request, kept, delta, finished, logprobs)
         if live.request.on_event is not None:
             live.request.on_event(event)

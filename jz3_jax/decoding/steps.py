@@ -31,16 +31,18 @@ from flax import nnx
 
 from jz3_jax.decoding.sampling import row_keys, sample_tokens, token_logprobs
 from jz3_jax.model.attention import KVCache
+from jz3_jax.model.paged_attention import PagedKVCache
 from jz3_jax.model.params import constrain
 
 CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
+POOL_AXES = ("kv_heads", None, None, "head_dim")  # [kv_heads, pages, page_size, head_dim]
 ROW_AXES = ("batch",)
 
 
 class DecodeState(NamedTuple):
     """Everything a decode step reads and writes, one entry per row (slot)."""
 
-    cache: KVCache
+    cache: KVCache | PagedKVCache  # a paged state: see `paged_steps.py`
     token: jax.Array  # [slots] int32: the last sampled token, not yet in the cache
     position: jax.Array  # [slots] int32: that token's position
     active: jax.Array  # [slots] bool
@@ -69,18 +71,25 @@ class PrefillBatch(NamedTuple):
     seed_hi: jax.Array
 
 
-def _constrain_state(state: DecodeState, rules: tuple) -> DecodeState:
+def constrain_state(state: DecodeState, rules: tuple) -> DecodeState:
     """Rows over the data axes, cache kv-heads over the tensor axis (as the rules table says)."""
+    axes = POOL_AXES if isinstance(state.cache, PagedKVCache) else CACHE_AXES
 
     def cache_part(x):
-        names = CACHE_AXES if x.ndim == 4 else ("layers", *CACHE_AXES)
-        return constrain(x, names, rules)
+        return constrain(x, axes if x.ndim == 4 else ("layers", *axes), rules)
 
-    cache = state.cache._replace(k=jax.tree.map(cache_part, state.cache.k), v=jax.tree.map(cache_part, state.cache.v),
-                                 # fixed too, so every program sees the shardings it was compiled (warmed up) for
-                                 valid=constrain(state.cache.valid, ROW_AXES + (None,), rules),
-                                 pos=constrain(state.cache.pos, ROW_AXES + (None,), rules),
-                                 index=constrain(state.cache.index, ROW_AXES, rules))
+    if isinstance(state.cache, PagedKVCache):
+        cache = state.cache._replace(k=jax.tree.map(cache_part, state.cache.k),
+                                     v=jax.tree.map(cache_part, state.cache.v),
+                                     page_table=constrain(state.cache.page_table, ROW_AXES + (None,), rules),
+                                     lengths=constrain(state.cache.lengths, ROW_AXES, rules))
+    else:
+        cache = state.cache._replace(k=jax.tree.map(cache_part, state.cache.k),
+                                     v=jax.tree.map(cache_part, state.cache.v),
+                                     # fixed too, so every program sees the shardings it was compiled (warmed up) for
+                                     valid=constrain(state.cache.valid, ROW_AXES + (None,), rules),
+                                     pos=constrain(state.cache.pos, ROW_AXES + (None,), rules),
+                                     index=constrain(state.cache.index, ROW_AXES, rules))
     rows = {name: constrain(getattr(state, name), ROW_AXES + (None,) * (getattr(state, name).ndim - 1), rules)
             for name in DecodeState._fields if name != "cache"}
     return DecodeState(cache=cache, **rows)
@@ -104,7 +113,7 @@ def init_state(graphdef, params, slots: int, length: int) -> DecodeState:
         key=jnp.zeros((slots, 2), jnp.uint32),
         prompt_logits=jnp.zeros((slots, model.cfg.vocab_size), jnp.float32),
     )
-    return _constrain_state(state, model.rules)
+    return constrain_state(state, model.rules)
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
@@ -162,7 +171,7 @@ def prefill(graphdef, params, state: DecodeState, batch: PrefillBatch) -> Decode
         key=put(state.key, row_keys(batch.seed_lo, batch.seed_hi)),
         prompt_logits=put(state.prompt_logits, last),
     )
-    return _constrain_state(state, model.rules)
+    return constrain_state(state, model.rules)
 
 
 @functools.partial(jax.jit, static_argnames=("rules", "eos_ids", "max_top_k", "logprobs"), donate_argnames=("state",))
@@ -183,17 +192,19 @@ def sample_first(state: DecodeState, fresh: jax.Array, eos_ids: tuple[int, ...],
         generated=jnp.where(fresh, 1, state.generated),
     )
     if logprobs:
-        return _constrain_state(state, rules), first, token_logprobs(state.prompt_logits, state.temperature, first,
+        return constrain_state(state, rules), first, token_logprobs(state.prompt_logits, state.temperature, first,
                                                                      logprobs)
-    return _constrain_state(state, rules), first
+    return constrain_state(state, rules), first
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k", "logprobs"),
                    donate_argnames=("state",))
 def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eos_ids: tuple[int, ...],
-           max_top_k: int = 64, logprobs: int = 0):
+           max_top_k: int = 64, logprobs: int = 0, page_table: jax.Array | None = None):
     """Up to `steps` tokens for every active row (rows where `keep` is False are stopped first).
     The model's decode attention layout is the one `graphdef` carries (`Decoder.decode_attention`).
+    A paged state takes `page_table` [slots, pages_per_row] (pages for every token this dispatch
+    may write: the host allocates them before).
 
     Returns (state, tokens [slots, steps] with -1 where a row emitted nothing), and with `logprobs`
     N > 0 also (log-probabilities [slots, steps], top ids [slots, steps, N], top log-probs
@@ -201,6 +212,8 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
     model = nnx.merge(graphdef, params)
     slots = state.token.shape[0]
     state = state._replace(active=state.active & keep)
+    if page_table is not None:
+        state = state._replace(cache=state.cache._replace(page_table=page_table))
 
     def cond(carry):
         i, state, _ = carry
@@ -228,7 +241,7 @@ def decode(graphdef, params, state: DecodeState, keep: jax.Array, steps: int, eo
         if logprobs:
             new = token_logprobs(logits[:, 0], state.temperature, nxt, logprobs)
             out = (out, tuple(buf.at[:, i].set(value) for buf, value in zip(extra, new)))
-        return i + 1, _constrain_state(state, model.rules), out
+        return i + 1, constrain_state(state, model.rules), out
 
     out = jnp.full((slots, steps), -1, jnp.int32)
     if logprobs:

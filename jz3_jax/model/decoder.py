@@ -25,6 +25,7 @@ from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.layers import DecoderLayer, RMSNorm
 from jz3_jax.model.params import constrain, dtype_of, param
 from jz3_jax.model.moe import MoEStats
+from jz3_jax.model.paged_attention import PAGED_IMPLS, PagedKVCache, PagedSlots
 from jz3_jax.model.rope import inverse_frequencies, rope_tables
 from jz3_jax.runtime.sharding import parse_rules
 
@@ -54,6 +55,7 @@ class Decoder(nnx.Module):
         self.cfg = cfg
         self.rules = rules_tuple(rules)
         self.decode_attention = check_decode_layout(decode_attention)
+        self.paged_attention = "gather"  # the paged decode step's impl (`paged_attention.PAGED_IMPLS`)
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
         if cfg.scan_layers:
             @nnx.split_rngs(splits=cfg.num_layers)
@@ -71,21 +73,24 @@ class Decoder(nnx.Module):
     def _layer_fn(self, graphdef):
         """A pure function (layer state, carry, kv) -> (carry, new kv, MoE stats or None),
         rematerialised if configured."""
-        rules, decode_attention = self.rules, self.decode_attention
+        rules, decode_attention, paged = self.rules, self.decode_attention, self.paged_attention
 
         def apply(state, x, cos, sin, segment_ids, positions, kv, slots, key):
             layer = nnx.merge(graphdef, state)
-            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots, key, decode_attention)
+            return layer(x, cos, sin, segment_ids, positions, rules, kv, slots, key, decode_attention, paged)
 
         policy = REMAT_POLICIES[self.cfg.remat]
         if self.cfg.remat != "none":
             return jax.checkpoint(apply, policy=policy)
         return apply
 
-    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | None = None, dropout_key=None,
-                      return_aux: bool = False):
+    def hidden_states(self, tokens, positions, segment_ids, cache: KVCache | PagedKVCache | None = None,
+                      dropout_key=None, return_aux: bool = False):
         """Final-norm hidden states [batch, length, hidden] and the updated cache (and, with
         `return_aux`, the `MoEStats` summed over layers; zeros for a dense model).
+
+        A `PagedKVCache` takes each row's new tokens (right-padded, segment 0 = padding) at
+        `positions`, which must continue the row: its `lengths` .. `lengths` + real tokens - 1.
 
         `dropout_key` turns on LoRA dropout (training only); None is deterministic."""
         cfg = self.cfg
@@ -93,7 +98,10 @@ class Decoder(nnx.Module):
         x = constrain(x, ("batch", "length", "embed"), self.rules)
         cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
         slots = None
-        if cache is not None:
+        if isinstance(cache, PagedKVCache):
+            new_cache = cache._replace(lengths=cache.lengths + (segment_ids != 0).sum(axis=1).astype(jnp.int32))
+            slots = PagedSlots(cache.page_table, new_cache.lengths)
+        elif cache is not None:
             new_cache = write_slot_info(cache, segment_ids, positions)
             slots = (cache.index, new_cache.valid, new_cache.pos)
         aux = MoEStats.zeros(max(cfg.num_experts, 1))
@@ -129,14 +137,19 @@ class Decoder(nnx.Module):
             return self.final_norm(x), cache, aux
         return self.final_norm(x), cache
 
-    def with_decode_attention(self, layout: str) -> "Decoder":
-        """This model with decode attention layout `layout`: a new Decoder over the same arrays
-        (nothing is copied on device; this model is left unchanged)."""
+    def with_decode_attention(self, layout: str, paged: str | None = None) -> "Decoder":
+        """This model with decode attention layout `layout` (and paged decode impl `paged`, one of
+        `PAGED_IMPLS`; None keeps this model's): a new Decoder over the same arrays (nothing is
+        copied on device; this model is left unchanged)."""
         layout = check_decode_layout(layout)
-        if layout == self.decode_attention:
+        paged = self.paged_attention if paged is None else paged
+        if paged not in PAGED_IMPLS:
+            raise ValueError(f"paged attention impl must be one of {', '.join(PAGED_IMPLS)}; got {paged!r}")
+        if layout == self.decode_attention and paged == self.paged_attention:
             return self
         variant = nnx.merge(*nnx.split(self))
         variant.decode_attention = layout
+        variant.paged_attention = paged
         return variant
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -170,3 +183,12 @@ class Decoder(nnx.Module):
         dtype = dtype or dtype_of(cfg.dtype)
         return KVCache.init(cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.resolved_head_dim, dtype,
                             stacked=cfg.scan_layers)
+
+    def init_paged_cache(self, num_pages: int, page_size: int, rows: int, pages_per_row: int,
+                         dtype=None) -> PagedKVCache:
+        """An empty paged KV cache: `num_pages` pages of `page_size` tokens per layer (page 0 the
+        scratch page) and an all-scratch page table of `pages_per_row` entries for each of `rows`."""
+        cfg = self.cfg
+        dtype = dtype or dtype_of(cfg.dtype)
+        return PagedKVCache.init(cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.resolved_head_dim,
+                                 rows, pages_per_row, dtype, stacked=cfg.scan_layers)

@@ -15,6 +15,7 @@ from jz3_jax.model.attention_kernels import check_attention_kind, fused_attentio
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.model.lora import TARGETS, adapter
 from jz3_jax.model.moe import MoE
+from jz3_jax.model.paged_attention import PagedSlots, paged_decode_attention, paged_prefill_attention, write_pages
 from jz3_jax.model.params import constrain, dtype_of, param
 from jz3_jax.model.rope import apply_rope
 from jz3_jax.runtime.sharding import logical_to_spec
@@ -90,13 +91,15 @@ class Attention(nnx.Module):
         return out
 
     def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None,
-                 decode_attention: str = DEFAULT_DECODE_LAYOUT):
+                 decode_attention: str = DEFAULT_DECODE_LAYOUT, paged_attention: str = "gather"):
         """Self-attention over `x`; with `kv=(k_cache, v_cache)` the new keys are written at
         slot `start` of each row and attention runs over the whole cache, whose per-slot
         validity and positions (already including the new tokens) are `cache_slots =
         (start, valid, pos)`. A decode step (one new token over a cache) attends with the layout
         `decode_attention` names (a key of `DECODE_LAYOUTS`); training attention is
-        `cfg.attention`, fixed at construction. Returns (out, new kv or None)."""
+        `cfg.attention`, fixed at construction. With `cache_slots` a `PagedSlots`, `kv` are page
+        pools (`paged_attention.py`): a decode step reads them with the `paged_attention` impl,
+        a longer chunk with the gather path. Returns (out, new kv or None)."""
         b, t, e = x.shape
         rows = x.reshape(b * t, e)
         q = apply_rope(self._project(rows, "q", dropout_key).reshape(b, t, *self.q.shape[1:]), cos, sin)
@@ -109,6 +112,17 @@ class Attention(nnx.Module):
             if out is None:
                 mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
             new_kv = None
+        elif isinstance(cache_slots, PagedSlots):
+            new_kv = write_pages(kv[0], kv[1], k, v, positions, segment_ids, cache_slots.page_table)
+            if t == 1:
+                scaled = (q[:, 0] * q.shape[-1] ** -0.5).astype(self.dtype)
+                out = paged_decode_attention(scaled, *new_kv, cache_slots.lengths, cache_slots.page_table,
+                                             impl=paged_attention, sliding_window=self.sliding_window)
+                out = out.reshape(b, new_kv[0].shape[0], -1, 1, out.shape[-1])
+            else:
+                out = paged_prefill_attention(q, *new_kv, positions, cache_slots.lengths, cache_slots.page_table,
+                                              self.sliding_window)
+            out = out.astype(self.dtype)
         else:
             start, valid, slot_pos = cache_slots
             new_kv = write_kv(kv[0], kv[1], k, v, start)
@@ -138,10 +152,10 @@ class DecoderLayer(nnx.Module):
             self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, rules, kv=None, cache_slots=None, dropout_key=None,
-                 decode_attention: str = DEFAULT_DECODE_LAYOUT):
+                 decode_attention: str = DEFAULT_DECODE_LAYOUT, paged_attention: str = "gather"):
         """Returns (x, new kv or None, this layer's MoEStats or None for a dense MLP)."""
         attn_out, new_kv = self.attn(self.input_norm(x), cos, sin, segment_ids, positions, rules, kv, cache_slots,
-                                     dropout_key, decode_attention)
+                                     dropout_key, decode_attention, paged_attention)
         x = constrain(x + attn_out, ("batch", "length", "embed"), rules)
         if hasattr(self, "moe"):
             mlp_out, stats = self.moe(self.post_attn_norm(x), segment_ids, rules)

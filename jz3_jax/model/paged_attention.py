@@ -1,0 +1,139 @@
+"""A paged KV cache: every layer's keys/values live in a pool of fixed-size pages, each row's
+tokens in the pages its page table names.
+
+Layout (the TPU Pallas paged-attention kernel's, so no relayout there): per layer `k_pages` /
+`v_pages` of shape [kv_heads, num_pages, page_size, head_dim] (stacked layers: a leading layers
+axis; listed layers: a tuple of per-layer arrays, like `KVCache`). Page 0 is a scratch page that
+is never handed to a row: unused page-table entries point at it, and the writes of padding tokens
+and inactive rows land there. Token i of a row (its position i) lives at offset i % page_size of
+page `page_table[row, i // page_size]`, so a row's tokens always sit at positions 0..length-1.
+
+Attention reads through the page table: `paged_decode_attention` (one query per row: the decode
+step) with the gather path below on CPU/GPU or the Pallas kernel on TPU
+(`jz3_jax.model.paged_kernels`), and `paged_prefill_attention` (a chunk of new tokens per row
+after a possibly cached prefix) always with the gather path.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PAGED_IMPLS = ("gather", "pallas")
+
+
+class PagedKVCache(NamedTuple):
+    """The page pools of every layer, each row's page table and how many tokens each row holds."""
+
+    k: jax.Array | tuple[jax.Array, ...]  # [layers, kv_heads, pages, page_size, head_dim] or a tuple per layer
+    v: jax.Array | tuple[jax.Array, ...]
+    page_table: jax.Array  # [rows, pages_per_row] int32 (0 = the scratch page)
+    lengths: jax.Array  # [rows] int32: tokens of the row already in the cache
+
+    @classmethod
+    def init(cls, num_layers: int, num_pages: int, page_size: int, kv_heads: int, head_dim: int, rows: int,
+             pages_per_row: int, dtype, stacked: bool = True) -> "PagedKVCache":
+        shape = (kv_heads, num_pages, page_size, head_dim)
+        if stacked:
+            k, v = (jnp.zeros((num_layers, *shape), dtype) for _ in range(2))
+        else:
+            k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)) for _ in range(2))
+        return cls(k, v, jnp.zeros((rows, pages_per_row), jnp.int32), jnp.zeros((rows,), jnp.int32))
+
+
+class PagedSlots(NamedTuple):
+    """What each layer needs to read and write a paged cache (the `cache_slots` of a paged call)."""
+
+    page_table: jax.Array  # [rows, pages] int32
+    lengths: jax.Array  # [rows] int32: tokens in the cache once this call's tokens are written
+
+
+def write_pages(k_pages: jax.Array, v_pages: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
+                segment_ids: jax.Array, page_table: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One layer's pools after writing new keys/values k, v [rows, t, kv_heads, head_dim] at their
+    `positions` [rows, t]; tokens of segment 0 (padding, inactive rows) go to the scratch page."""
+    page_size = k_pages.shape[2]
+    index = jnp.minimum(positions // page_size, page_table.shape[1] - 1)
+    page = jnp.where(segment_ids != 0, jnp.take_along_axis(page_table, index, axis=1), 0)
+    offset = positions % page_size
+
+    def put(pages, new):
+        return pages.at[:, page, offset].set(new.transpose(2, 0, 1, 3).astype(pages.dtype))
+
+    return put(k_pages, k), put(v_pages, v)
+
+
+def gather_pages(pages: jax.Array, page_table: jax.Array) -> jax.Array:
+    """A row-contiguous view of the pages each row names: pages [kv_heads, P, page_size, d],
+    page_table [rows, n] -> [kv_heads, rows, n * page_size, d] (kv heads first: the layout the
+    grouped attention contracts over, so no transposed copy follows)."""
+    kv_heads, _, page_size, d = pages.shape
+    rows, n = page_table.shape
+    return pages[:, page_table].reshape(kv_heads, rows, n * page_size, d)
+
+
+def _softmax_attend(scores: jax.Array, mask: jax.Array, v: jax.Array, spec: str) -> jax.Array:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum(spec, probs, v)
+
+
+def gather_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
+                            page_table: jax.Array, sliding_window: int = 0) -> jax.Array:
+    """`paged_decode_attention` by gathering each row's pages (any backend)."""
+    rows, heads, d = q.shape
+    kv_heads = k_pages.shape[0]
+    group = heads // kv_heads
+    k = gather_pages(k_pages, page_table)
+    v = gather_pages(v_pages, page_table)
+    q = q.reshape(rows, kv_heads, group, d).astype(k.dtype)
+    scores = jnp.einsum("bkgd,kbsd->bkgs", q, k, preferred_element_type=jnp.float32)
+    key_pos = jnp.arange(k.shape[2], dtype=jnp.int32)[None, :]
+    mask = key_pos < lengths[:, None]
+    if sliding_window > 0:
+        mask &= key_pos >= (lengths - sliding_window)[:, None]
+    out = _softmax_attend(scores, mask[:, None, None, :], v, "bkgs,kbsd->bkgd")
+    return out.reshape(rows, heads, d)
+
+
+def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
+                           page_table: jax.Array, *, impl: str = "gather", sliding_window: int = 0) -> jax.Array:
+    """One query per row over that row's cached tokens.
+
+    q [rows, heads, head_dim] ALREADY multiplied by the softmax scale; k_pages / v_pages
+    [kv_heads, num_pages, page_size, head_dim]; lengths [rows] (tokens in the cache, the query's
+    own included); page_table [rows, pages_per_row] -> [rows, heads, head_dim]. Row r attends
+    positions [max(0, lengths[r] - sliding_window), lengths[r]). `impl`: "gather" (a JAX gather,
+    any backend) or "pallas" (`jz3_jax.model.paged_kernels`, TPU, no sliding window)."""
+    if impl == "gather":
+        return gather_decode_attention(q, k_pages, v_pages, lengths, page_table, sliding_window)
+    if impl == "pallas":
+        if sliding_window > 0:
+            raise ValueError("the Pallas paged-attention kernel has no sliding window; use impl='gather'")
+        from jz3_jax.model.paged_kernels import pallas_paged_decode_attention  # TPU only: imported when asked
+
+        return pallas_paged_decode_attention(q, k_pages, v_pages, lengths, page_table)
+    raise ValueError(f"paged attention impl must be one of {', '.join(PAGED_IMPLS)}; got {impl!r}")
+
+
+def paged_prefill_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, positions: jax.Array,
+                            lengths: jax.Array, page_table: jax.Array, sliding_window: int = 0) -> jax.Array:
+    """New queries q [rows, t, heads, d] (unscaled) at `positions` [rows, t] over every cached token
+    of their row (a cached prefix plus this chunk, already written): causal, at most `lengths`
+    [rows] tokens, sliding window as in training. Returns the grouped layout
+    [rows, kv_heads, group, t, d] of `attention.dot_product_attention`."""
+    rows, t, heads, d = q.shape
+    kv_heads = k_pages.shape[0]
+    group = heads // kv_heads
+    k = gather_pages(k_pages, page_table)
+    v = gather_pages(v_pages, page_table)
+    q = q.reshape(rows, t, kv_heads, group, d).astype(k.dtype)
+    scores = jnp.einsum("btkgd,kbsd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    key_pos = jnp.arange(k.shape[2], dtype=jnp.int32)[None, None, :]
+    delta = positions[:, :, None] - key_pos
+    mask = (key_pos < lengths[:, None, None]) & (delta >= 0)
+    if sliding_window > 0:
+        mask &= delta < sliding_window
+    return _softmax_attend(scores, mask[:, None, None], v, "bkgts,kbsd->bkgtd")
