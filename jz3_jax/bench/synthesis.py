@@ -106,7 +106,9 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     mesh, rules = engine_mesh(e)
     prepared = prepare_model(spec.model, ctx.logger, needed_by="bench.kind=synthesis")
     prompts, max_new = workload(prepared.tokenizer, spec)
-    page = e.page_size
+    # the paged engine's keys (EngineConfig); defaults where the section predates them
+    page = getattr(e, "page_size", 64)
+    prefix_cache, paged_kernel = getattr(e, "prefix_cache", True), getattr(e, "paged_kernel", "auto")
     length = -(-(max(map(len, prompts)) + b.new_tokens) // page) * page  # whole pages: the same bytes both ways
     ctx.logger.info("synthesis workload: %d prompts (level %s) of %.0f tokens on average (%d-%d), %.1f new tokens "
                     "on average (cap %d); cache %d rows x %d positions", len(prompts), b.level,
@@ -119,7 +121,7 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     with jax.set_mesh(mesh):
         model = prepared.load(mesh, rules, spec.seed)
         paged = Engine(model, max_batch=PAGED_ROWS_CAP * b.batch, paged=True, page_size=page, num_pages=pool,
-                       prefix_cache=e.prefix_cache, paged_kernel=e.paged_kernel, **common)
+                       prefix_cache=prefix_cache, paged_kernel=paged_kernel, **common)
         kernel = paged.paged_kernel
         paged_tokens, paged_s, paged_stats = _run(paged, prompts, max_new, ctx.logger, "paged")
         del paged  # its pool is freed before the contiguous cache of the same bytes is allocated
