@@ -4,14 +4,16 @@ The prompts are what `synthesize` renders: snippets of the shipped corpus (`jz3_
 corpus.jsonl`; past its 24 texts, pairs of them, so no two prompts are the same) in the prompt
 library's template for one education level (`bench.level`), so every prompt starts with the same
 template. Each request generates exactly its own `max_new_tokens` (greedy, no EOS), drawn from an
-exponential distribution with mean `bench.new_tokens / bench.length_spread`, clipped to [1,
-`bench.new_tokens`]: the cap is `length_spread` times the mean, like a synthesizer whose outputs are
-far shorter on average than their cap.
+exponential distribution with mean `sampling.max_new_tokens / bench.length_spread`, clipped to [1,
+`sampling.max_new_tokens`]: the cap is `length_spread` times the mean, like a synthesizer whose
+outputs are far shorter on average than their cap.
 
-Both engines get the same KV-cache bytes: the contiguous one `bench.batch` rows of max prompt +
-`bench.new_tokens` positions; the paged one a pool of those bytes (`engine.page_size` tokens per page,
-`engine.prefix_cache`, `engine.paged_kernel`) and up to `PAGED_ROWS_CAP x bench.batch` rows, so its
-rows are bounded by memory, not by the longest request. Each engine compiles everything first
+Both engines get the same KV-cache bytes: the contiguous one `bench.batch` rows of max prompt + cap
+positions; the paged one a pool of those bytes (`engine.page_size` tokens per page,
+`engine.prefix_cache`, `engine.paged_kernel`) and up to `length_spread x bench.batch` rows (a pool
+that holds `batch` rows at the cap holds about that many at the mean), so its rows are bounded by
+memory, not by the longest request. Every decode step computes all of an engine's rows, so a larger
+row cap than the pool can fill would only cost time on CPU. Each engine compiles everything first
 (`Engine.warm_up`), then runs the whole workload once, timed end to end (prefill + decode). The JSON
 line: tokens/s of both and their ratio, the rows each ran per decode dispatch (mean) and their ratio,
 prompt tokens prefilled vs computed (the prefix cache's saving), preemptions, and `identical`: whether
@@ -33,8 +35,6 @@ from jz3_jax.stages import StageContext
 
 if TYPE_CHECKING:
     from jz3_jax.bench.spec import BenchSpec
-
-PAGED_ROWS_CAP = 8  # the paged engine may run up to this many times bench.batch rows at once
 
 
 def corpus_snippets(count: int) -> list[str]:
@@ -66,7 +66,7 @@ def workload(tokenizer, spec: BenchSpec) -> tuple[list[list[int]], list[int]]:
     b = spec.bench
     prompts = [tokenizer.encode(render(text, b.level, "cot"), add_bos=tokenizer.adds_bos)
                for text in corpus_snippets(b.requests)]
-    return prompts, new_token_counts(b.requests, b.new_tokens, b.length_spread, spec.seed)
+    return prompts, new_token_counts(b.requests, spec.sampling.max_new_tokens, b.length_spread, spec.seed)
 
 
 def _run(engine, prompts: list[list[int]], max_new: list[int], logger, name: str) -> tuple[list, float, dict]:
@@ -96,9 +96,10 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     from jz3_jax.decoding.paging import default_pages
 
     b, e = spec.bench, spec.engine
-    if b.requests < 1 or b.new_tokens < 1 or b.batch < 1 or b.length_spread < 1:
-        raise ConfigError("bench.kind=synthesis needs bench.requests, bench.new_tokens, bench.batch >= 1 and "
-                          f"bench.length_spread >= 1; got {b.requests}, {b.new_tokens}, {b.batch}, {b.length_spread}")
+    cap = spec.sampling.max_new_tokens
+    if b.requests < 1 or cap < 1 or b.batch < 1 or b.length_spread < 1:
+        raise ConfigError("bench.kind=synthesis needs bench.requests, sampling.max_new_tokens, bench.batch >= 1 and "
+                          f"bench.length_spread >= 1; got {b.requests}, {cap}, {b.batch}, {b.length_spread}")
     from jz3_jax.prompts.library import level_names
 
     if b.level not in level_names():
@@ -109,18 +110,18 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     # the paged engine's keys (EngineConfig); defaults where the section predates them
     page = getattr(e, "page_size", 64)
     prefix_cache, paged_kernel = getattr(e, "prefix_cache", True), getattr(e, "paged_kernel", "auto")
-    length = -(-(max(map(len, prompts)) + b.new_tokens) // page) * page  # whole pages: the same bytes both ways
+    length = -(-(max(map(len, prompts)) + cap) // page) * page  # whole pages: the same bytes both ways
     ctx.logger.info("synthesis workload: %d prompts (level %s) of %.0f tokens on average (%d-%d), %.1f new tokens "
                     "on average (cap %d); cache %d rows x %d positions", len(prompts), b.level,
                     np.mean([len(p) for p in prompts]), min(map(len, prompts)), max(map(len, prompts)),
-                    np.mean(max_new), b.new_tokens, b.batch, length)
+                    np.mean(max_new), cap, b.batch, length)
     common = dict(max_seq_len=length, eos_ids=(), steps_per_dispatch=e.steps_per_dispatch,
                   prompt_bucket=e.prompt_bucket, mesh=mesh, max_top_k=e.max_top_k,
                   decode_attention=e.decode_attention)
     pool = default_pages(b.batch, length, page)
     with jax.set_mesh(mesh):
         model = prepared.load(mesh, rules, spec.seed)
-        paged = Engine(model, max_batch=PAGED_ROWS_CAP * b.batch, paged=True, page_size=page, num_pages=pool,
+        paged = Engine(model, max_batch=round(b.length_spread * b.batch), paged=True, page_size=page, num_pages=pool,
                        prefix_cache=prefix_cache, paged_kernel=paged_kernel, **common)
         kernel = paged.paged_kernel
         paged_tokens, paged_s, paged_stats = _run(paged, prompts, max_new, ctx.logger, "paged")
@@ -145,7 +146,7 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
         prefill_tokens_computed=computed, prefill_tokens_total=total,
         prefix_saved_fraction=round(1 - computed / total, 3) if total else 0.0,
         preemptions=paged_stats["preemptions"], identical=not differ, requests=len(prompts),
-        generated_tokens=generated, mean_new_tokens=round(float(np.mean(max_new)), 1), new_tokens_cap=b.new_tokens,
+        generated_tokens=generated, mean_new_tokens=round(float(np.mean(max_new)), 1), new_tokens_cap=cap,
         mean_prompt_tokens=round(float(np.mean([len(p) for p in prompts])), 1), level=b.level,
         contiguous_rows=b.batch, positions_per_row=length, page_size=page, pool_pages=pool, paged_kernel=kernel,
         seconds_paged=round(paged_s, 2), seconds_contiguous=round(contiguous_s, 2))

@@ -84,45 +84,24 @@ def compile_contiguous(setup: DecodeSetup, rows: int, length: int) -> tuple[Any,
 
 
 def compile_paged(setup: DecodeSetup, rows: int, num_pages: int, page_size: int, pages_per_row: int,
-                  impl: str) -> tuple[Any, int, str]:
-    """A decode program over a paged cache of `num_pages` pages of `page_size` tokens per layer, for
-    `rows` rows of up to `pages_per_row` pages, attention by `impl`: (compiled, cache bytes per chip,
-    what the program is).
-
-    Until the paged engine lands this is the decode step's attention over the pool, every layer,
-    with the weights as arguments so the memory is the engine's: each layer's pool in the kernel's
-    layout, sharded over kv heads like the engine's cache."""
+                  impl: str) -> tuple[Any, int]:
+    """The paged engine's decode dispatch (`steps.decode` on a `paged_steps.init_state` state) for
+    `rows` rows of up to `pages_per_row` pages over a pool of `num_pages` pages of `page_size` tokens
+    per layer, decode attention by `impl` ("pallas" or "gather"): (compiled, cache bytes per chip)."""
     import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding
+    from flax import nnx
 
-    from jz3_jax.model.paged_kernels import pallas_paged_decode_attention
-    from jz3_jax.runtime.sharding import logical_to_spec
+    from jz3_jax.decoding import paged_steps, steps
+    from jz3_jax.model.factory import abstract_model
 
-    cfg = setup.model_cfg
-    heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-    dtype = jnp.dtype(cfg.dtype)
-
-    def sds(shape, names, dt):
-        spec = logical_to_spec(names, setup.rules, setup.mesh, shape)
-        return jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(setup.mesh, spec))
-
-    pool_shape = (cfg.num_layers, kv_heads, num_pages, page_size, head_dim)
-    pool_names = ("layers", "kv_heads", None, None, "head_dim")
-    pools = sds(pool_shape, pool_names, dtype), sds(pool_shape, pool_names, dtype)
-    q = sds((rows, heads, head_dim), (None, "heads", "head_dim"), dtype)
-    lengths = sds((rows,), (None,), jnp.int32)
-    table = sds((rows, pages_per_row), (None, None), jnp.int32)
-
-    def attend_every_layer(params, k_pools, v_pools, q, lengths, table):
-        def layer(x, kv):
-            out = pallas_paged_decode_attention(x, kv[0], kv[1], lengths, table, rules=setup.rules)
-            return out, None
-
-        out, _ = jax.lax.scan(layer, q, (k_pools, v_pools))
-        return out
-
-    program = jax.jit(attend_every_layer, keep_unused=True)
+    model = abstract_model(setup.model_cfg, setup.rules, decode_attention=setup.layout)
+    graphdef = nnx.graphdef(model.with_decode_attention(setup.layout, impl))
+    shape = dict(slots=rows, num_pages=num_pages, page_size=page_size, pages_per_row=pages_per_row)
     with jax.set_mesh(setup.mesh):
-        lowered = program.lower(setup.params, *pools, q, lengths, table)
-    return lowered.compile(), tree_bytes_per_device(pools), "decode attention over the paged pool (every layer)"
+        init = paged_steps.init_state.lower(graphdef, setup.params, **shape).compile()
+        shapes = jax.eval_shape(lambda p: paged_steps.init_state(graphdef, p, *shape.values()), setup.params)
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                             init.output_shardings)
+        lowered = steps.decode.lower(graphdef, setup.params, state, _keep(setup, rows), **setup.options,
+                                     page_table=state.cache.page_table)
+    return lowered.compile(), tree_bytes_per_device((state.cache.k, state.cache.v))
