@@ -9,12 +9,14 @@ are read.
 
 First the configured engine: `engine.max_batch` rows x `compile.max_tokens` positions
 (0 = `engine.max_seq_len`), contiguous. With the paged engine (`engine.paged`, the default) it then
-sizes the cache to the chip: the HBM left after the weights and the first program's other buffers
-is the KV budget, and for requests of `compile.mean_tokens` on average (at most `max_tokens`) it
-reports the rows that budget holds contiguous and paged (`decode_rows.py`), and compiles both
-programs at those sizes: the contiguous one at its rows x max_tokens, the paged one at its rows
-over a pool of the same bytes, with the Pallas paged-attention kernel where the model allows it
-(`model.paged_kernels.choose_paged_impl`; the report lists the kernels in the compiled program).
+sizes both caches to the chip for requests of `compile.mean_tokens` on average (at most
+`max_tokens`): each layout is compiled at two small sizes, which give what its program needs per
+cache byte on top of a fixed part (`decode_rows.cache_budget`), so the cache that fits in
+`1 - HBM_RESERVE` of the chip's HBM follows; the rows that cache holds contiguous (every row
+`max_tokens` positions) and paged (rows of the mean length in pages, `decode_rows.decode_rows`) are
+reported, and both programs are compiled at those sizes to check that they fit. The paged one runs
+the Pallas paged-attention kernel where the model allows it (`model.paged_kernels.choose_paged_impl`;
+the report lists the Pallas kernels in the compiled program).
 
     JAX_PLATFORMS=cpu python -m jz3_jax.launch compile --config configs/sft_synthesizer_deepseekmath7b.py \
         compile.program=decode compile.topology=v5p-8 compile.mean_tokens=1200 compile.max_tokens=4096
@@ -27,9 +29,9 @@ import time
 from typing import TYPE_CHECKING
 
 from jz3_jax.errors import ConfigError
-from jz3_jax.train.compile_analysis import fmt_gib, kernels_in, memory_of, param_report
+from jz3_jax.train.compile_analysis import fmt_gib, kernels_in, memory_of, out_of_memory, param_report
 from jz3_jax.train.decode_programs import DecodeSetup, compile_contiguous, compile_paged
-from jz3_jax.train.decode_rows import decode_rows, round_rows
+from jz3_jax.train.decode_rows import cache_budget, decode_rows, round_rows
 from jz3_jax.train.tpu_topology import parse_topology, tpu_devices
 
 if TYPE_CHECKING:
@@ -113,31 +115,65 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
     if not report["engine"]["paged"]:
         return report
 
-    # Size the cache to the chip: what the configured program needs besides weights and cache
-    # (the rows' state, logits, temporaries) stays, the rest less a reserve is the KV budget.
-    workspace = configured["memory_per_device"]["total_bytes"] - weight_bytes - cache_bytes
-    budget = int(hbm * (1 - HBM_RESERVE)) - weight_bytes - workspace
+    # Size each cache to the chip: a second compile of each layout at another size gives what the
+    # program needs per cache byte besides the fixed part (`decode_rows.cache_budget`).
+    limit = int(hbm * (1 - HBM_RESERVE))
     page_size = getattr(e, "page_size", 0) or default_page_size("tpu")
-    rows = decode_rows(budget, cache_bytes // (e.max_batch * max_tokens), max_tokens, mean_tokens, page_size)
-    shards = setup.row_shards
-    contiguous_rows, paged_rows = round_rows(rows.contiguous_rows, shards), round_rows(rows.paged_rows, shards)
     impl = choose_paged_impl("tpu", setup.model_cfg, page_size)
-    log(f"compile: KV budget {fmt_gib(budget)} per chip: {contiguous_rows} contiguous rows of {max_tokens} positions, "
-        f"{paged_rows} paged rows of {mean_tokens} tokens on average ({rows.pool_pages} pages of {page_size}); "
-        f"paged attention: {impl}")
+    bpt = cache_bytes // (e.max_batch * max_tokens)
+    shards = setup.row_shards
+    mean_pages = decode_rows(1, bpt, max_tokens, mean_tokens, page_size).pages_per_row
+    width = -(-max_tokens // page_size)
 
-    t1 = time.perf_counter()
-    compiled, cache = compile_contiguous(setup, contiguous_rows, max_tokens)
-    contiguous = _program_report(compiled, cache, weight_bytes, hbm, contiguous_rows, time.perf_counter() - t1,
-                                 positions=max_tokens)
-    t2 = time.perf_counter()
-    compiled, cache = compile_paged(setup, paged_rows, rows.pool_pages, page_size, rows.page_table_width, impl)
-    paged = _program_report(compiled, cache, weight_bytes, hbm, paged_rows, time.perf_counter() - t2,
-                            pool_pages=rows.pool_pages, page_size=page_size, pages_per_row=rows.page_table_width,
-                            attention=impl)
-    paged["kernel_in_program"] = "tpu_custom_call" in compiled.as_text()
-    report["sized"] = {"kv_budget_bytes": budget, "workspace_bytes": workspace, "hbm_reserve": HBM_RESERVE,
-                       "bytes_per_token": rows.bytes_per_token, "pages_per_mean_row": rows.pages_per_row,
+    def total(report: dict) -> tuple[int, int]:
+        return report["kv_cache_bytes"], report["memory_per_device"]["total_bytes"]
+
+    def contiguous_at(rows: int) -> dict:
+        t = time.perf_counter()
+        compiled, cache = compile_contiguous(setup, rows, max_tokens)
+        return _program_report(compiled, cache, weight_bytes, hbm, rows, time.perf_counter() - t, positions=max_tokens)
+
+    def paged_at(rows: int, pages: int) -> dict:
+        t = time.perf_counter()
+        compiled, cache = compile_paged(setup, rows, pages, page_size, width, impl)
+        out = _program_report(compiled, cache, weight_bytes, hbm, rows, time.perf_counter() - t, pool_pages=pages,
+                              page_size=page_size, pages_per_row=width, attention=impl)
+        out["kernel_in_program"] = "tpu_custom_call" in compiled.as_text()
+        return out
+
+    def checked(fn, *args) -> dict:
+        """The program at its sized shape; one the compiler refuses for lack of HBM does not fit."""
+        try:
+            return fn(*args)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is a result, the rest re-raised
+            if not out_of_memory(error):
+                raise
+            return {"rows": args[0], "fits": False, "error": str(error).splitlines()[0][:300], "kernels": [],
+                    "kernel_in_program": False, "compile_seconds": None}
+
+    small = max(shards, e.max_batch // 2 // shards * shards)
+    contiguous_budget, c_fixed, c_per_byte = cache_budget(total(contiguous_at(small)), total(configured), limit)
+    paged_small = paged_at(small, small * mean_pages + 1)
+    paged_large = paged_at(e.max_batch, e.max_batch * mean_pages + 1)
+    paged_budget, p_fixed, p_per_byte = cache_budget(total(paged_small), total(paged_large), limit)
+    rows = decode_rows(contiguous_budget, bpt, max_tokens, mean_tokens, page_size, paged_budget)
+    contiguous_rows, paged_rows = round_rows(rows.contiguous_rows, shards), round_rows(rows.paged_rows, shards)
+    log(f"compile: {fmt_gib(limit)} per chip ({100 * (1 - HBM_RESERVE):.0f}% of HBM): contiguous cache "
+        f"{fmt_gib(contiguous_budget)} ({c_per_byte:.2f} bytes per cache byte) = {contiguous_rows} rows of "
+        f"{max_tokens} positions; paged pool {fmt_gib(paged_budget)} ({p_per_byte:.2f} per byte) = "
+        f"{rows.pool_pages} pages of {page_size} = {paged_rows} rows of {mean_tokens} tokens on average; "
+        f"paged attention: {impl}")
+    contiguous = checked(contiguous_at, contiguous_rows)
+    paged = checked(paged_at, paged_rows, rows.pool_pages)
+    for name, program in (("contiguous", contiguous), ("paged", paged)):
+        program.setdefault("positions", max_tokens)
+        if name == "paged":
+            program.update(pool_pages=rows.pool_pages, page_size=page_size, pages_per_row=width, attention=impl)
+    report["sized"] = {"limit_bytes": limit, "hbm_reserve": HBM_RESERVE, "bytes_per_token": bpt,
+                       "pages_per_mean_row": mean_pages,
+                       "contiguous_budget_bytes": contiguous_budget, "paged_budget_bytes": paged_budget,
+                       "fit": {"contiguous": {"fixed_bytes": int(c_fixed), "per_cache_byte": round(c_per_byte, 4)},
+                               "paged": {"fixed_bytes": int(p_fixed), "per_cache_byte": round(p_per_byte, 4)}},
                        "contiguous": contiguous, "paged": paged,
                        "rows_ratio": round(paged_rows / contiguous_rows, 3) if contiguous_rows else None}
     report["fits"] = report["fits"] and contiguous["fits"] and paged["fits"]
@@ -160,16 +196,21 @@ def decode_summary(report: dict) -> str:
     sized = report.get("sized")
     if sized:
         r = report["requests"]
-        lines.append(f"  sized to the chip for requests of {r['mean_tokens']} tokens on average, at most "
-                     f"{r['max_tokens']}: KV budget {fmt_gib(sized['kv_budget_bytes'])} per chip "
-                     f"({100 * sized['hbm_reserve']:.0f}% of HBM kept free, workspace "
-                     f"{fmt_gib(sized['workspace_bytes'])}), {sized['bytes_per_token']} bytes per token")
+        fit = sized["fit"]
+        lines.append(f"  sized to {fmt_gib(sized['limit_bytes'])} per chip ({100 * sized['hbm_reserve']:.0f}% of HBM "
+                     f"kept free) for requests of {r['mean_tokens']} tokens on average, at most {r['max_tokens']}; "
+                     f"{sized['bytes_per_token']} cache bytes per token; the programs need "
+                     f"{fit['contiguous']['per_cache_byte']} (contiguous) and {fit['paged']['per_cache_byte']} (paged) "
+                     f"bytes per cache byte")
         for name in ("contiguous", "paged"):
             p = sized[name]
-            pm = p["memory_per_device"]
             shape = (f"{p['rows']} rows x {p['positions']} positions" if name == "contiguous" else
                      f"{p['rows']} rows over {p['pool_pages']} pages of {p['page_size']} tokens "
                      f"({p['attention']} attention)")
+            if "error" in p:
+                lines.append(f"  {name}: {shape}: DOES NOT FIT ({p['error']})")
+                continue
+            pm = p["memory_per_device"]
             lines.append(f"  {name}: {shape}, KV cache {fmt_gib(p['kv_cache_bytes'])}, compiler total "
                          f"{fmt_gib(pm['total_bytes'])} ({100 * pm['fraction_of_hbm']:.1f}%): "
                          f"{'fits' if p['fits'] else 'DOES NOT FIT'}")
