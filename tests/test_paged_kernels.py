@@ -64,6 +64,15 @@ def test_kernel_ignores_what_lies_past_each_row():
     np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
 
 
+def test_large_page_tables_go_in_chunks_of_rows(monkeypatch):
+    """A page table over the kernel's SMEM budget is split into calls of fewer rows (3 + 1 padded)."""
+    q, k, v, lengths, table = _case(seed=3)
+    whole = pk.pallas_paged_decode_attention(q, k, v, lengths, table, interpret=True)
+    monkeypatch.setattr(pk, "SMEM_TABLE_BYTES", 3 * 4 * table.shape[1])
+    chunked = pk.pallas_paged_decode_attention(q, k, v, lengths, table, interpret=True)
+    np.testing.assert_array_equal(np.asarray(chunked), np.asarray(whole))
+
+
 def test_kernel_bfloat16_cache():
     q, k, v, lengths, table = _case(heads=8, kv_heads=1, dtype=jnp.bfloat16, seed=2)
     out = pk.pallas_paged_decode_attention(q, k, v, lengths, table, interpret=True)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from jz3_jax.bench.decode import paged_options
 from jz3_jax.bench.harness import report
 from jz3_jax.errors import ConfigError
 from jz3_jax.stages import StageContext
@@ -55,7 +56,9 @@ def corpus_snippets(count: int) -> list[str]:
 
 def new_token_counts(count: int, cap: int, spread: float, seed: int) -> list[int]:
     """Per-request max_new_tokens: exponential with mean cap / spread, clipped to [1, cap]."""
-    draws = np.random.default_rng(seed).exponential(cap / spread, count)
+    import os
+    shape = float(os.environ.get("P2_SHAPE", "1"))
+    draws = np.random.default_rng(seed).gamma(shape, cap / spread / shape, count)
     return [int(x) for x in np.clip(np.rint(draws), 1, cap)]
 
 
@@ -107,9 +110,9 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     mesh, rules = engine_mesh(e)
     prepared = prepare_model(spec.model, ctx.logger, needed_by="bench.kind=synthesis")
     prompts, max_new = workload(prepared.tokenizer, spec)
-    # the paged engine's keys (EngineConfig); defaults where the section predates them
-    page = getattr(e, "page_size", 64)
-    prefix_cache, paged_kernel = getattr(e, "prefix_cache", True), getattr(e, "paged_kernel", "auto")
+    configured = paged_options(e)  # page size, prefix cache and kernel as configured; rows and pool set here
+    page = configured.get("page_size", 64)
+    options = {k: v for k, v in configured.items() if k in ("prefix_cache", "paged_kernel")}
     length = -(-(max(map(len, prompts)) + cap) // page) * page  # whole pages: the same bytes both ways
     ctx.logger.info("synthesis workload: %d prompts (level %s) of %.0f tokens on average (%d-%d), %.1f new tokens "
                     "on average (cap %d); cache %d rows x %d positions", len(prompts), b.level,
@@ -122,7 +125,7 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     with jax.set_mesh(mesh):
         model = prepared.load(mesh, rules, spec.seed)
         paged = Engine(model, max_batch=round(b.length_spread * b.batch), paged=True, page_size=page, num_pages=pool,
-                       prefix_cache=prefix_cache, paged_kernel=paged_kernel, **common)
+                       **options, **common)
         kernel = paged.paged_kernel
         paged_tokens, paged_s, paged_stats = _run(paged, prompts, max_new, ctx.logger, "paged")
         del paged  # its pool is freed before the contiguous cache of the same bytes is allocated

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 IMPLS = ("pallas", "gather")
 BLOCK_TOKENS = 512  # cache tokens one kernel step reads per (row, kv head); 2 x 2 buffers of this in VMEM
 LANES = 128  # the TPU vector unit's lane width: head_dim must fill whole lanes
+SMEM_TABLE_BYTES = 256 * 1024  # page-table bytes per kernel call (it is prefetched into 1 MiB of SMEM)
 PAGE_SIZES = {"tpu": 128, "gpu": 64, "cuda": 64, "cpu": 64}  # default tokens per page by backend
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def pallas_paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax
         if interpret:
             _note(f"the Pallas paged-attention kernel on {platform} runs in TPU interpret mode (slow; for tests)")
 
-    def kernel(q, k_pages, v_pages, lengths, page_table):
+    def one_call(q, k_pages, v_pages, lengths, page_table):
         call = functools.partial(paged_attention, pages_per_compute_block=block, megacore_mode=megacore_mode)
         if not interpret:
             return call(q, k_pages, v_pages, lengths, page_table)
@@ -134,6 +135,18 @@ def pallas_paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax
 
         with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
             return call(q, k_pages, v_pages, lengths, page_table)
+
+    def kernel(q, k_pages, v_pages, lengths, page_table):
+        # The kernel keeps the page table in SMEM (1 MiB): a larger one goes in chunks of rows.
+        chunk = max(1, SMEM_TABLE_BYTES // (4 * page_table.shape[1]))
+        n = q.shape[0]
+        if n <= chunk:
+            return one_call(q, k_pages, v_pages, lengths, page_table)
+        pad = -n % chunk  # padding rows have length 0: zeros, and only scratch pages
+        q, lengths, page_table = (jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) for x in (q, lengths, page_table))
+        outs = [one_call(q[i:i + chunk], k_pages, v_pages, lengths[i:i + chunk], page_table[i:i + chunk])
+                for i in range(0, n + pad, chunk)]
+        return jnp.concatenate(outs)[:n]
 
     args = (q, k_pages, v_pages, lengths.astype(jnp.int32), page_table.astype(jnp.int32))
     if rules is None:

@@ -8,8 +8,8 @@ KV cache, the compiler's total, and whether it fits in HBM. Nothing is allocated
 are read.
 
 First the configured engine: `engine.max_batch` rows x `compile.max_tokens` positions
-(0 = `engine.max_seq_len`), contiguous. With the paged engine (`engine.paged`, the default) it then
-sizes both caches to the chip for requests of `compile.mean_tokens` on average (at most
+(0 = `engine.max_seq_len`), contiguous. Given a length distribution (`compile.mean_tokens` > 0) and
+the paged engine (`engine.paged`, the default), it then sizes both caches to the chip for requests of `compile.mean_tokens` on average (at most
 `max_tokens`): each layout is compiled at two small sizes, which give what its program needs per
 cache byte on top of a fixed part (`decode_rows.cache_budget`), so the cache that fits in
 `1 - HBM_RESERVE` of the chip's HBM follows; the rows that cache holds contiguous (every row
@@ -112,8 +112,8 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
         "seconds": {"compile": configured["compile_seconds"]},
         "requests": {"max_tokens": max_tokens, "mean_tokens": mean_tokens},
     }
-    if not report["engine"]["paged"]:
-        return report
+    if not report["engine"]["paged"] or not cfg.compile.mean_tokens:
+        return report  # no length distribution given: the configured program only
 
     # Size each cache to the chip: a second compile of each layout at another size gives what the
     # program needs per cache byte besides the fixed part (`decode_rows.cache_budget`).

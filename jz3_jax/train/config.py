@@ -67,4 +67,4 @@ class CompileConfig:
     step_time_s: float = 0.0  # > 0: report the model-FLOPs utilisation this step time would mean
     # program=decode: tokens (prompt + generated) per request, to size the cache paged vs contiguous
     max_tokens: int = 0  # the longest request; 0 = engine.max_seq_len
-    mean_tokens: int = 0  # the mean request; 0 = max_tokens
+    mean_tokens: int = 0  # the mean request; > 0 also sizes the cache to HBM, paged vs contiguous
