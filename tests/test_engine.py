@@ -242,8 +242,8 @@ def test_decode_attention_layouts_give_the_same_logits(kv_heads, window, mesh):
 
 def test_decode_attention_layouts_give_the_same_tokens(tiny):
     model, _ = tiny
-    engines = {layout: Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4, decode_attention=layout)
-               for layout in ("block_diagonal", "grouped")}
+    engines = {layout: Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4, decode_attention=layout,
+                              paged=False) for layout in ("block_diagonal", "grouped")}  # layouts of the contiguous cache
     assert {name: e.decode_layout for name, e in engines.items()} == {"block_diagonal": "block_diagonal",
                                                                        "grouped": "grouped"}
     tokens = {name: [r.token_ids for r in e.generate(_mixed_requests(3))] for name, e in engines.items()}
@@ -268,7 +268,7 @@ def test_two_decode_layouts_run_side_by_side_in_threads(tiny):
 
     def build_and_run(layout: str):
         start.wait()  # both threads build, trace and decode concurrently
-        engine = Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4, decode_attention=layout)
+        engine = Engine(model, max_batch=4, max_seq_len=80, steps_per_dispatch=4, decode_attention=layout, paged=False)
         tokens = [r.token_ids for r in engine.generate(_mixed_requests(5))]
         keep = jnp.ones((engine.max_batch,), bool)
         with engine._on_mesh():

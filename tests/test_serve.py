@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import REPO_ROOT, launched_serve
 from jz3_jax.config import apply_overrides, load_config
@@ -261,17 +262,19 @@ def test_worker_survives_a_failed_engine_step():
 def _one_of_many(url: str, i: int, start: threading.Barrier, results: list) -> None:
     try:
         start.wait()
-        body = {"prompt": f"request {i}", "max_tokens": 8, "temperature": 1.0, "seed": i, "stream": i % 3 == 0}
+        # mixed lengths: prompts of 9 to 70 bytes, 1 to 16 new tokens
+        body = {"prompt": f"request {i}" + " x" * (i * 7 % 31), "max_tokens": 1 + i * 5 % 16, "temperature": 1.0,
+                "seed": i, "stream": i % 3 == 0}
         results[i] = post(url + "/v1/completions", body, timeout=120)
     except Exception as error:  # reported by the test, never lost in a thread
         results[i] = error
 
 
-def test_200_concurrent_requests_get_completions_or_429(tiny_server):
-    n = 200
+def _many_at_once(server, n: int = 200) -> dict[str, int]:
+    """`n` concurrent requests of mixed lengths: each gets a completion or a 429; the counts of each."""
     results: list = [None] * n
     start = threading.Barrier(n)
-    threads = [threading.Thread(target=_one_of_many, args=(tiny_server.url, i, start, results)) for i in range(n)]
+    threads = [threading.Thread(target=_one_of_many, args=(server.url, i, start, results)) for i in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -292,10 +295,40 @@ def test_200_concurrent_requests_get_completions_or_429(tiny_server):
         else:
             choice = body["choices"][0]
             assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length")
-            assert 1 <= body["usage"]["completion_tokens"] <= 8
+            assert 1 <= body["usage"]["completion_tokens"] <= 1 + i * 5 % 16
     LOGGER.info("load test: %s", counts)
     assert counts["ok"] >= 32 and counts["ok"] + counts["429"] == n
-    completion_ok(tiny_server)
+    completion_ok(server)
+    return counts
+
+
+def engine_gauges(url: str) -> dict[str, float]:
+    """The engine's counters as `/metrics` shows them (`jz3_engine_<key>` gauges)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=60) as response:
+        text = response.read().decode()
+    return {family.name[len("jz3_engine_"):]: family.samples[0].value
+            for family in text_string_to_metric_families(text) if family.name.startswith("jz3_engine_")}
+
+
+def test_200_concurrent_requests_get_completions_or_429(tiny_server):
+    counts = _many_at_once(tiny_server)
+    gauges = engine_gauges(tiny_server.url)
+    assert gauges["pages_total"] == 4 * 2  # engine.max_batch x ceil(max_seq_len / page_size): the contiguous bytes
+    assert gauges["pages_in_use"] == 0 and 1 <= gauges["rows_running_max"] <= 4
+    assert gauges["generated_tokens"] >= counts["ok"] and gauges["prefill_tokens_total"] > 0
+
+
+@pytest.mark.slow
+def test_200_concurrent_requests_on_a_small_pool_preempt_and_stay_healthy():
+    overrides = TINY_OVERRIDES[:2] + ["engine.max_batch=16", "engine.max_seq_len=128", "engine.prompt_bucket=16",
+                                      "engine.page_size=8", "engine.num_pages=30", "engine.steps_per_dispatch=2",
+                                      "serve.max_queue=64"]
+    with serving("tiny.py", overrides) as (server, _):
+        counts = _many_at_once(server)
+        gauges = engine_gauges(server.url)
+    LOGGER.info("engine counters: %s", gauges)
+    assert gauges["pages_total"] == 29 and gauges["pages_in_use"] == 0 and gauges["rows_running_max"] > 4
+    assert gauges["preemptions"] > 0 and gauges["generated_tokens"] >= counts["ok"]
 
 
 def test_stage_serves_until_sigterm(tmp_path):

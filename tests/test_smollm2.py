@@ -70,3 +70,27 @@ def test_engine_greedy_equals_generate(prompt_ids, reference, ours):
         with torch.no_grad():
             ref = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
         assert result.token_ids == ref[0, len(prompt):].tolist()
+
+
+def test_paged_engine_equals_contiguous_with_prefix_sharing_and_preemption(prompt_ids, ours):
+    """Prompts sharing SmolLM2's chat template and a 40-token problem start: the paged engine (prefix
+    cache on and off, and a pool so small that rows are preempted) gives the contiguous engine's tokens."""
+    from jz3_jax.decoding import Engine, Request, SamplingParams
+
+    model, _ = ours
+    prompts = [prompt_ids[:40 + 3 * i] for i in range(6)]
+
+    def run(**args):
+        engine = Engine(model, max_batch=4, max_seq_len=128, prompt_bucket=16, steps_per_dispatch=4, **args)
+        params = [SamplingParams(temperature=0.0, max_new_tokens=24),
+                  SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=24, seed=5)]
+        out = engine.generate([Request(p, params[i % 2]) for i, p in enumerate(prompts)])
+        return [r.token_ids for r in out], engine.stats()
+
+    contiguous, _ = run(paged=False)
+    shared, stats = run(page_size=8)
+    assert shared == contiguous
+    assert stats["prefix_hit_tokens"] >= 5 * 40 and stats["prefill_tokens_computed"] < stats["prefill_tokens_total"]
+    preempted, stats = run(page_size=8, num_pages=20)  # 19 pages of 8: about 2 rows of up to 79 tokens
+    assert preempted == contiguous and stats["preemptions"] > 0
+    assert run(page_size=8, prefix_cache=False)[0] == contiguous

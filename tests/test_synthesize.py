@@ -87,6 +87,11 @@ def test_sigkill_then_rerun_gives_each_prompt_exactly_once(resumed):
     assert sample["meta"]["snippet"] == 3
     metrics = (run_dir / "synthesize" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["prompts_done"] == 40 - len(partial)
+    report = json.loads((run_dir / "synthesize" / "report.json").read_text())  # the rerun's
+    assert report["generated"] == 40 - len(partial) and report["tokens"] > 0
+    engine = report["engine"]  # the paged engine's counters (engine.max_batch=2)
+    assert 0 < engine["rows_running_mean"] <= engine["rows_running_max"] <= 2 and engine["pages_total"] > 0
+    assert engine["prefill_tokens_total"] >= engine["prefill_tokens_computed"] > 0 and engine["pages_in_use"] == 0
 
 
 def _free_port() -> int:
@@ -113,6 +118,8 @@ def test_two_processes_split_the_prompts_and_agree_with_one(prompts_file, resume
     assert [p.returncode for p in procs] == [0, 0], errors
     files = sorted(p.name for p in (tmp_path / "run" / "synthesize" / "completions").glob("*.jsonl"))
     assert files == ["part-00000-000000.jsonl", "part-00001-000000.jsonl"]
+    reports = sorted(p.name for p in (tmp_path / "run" / "synthesize").glob("report*.json"))
+    assert reports == ["report-p00001.json", "report.json"]
     records = _records(tmp_path / "run")
     assert Counter(r["id"] for r in records) == Counter(f"q{i}" for i in range(40))
     single = {r["id"]: r for r in resumed[1]}

@@ -20,6 +20,11 @@ The layout is an argument of the model (`Decoder(..., decode_attention=...)`, or
 `model.with_decode_attention(layout)` for a model already built): the engine builds its decode
 program from a model carrying its resolved layout, so engines with different layouts can run side
 by side in one process, and every other program (training, prefill) keeps its own attention.
+
+These layouts are the contiguous cache's (`engine.paged=false`). The paged cache's decode attention
+(`jz3_jax.model.paged_attention`) is `engine.paged_kernel`: `gather` (any backend) or `pallas`
+(the TPU kernel); `auto` asks `jz3_jax.model.paged_kernels.choose_paged_impl` where that module
+exists, else takes `gather` (`resolve_paged_kernel`).
 """
 
 from __future__ import annotations

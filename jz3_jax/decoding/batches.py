@@ -1,5 +1,6 @@
-"""Host-built prefill batches: new requests' tokens and sampling settings as fixed-shape arrays
-(the contiguous engine's `steps.PrefillBatch`, the paged engine's `paged_steps.PagedPrefillBatch`)."""
+"""Host-built device inputs: new requests' tokens and sampling settings as fixed-shape prefill
+batches (the contiguous engine's `steps.PrefillBatch`, the paged engine's
+`paged_steps.PagedPrefillBatch`), and a prompt to score."""
 
 from __future__ import annotations
 
@@ -75,3 +76,10 @@ def paged_prefill_batch(rows: int, width: int, group: Sequence[RowPrefill], tabl
     columns = {**_settings(rows, group, slots, vocab_size), **extra}
     return paged_steps.PagedPrefillBatch(tokens=jnp.asarray(tokens), page_table=jnp.asarray(page_table),
                                          **{k: jnp.asarray(v) for k, v in columns.items()})
+
+
+def score_inputs(prompt_ids: Sequence[int], width: int, temperature: float, pad_id: int):
+    """`steps.score_prompt`'s (tokens [1, width], length [1], temperature [1]) for one prompt."""
+    tokens = np.full((1, width), pad_id, np.int32)
+    tokens[0, : len(prompt_ids)] = prompt_ids
+    return jnp.asarray(tokens), jnp.asarray([len(prompt_ids)], np.int32), jnp.asarray([temperature], np.float32)

@@ -36,6 +36,12 @@ class EngineConfig:
     compiled decode programs that also return them, so plain decoding pays nothing.
     `decode_attention` is the decode step's attention layout: auto (grouped, on every
     backend), block_diagonal or grouped.
+    `paged` (default) keeps the KV cache in a pool of pages of `page_size` tokens shared by the rows
+    (`paged=false`: a contiguous `max_batch` x `max_seq_len` cache): `max_batch` then caps the rows
+    running at once, and the pool (`num_pages`, else `kv_cache_gib`, else 0: the contiguous cache's
+    bytes) bounds their tokens; `prefix_cache` shares full prompt pages between requests with the
+    same prefix; `paged_kernel` is the paged decode attention (auto: the Pallas kernel on TPU where
+    it applies, else the gather path).
     `mesh` is the engine's own mesh over this host's devices (one engine replica per host), separate
     from the training `mesh`: by default tensor-parallel over all local devices, so a decode step
     never all-gathers weights.
@@ -47,5 +53,11 @@ class EngineConfig:
     prompt_bucket: int = 64
     max_top_k: int = 64
     max_logprobs: int = 20
-    decode_attention: str = "auto"  # auto | block_diagonal | grouped
+    decode_attention: str = "auto"  # auto | block_diagonal | grouped (contiguous cache)
+    paged: bool = True  # paged KV cache; false: contiguous rows of max_seq_len
+    page_size: int = 64  # tokens per page
+    num_pages: int = 0  # pages in the pool, the scratch page included; 0: from kv_cache_gib
+    kv_cache_gib: float = 0.0  # pool size in GiB when num_pages is 0; 0: the bytes of max_batch x max_seq_len
+    prefix_cache: bool = True  # share full prompt pages between requests with the same prefix
+    paged_kernel: str = "auto"  # auto | gather | pallas
     mesh: MeshConfig = dataclasses.field(default_factory=_engine_mesh)

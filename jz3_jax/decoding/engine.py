@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
 from typing import Callable, Iterable, Sequence
 
@@ -46,28 +45,17 @@ from flax import nnx
 
 from jz3_jax.decoding import paged_steps, steps as device
 from jz3_jax.decoding.attention import resolve_layout, resolve_paged_kernel
-from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch
+from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch, score_inputs
 from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, smallest_at_least
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
+from jz3_jax.decoding.live import Live
 from jz3_jax.decoding.logprobs import fetch_logprobs, row_logprobs, scored_tokens
 from jz3_jax.decoding.paged_rows import PagedRows, context_width, paged_prefill_shapes
 from jz3_jax.decoding.paging import default_pages
 from jz3_jax.decoding.requests import Event, Generation, Request, RequestError, TokenLogprob
-from jz3_jax.decoding.sampling import SamplingParams, seed_words
+from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.model.decoder import Decoder
-
-
-@dataclasses.dataclass
-class _Live:
-    request: Request
-    seed: int
-    tokens: list[int] = dataclasses.field(default_factory=list)
-    detok: IncrementalText | None = None  # None without a tokenizer
-    text: str = ""
-    sent_chars: int = 0
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] | None = None
 
 
 def _current_mesh() -> jax.sharding.Mesh | None:
@@ -139,8 +127,8 @@ class Engine:
         self.num_pages = num_pages or default_pages(max_batch, max_seq_len, page_size)
         self.prefix_cache = prefix_cache
         self._paging: PagedRows | None = None
-        self._rows: list[_Live | None] = []
-        self._waiting: collections.deque[_Live] = collections.deque()
+        self._rows: list[Live | None] = []
+        self._waiting: collections.deque[Live] = collections.deque()
         self.reset()
         self.generated_tokens = 0  # tokens sampled since construction (for throughput figures)
         self._running = [0, 0, 0]  # decode dispatches, sum and max of the rows they ran
@@ -157,9 +145,8 @@ class Engine:
             raise RequestError(
                 f"prompt ({n} tokens) + max_new_tokens ({request.params.max_new_tokens}) = {total} exceeds "
                 f"the engine's context of {self.max_seq_len} tokens")
-        if self._paging is not None and not self._paging.fits(total - 1):
-            raise RequestError(f"prompt + max_new_tokens = {total} tokens need more pages than the engine's pool of "
-                               f"{self._paging.pool.usable} pages of {self.page_size} (engine.num_pages)")
+        if self._paging is not None:
+            self._paging.check(total - 1)
         if request.params.stop and self.tokenizer is None:
             raise RequestError("stop strings need an engine with a tokenizer")
         self.check_sampling(request.params)
@@ -186,7 +173,7 @@ class Engine:
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         detok = IncrementalText(self.tokenizer) if self.tokenizer is not None else None
-        self._waiting.append(_Live(request, seed, detok=detok))
+        self._waiting.append(Live(request, seed, detok=detok))
 
     def cancel(self, request: Request) -> bool:
         """Drop `request` whether waiting or running (its row is free for the next step); no event
@@ -246,15 +233,13 @@ class Engine:
                                          self._prefill_batch(rows, width, (context or [width])[0], [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
             # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
-            device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, 0).compile()
             for n in [0] + ([self.max_logprobs] if logprobs and self.max_logprobs else []):
+                device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, n).compile()
                 device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
                                     self.eos_ids, self.max_top_k, n, self._page_table()).compile()
             if logprobs and self.max_logprobs:
-                device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules,
-                                          self.max_logprobs).compile()
                 for width in self.prefill_widths:
-                    device.score_prompt.lower(self.graphdef, self.params, *self._score_inputs([0], width, 0.0),
+                    device.score_prompt.lower(self.graphdef, self.params, *score_inputs([0], width, 0.0, self.pad_id),
                                               self.max_logprobs).compile()
         return log.count
 
@@ -271,7 +256,9 @@ class Engine:
         with self._on_mesh():
             self._admit(events)
             if self._paging is not None:
-                self._make_room()
+                for row in self._paging.make_room(self._rows, self.steps_per_dispatch):
+                    self._waiting.appendleft(self._rows[row])  # back to the front; resumes where it stopped
+                    self._rows[row] = None
             if not any(r is not None for r in self._rows):
                 return events
             keep = np.asarray([r is not None for r in self._rows])
@@ -301,16 +288,10 @@ class Engine:
         width = smallest_at_least(self.prefill_widths, n)
         with self._on_mesh():
             chosen, ids, lps = device.score_prompt(self.graphdef, self.params,
-                                                   *self._score_inputs(prompt_ids, width, temperature),
+                                                   *score_inputs(prompt_ids, width, temperature, self.pad_id),
                                                    self.max_logprobs)
             chosen, ids, lps = np.asarray(chosen)[0], np.asarray(ids)[0], np.asarray(lps)[0]
         return scored_tokens(prompt_ids, chosen, ids, lps, top_n)
-
-    def _score_inputs(self, prompt_ids: Sequence[int], width: int, temperature: float):
-        tokens = np.full((1, width), self.pad_id, np.int32)
-        tokens[0, : len(prompt_ids)] = prompt_ids
-        return (jnp.asarray(tokens), jnp.asarray([len(prompt_ids)], np.int32),
-                jnp.asarray([temperature], np.float32))
 
     def _logprobs_wanted(self, lives) -> int:
         """The static `logprobs` of this dispatch: `max_logprobs` when some row asks, else 0 (the plain program)."""
@@ -348,33 +329,30 @@ class Engine:
         has their pages) and sample the first token of each new one (not of a resumed one)."""
         free = [i for i, r in enumerate(self._rows) if r is None]
         admitted: list[RowPrefill] = []
-        reserve = self._growth() if self._paging is not None else 0
+        reserve, rounds = 0, {}
+        if self._paging is not None:
+            reserve = self._paging.growth(self._rows, self.steps_per_dispatch)
+            self._paging.begin_wave()
         while free and self._waiting:
             live = self._waiting[0]
-            prompt = list(live.request.prompt_ids)
-            item = RowPrefill(free[0], live, prompt + live.tokens[:-1])  # resumed: all but the pending token
+            item = RowPrefill(free[0], live, live.cached_tokens)  # resumed: all but the pending token
             if self._paging is not None:
-                upto = min(len(item.tokens) + self.steps_per_dispatch, self._last_position(live) + 1)
-                start = self._paging.admit(item.row, item.tokens, upto, reserve)
-                if start is None:
+                upto = live.tokens_after(self.steps_per_dispatch)
+                admitted_at = self._paging.admit(item.row, item.tokens, upto, reserve)
+                if admitted_at is None:
                     break
-                item.start = start
+                item.start, rounds[item.row] = admitted_at
                 reserve += self._paging.short(item.row, upto)
             admitted.append(item)
             self._rows[free.pop(0)] = self._waiting.popleft()
-        by_shape: dict[tuple[int, int], list[RowPrefill]] = collections.defaultdict(list)
-        for item in admitted:
-            n = len(item.tokens)
-            shape = (context_width(self.prefill_widths, item.start, n) if self.paged
-                     else (smallest_at_least(self.prefill_widths, n),) * 2)
-            by_shape[shape].append(item)
-        for (width, context), group in sorted(by_shape.items()):
+        by_shape: dict[tuple[int, int, int], list[RowPrefill]] = collections.defaultdict(list)
+        for item in admitted:  # (contiguous: start 0, context = width)
+            shape = context_width(self.prefill_widths, item.start, len(item.tokens))
+            by_shape[(rounds.get(item.row, 0), *shape)].append(item)
+        for (_, width, context), group in sorted(by_shape.items()):
             step = group_rows(context, self.max_seq_len, self.max_batch)
             for start in range(0, len(group), step):
                 self._prefill(width, context, group[start: start + step])
-        if self._paging is not None:
-            for item in admitted:
-                self._paging.publish(item.row, item.tokens)
         new = [item for item in admitted if not item.live.tokens]
         if new:
             fresh = np.zeros(self.max_batch, bool)
@@ -387,112 +365,33 @@ class Engine:
                 wanted = item.live.request.params.logprobs
                 self._advance(item.row, [int(first[item.row])], events, row_logprobs(wanted, extra, item.row, 1))
 
-    def _last_position(self, live: _Live) -> int:
-        """The last cache position a request can write (its final token is sampled, never written)."""
-        return len(live.request.prompt_ids) + live.request.params.max_new_tokens - 2
-
-    def _next_tokens(self, live: _Live) -> int:
-        """Cache tokens a running row needs through the next dispatch."""
-        cached = len(live.request.prompt_ids) + len(live.tokens) - 1
-        return min(cached + self.steps_per_dispatch, self._last_position(live) + 1)
-
-    def _growth(self) -> int:
-        """Pages the running rows need for the next dispatch beyond those they hold."""
-        return sum(self._paging.short(row, self._next_tokens(self._rows[row])) for row in self._paging.order)
-
-    def _make_room(self) -> None:
-        """Give every running row pages for the next dispatch, oldest first; when the pool runs dry,
-        preempt the most recently admitted row (the row itself, if it is that one)."""
-        paging = self._paging
-        for row in list(paging.order):
-            live = self._rows[row]
-            if live is None:  # preempted below for an older row
-                continue
-            short = paging.short(row, self._next_tokens(live))
-            while short > paging.pool.available() and self._rows[row] is not None:
-                self._preempt(paging.order[-1])
-            if self._rows[row] is not None and short:
-                paging.grow(row, short)
-
-    def _preempt(self, row: int) -> None:
-        """Free `row` and requeue its request at the front (it resumes where it stopped)."""
-        live = self._rows[row]
-        self._free(row)
-        self._paging.preemptions += 1
-        self._waiting.appendleft(live)
-
     def _free(self, row: int) -> None:
         self._rows[row] = None
         if self._paging is not None:
             self._paging.free(row)
 
-    def _prefill_batch(self, rows: int, width: int, context: int, group: list[RowPrefill]):
-        """The prefill of `group` as a batch of `rows` x `width` (paged: over `context` page-table
-        columns; contiguous: `context` unused)."""
+    def _prefill_batch(self, rows: int, width: int, pages: int, group: list[RowPrefill]):
+        """The prefill of `group` as a batch of `rows` x `width` (paged: over `pages` page-table columns)."""
         if self.paged:
-            return paged_prefill_batch(rows, width, group, self._paging.table[:, :context], self.pad_id,
+            return paged_prefill_batch(rows, width, group, self._paging.table[:, :pages], self.pad_id,
                                        self.max_batch, self.vocab_size)
         return prefill_batch(rows, width, group, self.pad_id, self.max_batch, self.vocab_size)
 
     def _prefill(self, width: int, context: int, group: list[RowPrefill]) -> None:
         rows = 1 if len(group) == 1 else group_rows(context, self.max_seq_len, self.max_batch)
-        pages = -(-context // self.page_size)
-        batch = self._prefill_batch(rows, width, pages if self.paged else context, group)
+        batch = self._prefill_batch(rows, width, -(-context // self.page_size), group)
         self._state = self._prefill_fn()(self.graphdef, self.params, self._state, batch)
-
-    @staticmethod
-    def _extend_text(live: _Live, tokens: list[int]) -> None:
-        """Add `tokens` to the request's text; cut it before a stop string and finish if one appears."""
-        params = live.request.params
-        searched = len(live.text)
-        live.text = live.detok.add(tokens, final=live.finish_reason is not None)
-        if params.stop:
-            # Text before this update held no stop string: a new one ends in the new text.
-            start = max(0, searched - max(len(s) for s in params.stop) + 1)
-            cut = min((i for i in (live.text.find(s, start) for s in params.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                live.text = live.text[:cut]
-                live.finish_reason = "stop"
 
     def _advance(self, row: int, new_tokens: list[int], events: list[Event],
                  logprobs: list[TokenLogprob] | None = None) -> None:
         """Hand a row's new tokens (and their log-probabilities, when asked) to its request; finish
         and free the row when it is done."""
         live = self._rows[row]
-        params = live.request.params
-        # With stop strings the text grows token by token, so the token that completes a stop
-        # is the last one kept (tokens sampled after it in the same dispatch are dropped).
-        by_token = live.detok is not None and bool(params.stop)
-        kept = []
-        for token in new_tokens:
-            kept.append(token)
-            live.tokens.append(token)
-            if token in self.eos_ids:
-                live.finish_reason = "stop"
-            elif len(live.tokens) >= params.max_new_tokens:
-                live.finish_reason = "length"
-            if by_token:
-                self._extend_text(live, [token])
-            if live.finish_reason is not None:
-                break
+        kept, delta, logprobs = live.add(new_tokens, self.eos_ids, logprobs)
         self.generated_tokens += len(kept)
-        if logprobs is not None:
-            logprobs = [dataclasses.replace(lp, token=token) for lp, token in zip(logprobs, kept)]
-            live.logprobs = (live.logprobs or []) + logprobs
-        delta = ""
-        if live.detok is not None:
-            if not by_token:
-                self._extend_text(live, kept)
-            # Hold back text that may still grow into a stop string.
-            hold = 0 if live.finish_reason else max([len(s) - 1 for s in params.stop] + [0])
-            upto = max(live.sent_chars, len(live.text) - hold)
-            delta = live.text[live.sent_chars: upto]
-            live.sent_chars = upto
         finished = None
         if live.finish_reason is not None:
-            finished = Generation(id=live.request.id, prompt_ids=list(live.request.prompt_ids), token_ids=live.tokens,
-                                  text=live.text if live.detok is not None else None,
-                                  finish_reason=live.finish_reason, seed=live.seed, logprobs=live.logprobs)
+            finished = live.generation()
             self._free(row)
         event = Event(live.request, kept, delta, finished, logprobs)
         if live.request.on_event is not None:

@@ -10,10 +10,12 @@ import time
 from typing import TYPE_CHECKING
 
 import jax
+import jax.numpy as jnp
 
 from jz3_jax.checkpoint import prepare_model
-from jz3_jax.decoding.attention import LAYOUTS
+from jz3_jax.decoding.attention import LAYOUTS, PAGED_KERNELS
 from jz3_jax.decoding.engine import Engine
+from jz3_jax.decoding.paging import pool_pages
 from jz3_jax.errors import ConfigError
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.runtime.config import MeshConfig
@@ -73,20 +75,37 @@ def load_engine(spec: DecodeSpec, logger: logging.Logger, max_batch: int | None 
                           f"{ec.prompt_bucket}")
     if ec.max_logprobs < 0:
         raise ConfigError(f"engine.max_logprobs must be >= 0; got {ec.max_logprobs}")
+    if ec.paged_kernel not in PAGED_KERNELS:
+        raise ConfigError(f"engine.paged_kernel must be one of {', '.join(PAGED_KERNELS)}; got {ec.paged_kernel!r}")
+    if ec.page_size < 1 or ec.num_pages < 0 or ec.kv_cache_gib < 0:
+        raise ConfigError(f"engine.page_size must be >= 1, engine.num_pages and engine.kv_cache_gib >= 0; got "
+                          f"{ec.page_size}, {ec.num_pages}, {ec.kv_cache_gib}")
     mesh, rules = engine_mesh(ec)
     logger.info("engine mesh %s over %d of this host's %d device(s)", dict(mesh.shape), mesh.size,
                 jax.local_device_count())
     prepared = prepare_model(spec.model, logger)  # tokenizer and vocabulary checked before any weight is read
     tokenizer, resolved = prepared.tokenizer, prepared.config
+    ec = dataclasses.replace(ec, max_batch=max_batch or ec.max_batch)
+    num_pages = pool_pages(ec, resolved, jnp.dtype(resolved.dtype).itemsize) if ec.paged else 0
+    if ec.paged and num_pages < 2:
+        raise ConfigError(f"engine.num_pages / engine.kv_cache_gib give a pool of {num_pages} pages; at least 2 "
+                          "(one is the scratch page) are needed")
     with jax.set_mesh(mesh):
         model = prepared.load(mesh, rules, spec.seed)
-        engine = Engine(model, max_batch=max_batch or ec.max_batch, max_seq_len=ec.max_seq_len,
+        engine = Engine(model, max_batch=ec.max_batch, max_seq_len=ec.max_seq_len,
                         eos_ids=eos_ids_of(resolved, tokenizer), tokenizer=tokenizer,
                         steps_per_dispatch=ec.steps_per_dispatch, prompt_bucket=ec.prompt_bucket,
                         mesh=mesh, max_top_k=ec.max_top_k, decode_attention=ec.decode_attention,
-                        max_logprobs=ec.max_logprobs)
-    logger.info("engine: decode attention %s, max_top_k %d, prefill widths %s", engine.decode_layout,
-                engine.max_top_k, list(engine.prefill_widths))
+                        max_logprobs=ec.max_logprobs, paged=ec.paged, page_size=ec.page_size, num_pages=num_pages,
+                        prefix_cache=ec.prefix_cache, paged_kernel=ec.paged_kernel)
+    if engine.paged:
+        logger.info("engine: paged KV cache, %d pages of %d tokens (%d rows at full length), prefix cache %s, "
+                    "paged attention %s, max_top_k %d, prefill widths %s", engine.num_pages - 1, engine.page_size,
+                    (engine.num_pages - 1) // -(-engine.max_seq_len // engine.page_size), engine.prefix_cache,
+                    engine.paged_kernel, engine.max_top_k, list(engine.prefill_widths))
+    else:
+        logger.info("engine: decode attention %s, max_top_k %d, prefill widths %s", engine.decode_layout,
+                    engine.max_top_k, list(engine.prefill_widths))
     return LoadedEngine(engine, tokenizer, resolved, mesh)
 
 

@@ -69,9 +69,13 @@ def gather_pages(pages: jax.Array, page_table: jax.Array) -> jax.Array:
     """A row-contiguous view of the pages each row names: pages [kv_heads, P, page_size, d],
     page_table [rows, n] -> [kv_heads, rows, n * page_size, d] (kv heads first: the layout the
     grouped attention contracts over, so no transposed copy follows)."""
-    kv_heads, _, page_size, d = pages.shape
+    kv_heads, num_pages, page_size, d = pages.shape
     rows, n = page_table.shape
-    return pages[:, page_table].reshape(kv_heads, rows, n * page_size, d)
+    # One take of whole [page_size * d] rows from a 2-D view (an embedding-style lookup): XLA:CPU runs it
+    # faster than the 4-D gather `pages[:, page_table]`.
+    index = (jnp.arange(kv_heads, dtype=page_table.dtype)[:, None, None] * num_pages + page_table[None]).reshape(-1)
+    rows_2d = jnp.take(pages.reshape(kv_heads * num_pages, page_size * d), index, axis=0, mode="clip")
+    return rows_2d.reshape(kv_heads, rows, n * page_size, d)
 
 
 def _softmax_attend(scores: jax.Array, mask: jax.Array, v: jax.Array, spec: str) -> jax.Array:
@@ -88,14 +92,16 @@ def gather_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
     group = heads // kv_heads
     k = gather_pages(k_pages, page_table)
     v = gather_pages(v_pages, page_table)
-    q = q.reshape(rows, kv_heads, group, d).astype(k.dtype)
-    scores = jnp.einsum("bkgd,kbsd->bkgs", q, k, preferred_element_type=jnp.float32)
+    # Contracted in the gathered keys' own [kv_heads, rows] batch order (the small query and output
+    # are transposed instead): no transposed copy of the gathered cache.
+    q = q.reshape(rows, kv_heads, group, d).transpose(1, 0, 2, 3).astype(k.dtype)
+    scores = jnp.einsum("kbgd,kbsd->kbgs", q, k, preferred_element_type=jnp.float32)
     key_pos = jnp.arange(k.shape[2], dtype=jnp.int32)[None, :]
     mask = key_pos < lengths[:, None]
     if sliding_window > 0:
         mask &= key_pos >= (lengths - sliding_window)[:, None]
-    out = _softmax_attend(scores, mask[:, None, None, :], v, "bkgs,kbsd->bkgd")
-    return out.reshape(rows, heads, d)
+    out = _softmax_attend(scores, mask[None, :, None, :], v, "kbgs,kbsd->kbgd")
+    return out.transpose(1, 0, 2, 3).reshape(rows, heads, d)
 
 
 def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
@@ -129,11 +135,11 @@ def paged_prefill_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
     group = heads // kv_heads
     k = gather_pages(k_pages, page_table)
     v = gather_pages(v_pages, page_table)
-    q = q.reshape(rows, t, kv_heads, group, d).astype(k.dtype)
-    scores = jnp.einsum("btkgd,kbsd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    q = q.reshape(rows, t, kv_heads, group, d).transpose(2, 0, 3, 1, 4).astype(k.dtype)  # [k, b, g, t, d]
+    scores = jnp.einsum("kbgtd,kbsd->kbgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
     key_pos = jnp.arange(k.shape[2], dtype=jnp.int32)[None, None, :]
     delta = positions[:, :, None] - key_pos
     mask = (key_pos < lengths[:, None, None]) & (delta >= 0)
     if sliding_window > 0:
         mask &= delta < sliding_window
-    return _softmax_attend(scores, mask[:, None, None], v, "bkgts,kbsd->bkgtd")
+    return _softmax_attend(scores, mask[None, :, None], v, "kbgts,kbsd->kbgtd").transpose(1, 0, 2, 3, 4)

@@ -37,6 +37,7 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in [
     Artifact("select.scores", "select", "scores.jsonl", "every candidate's influence score"),
     Artifact("select.report", "select", "report.json", "selection settings and threshold"),
     Artifact("synthesize.completions", "synthesize", "completions/*.jsonl", "the synthesizer's outputs, per process"),
+    Artifact("synthesize.report", "synthesize", "report*.json", "counts, throughput and engine counters, per process"),
     Artifact("filter.records", "filter", "records.jsonl", "deduplicated, decontaminated training records"),
     Artifact("filter.removed", "filter", "removed.jsonl", "every dropped completion with its reason"),
     Artifact("filter.report", "filter", "report.json", "counts per reason"),

@@ -14,6 +14,19 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _RATE_WINDOW_S = 10.0
+# The engine's counters (`Engine.stats`) shown as gauges `jz3_engine_<key>`, read at scrape time.
+ENGINE_STATS = {
+    "rows_running_mean": "rows per decode dispatch, mean since start",
+    "rows_running_max": "rows per decode dispatch, most since start",
+    "generated_tokens": "tokens the engine sampled since start",
+    "pages_in_use": "KV-cache pages held by running rows (paged engine)",
+    "pages_total": "KV-cache pages in the pool, the scratch page excluded (paged engine)",
+    "pages_cached": "pages holding a shared prompt prefix, held or idle (paged engine)",
+    "prefix_hit_tokens": "prompt tokens found in the prefix cache since start (paged engine)",
+    "prefill_tokens_computed": "prompt tokens prefilled since start (paged engine)",
+    "prefill_tokens_total": "prompt tokens admitted since start, cached or computed (paged engine)",
+    "preemptions": "rows preempted (pages freed, request requeued) since start (paged engine)",
+}
 
 
 def endpoint_label(path: str) -> str:
@@ -25,11 +38,12 @@ def endpoint_label(path: str) -> str:
 
 
 class Metrics:
-    """The server's counters, gauges and histograms; `queue_depth`, `running_rows` and `in_flight`
-    are read at scrape time from the callables given."""
+    """The server's counters, gauges and histograms; `queue_depth`, `running_rows`, `in_flight` and
+    the engine's counters (`engine_stats`, a dict as `Engine.stats` returns) are read at scrape time
+    from the callables given."""
 
     def __init__(self, queue_depth: Callable[[], float], running_rows: Callable[[], float],
-                 in_flight: Callable[[], float]):
+                 in_flight: Callable[[], float], engine_stats: Callable[[], dict] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("jz3_serve_requests", "HTTP requests answered, by endpoint and status",
@@ -50,6 +64,10 @@ class Metrics:
                                              buckets=_LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("jz3_serve_request_latency_seconds", "from request arrival to the end of its answer",
                                  ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        if engine_stats is not None:
+            for key, help_text in ENGINE_STATS.items():
+                Gauge(f"jz3_engine_{key}", help_text, registry=r).set_function(
+                    lambda key=key: float(engine_stats().get(key, 0)))
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()  # scrapes read the window from prometheus' side too
 

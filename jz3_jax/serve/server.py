@@ -196,7 +196,8 @@ def build_server(loaded: LoadedEngine, spec: ServeSpec, logger: logging.Logger |
                       defaults, loaded.engine.max_logprobs)
     worker = Worker(loaded.engine, sc.max_queue, logger)
     metrics = Metrics(queue_depth=lambda: worker.waiting, running_rows=lambda: worker.running_rows,
-                      in_flight=lambda: state.in_flight)  # `state` is bound below, before any scrape
+                      in_flight=lambda: state.in_flight,  # `state` is bound below, before any scrape
+                      engine_stats=loaded.engine.stats)
     state = ServeState(worker, model, metrics, logger, sc.request_timeout_s, sc.max_body_bytes, key,
                        body_timeout_s=sc.body_timeout_s)
     server = OpenAIServer(_bind(sc.host, sc.port), state, sc.header_timeout_s, sc.keep_alive_timeout_s,

@@ -14,7 +14,7 @@ class SynthesizeSpec(DecodeSpec):
     synthesize: SynthesizeConfig
 
     CONSUMES: ClassVar[tuple[str, ...]] = ("corpus.snippets",)
-    PRODUCES: ClassVar[tuple[str, ...]] = ("synthesize.completions",)
+    PRODUCES: ClassVar[tuple[str, ...]] = ("synthesize.completions", "synthesize.report")
 
 
 @dataclasses.dataclass(frozen=True)

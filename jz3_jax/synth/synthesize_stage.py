@@ -19,6 +19,11 @@ share (no prompt rendered, no text kept) and renders its prompts one at a time a
 them (`prompts.PromptSource`), so memory does not hold the prompts' texts. Killed at any moment and
 rerun, the output holds every prompt exactly once (finished shards are kept; their ids are
 skipped). SIGTERM writes the completions finished so far, then exits 143.
+
+At the end each process writes its report (`report.json`, process i > 0 `report-pNNNNN.json`):
+prompts, completions and tokens of this run, throughput, and the engine's counters
+(`Engine.stats`: rows running, pages in use, prefix-cache hit tokens vs prefill tokens,
+preemptions); the progress bar shows the same counters as they go.
 """
 
 from __future__ import annotations
@@ -138,7 +143,8 @@ def run(spec: SynthesizeSpec, ctx: StageContext) -> dict:
                 bar.update(1)
                 if not writer.buffer:  # a shard was just written
                     _write_metrics(metrics_path, finished, tokens, start)
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}", refresh=False)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}", **_engine_postfix(engine.stats()),
+                            refresh=False)
             if term.raised:
                 writer.flush()
                 ctx.logger.info("SIGTERM: %d completions written; rerun the same command to resume", finished)
@@ -149,9 +155,25 @@ def run(spec: SynthesizeSpec, ctx: StageContext) -> dict:
         term.restore()
     elapsed = time.perf_counter() - start
     _write_metrics(metrics_path, finished, tokens, start)
-    ctx.logger.info("synthesize: %d completions, %d tokens in %.1fs (%.1f tokens/s)", finished, tokens, elapsed,
-                    tokens / elapsed)
-    return {"prompts": mine.total, "generated": finished, "tokens": tokens, "tokens_per_s": tokens / elapsed}
+    stats = engine.stats()
+    ctx.logger.info("synthesize: %d completions, %d tokens in %.1fs (%.1f tokens/s); engine %s", finished, tokens,
+                    elapsed, tokens / elapsed, stats)
+    report = {"prompts": mine.total, "generated": finished, "tokens": tokens, "elapsed_s": round(elapsed, 3),
+              "tokens_per_s": tokens / elapsed, "process": ctx.process_index, "engine": stats}
+    name = "report.json" if ctx.process_index == 0 else f"report-p{ctx.process_index:05d}.json"
+    path = artifacts.output(ctx.stage_dir, "synthesize.report").parent / name
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _engine_postfix(stats: dict) -> dict[str, str]:
+    """The progress bar's engine counters: rows running (mean), pages in use, prefix-cache hit share, preemptions."""
+    out = {"rows": f"{stats['rows_running_mean']:.1f}"}
+    if "pages_total" in stats:
+        total = stats["prefill_tokens_total"]
+        out.update(pages=f"{stats['pages_in_use']}/{stats['pages_total']}",
+                   hit=f"{stats['prefix_hit_tokens'] / total if total else 0:.0%}", preempt=str(stats["preemptions"]))
+    return out
 
 
 def _write_metrics(path: Path, finished: int, tokens: int, start: float) -> None:
