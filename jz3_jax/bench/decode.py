@@ -39,10 +39,9 @@ COPY_BYTES = 512 * 1024 * 1024  # each of source and destination
 
 
 def paged_options(engine_cfg) -> dict:
-    """The `engine` section's paged-cache settings as `Engine` keywords (the engine's defaults for
-    keys the section does not have)."""
+    """The `engine` section's paged-cache settings as `Engine` keywords."""
     names = ("paged", "page_size", "num_pages", "prefix_cache", "paged_kernel")
-    return {name: getattr(engine_cfg, name) for name in names if hasattr(engine_cfg, name)}
+    return {name: getattr(engine_cfg, name) for name in names}
 
 
 def device_bandwidth_gbs(device=None, repeats: int = 5, nbytes: int = COPY_BYTES) -> float:

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from jz3_jax.bench.decode import paged_options
 from jz3_jax.bench.harness import report
 from jz3_jax.errors import ConfigError
 from jz3_jax.stages import StageContext
@@ -110,9 +109,8 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     mesh, rules = engine_mesh(e)
     prepared = prepare_model(spec.model, ctx.logger, needed_by="bench.kind=synthesis")
     prompts, max_new = workload(prepared.tokenizer, spec)
-    configured = paged_options(e)  # page size, prefix cache and kernel as configured; rows and pool set here
-    page = configured.get("page_size", 64)
-    options = {k: v for k, v in configured.items() if k in ("prefix_cache", "paged_kernel")}
+    page = e.page_size  # page size, prefix cache and kernel as configured; rows and pool set here
+    options = dict(prefix_cache=e.prefix_cache, paged_kernel=e.paged_kernel)
     length = -(-(max(map(len, prompts)) + cap) // page) * page  # whole pages: the same bytes both ways
     ctx.logger.info("synthesis workload: %d prompts (level %s) of %.0f tokens on average (%d-%d), %.1f new tokens "
                     "on average (cap %d); cache %d rows x %d positions", len(prompts), b.level,

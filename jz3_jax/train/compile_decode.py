@@ -98,7 +98,7 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
                      "topology_name": spec.topology_name, "hbm_bytes_per_device": hbm},
         "mesh": {a: int(setup.mesh.shape[a]) for a in setup.mesh.axis_names},
         "engine": {"max_batch": e.max_batch, "max_seq_len": e.max_seq_len, "steps_per_dispatch": e.steps_per_dispatch,
-                   "decode_attention": setup.layout, "paged": bool(getattr(e, "paged", True)),
+                   "decode_attention": setup.layout, "paged": e.paged,
                    **{k: v for k, v in setup.options.items() if k != "eos_ids"}},
         "model": {"family": setup.model_cfg.family, "num_layers": setup.model_cfg.num_layers,
                   "num_kv_heads": setup.model_cfg.num_kv_heads,
@@ -118,7 +118,7 @@ def compile_decode_step(cfg: CompileSpec, log=print) -> dict:
     # Size each cache to the chip: a second compile of each layout at another size gives what the
     # program needs per cache byte besides the fixed part (`decode_rows.cache_budget`).
     limit = int(hbm * (1 - HBM_RESERVE))
-    page_size = getattr(e, "page_size", 0) or default_page_size("tpu")
+    page_size = e.page_size or default_page_size("tpu")
     impl = choose_paged_impl("tpu", setup.model_cfg, page_size)
     bpt = cache_bytes // (e.max_batch * max_tokens)
     shards = setup.row_shards
