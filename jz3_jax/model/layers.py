@@ -18,7 +18,6 @@ from jz3_jax.model.moe import MoE
 from jz3_jax.model.paged_attention import PagedSlots, paged_decode_attention, paged_prefill_attention, write_pages
 from jz3_jax.model.params import constrain, dtype_of, param
 from jz3_jax.model.rope import apply_rope
-from jz3_jax.runtime.sharding import logical_to_spec
 
 
 class RMSNorm(nnx.Module):
