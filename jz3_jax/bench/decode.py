@@ -2,7 +2,8 @@
 
 `bench.batch` random prompts of `bench.prompt_len` tokens each generate exactly `bench.new_tokens`
 tokens (no EOS), timed end to end (prefill + decode) through `Engine.generate` after a warm-up
-that compiles every shape. On CPU, transformers `generate` (greedy, KV cache on) runs on the same
+that compiles every shape, with the engine's KV cache as the `engine` section configures it (paged
+by default, `engine.paged`). On CPU, transformers `generate` (greedy, KV cache on) runs on the same
 prompts in the same process as the reference. The model decodes on the engine mesh (`engine.mesh`
 over this host's devices), the mesh `serve` and `synthesize` use.
 
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
     from jz3_jax.bench.spec import BenchSpec
 
 COPY_BYTES = 512 * 1024 * 1024  # each of source and destination
+
+
+def paged_options(engine_cfg) -> dict:
+    """The `engine` section's paged-cache settings as `Engine` keywords."""
+    names = ("paged", "page_size", "num_pages", "prefix_cache", "paged_kernel")
+    return {name: getattr(engine_cfg, name) for name in names}
 
 
 def device_bandwidth_gbs(device=None, repeats: int = 5, nbytes: int = COPY_BYTES) -> float:
@@ -100,7 +107,8 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     # bounds the number of compiled shapes), and a cache of exactly prompt + new tokens.
     engine = Engine(model, max_batch=b.batch, max_seq_len=b.prompt_len + b.new_tokens, eos_ids=(),
                     steps_per_dispatch=spec.engine.steps_per_dispatch, prompt_bucket=b.prompt_len, mesh=mesh,
-                    max_top_k=spec.engine.max_top_k, decode_attention=spec.engine.decode_attention)
+                    max_top_k=spec.engine.max_top_k, decode_attention=spec.engine.decode_attention,
+                    **paged_options(spec.engine))
 
     def generate(new_tokens: int):
         params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
@@ -127,7 +135,8 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
         reference = b.batch * b.new_tokens / _reference_seconds(model, prompts, b.new_tokens, spec, ctx.logger)
     return report("decode", "tokens/s", ours, reference, batch=b.batch, prompt_len=b.prompt_len,
                   new_tokens=b.new_tokens, steps_per_dispatch=engine.steps_per_dispatch, mesh=dict(mesh.shape),
-                  decode_attention=engine.decode_layout,
+                  decode_attention=engine.decode_layout, paged=engine.paged, paged_kernel=engine.paged_kernel,
+                  page_size=engine.page_size if engine.paged else None,
                   seconds_per_decode_token=per_token, weight_bytes=weight_bytes,
                   memory_bandwidth_gbs=round(bandwidth, 2),
                   bandwidth_convention="STREAM copy: (bytes read + bytes written) / s of a 512 MiB float32 copy"

@@ -6,7 +6,7 @@ import dataclasses
 from typing import ClassVar
 
 from jz3_jax.bench.config import BenchConfig
-from jz3_jax.decoding.config import EngineConfig
+from jz3_jax.decoding.config import EngineConfig, SamplingConfig
 from jz3_jax.influence.config import SelectConfig
 from jz3_jax.model.config import ModelConfig
 from jz3_jax.runtime.config import MeshConfig
@@ -19,6 +19,7 @@ class BenchSpec:
     model: ModelConfig
     mesh: MeshConfig
     engine: EngineConfig
+    sampling: SamplingConfig  # synthesis: max_new_tokens is the cap on a request's new tokens
     optimizer: OptimizerConfig
     train: TrainConfig
     lora: LoraConfig

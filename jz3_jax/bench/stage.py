@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from jz3_jax.bench.spec import BenchSpec
 
 KINDS = {"forward": "jz3_jax.bench.forward", "train": "jz3_jax.bench.train", "decode": "jz3_jax.bench.decode",
-         "influence": "jz3_jax.bench.influence"}
+         "influence": "jz3_jax.bench.influence", "synthesis": "jz3_jax.bench.synthesis"}
 
 
 def run(spec: BenchSpec, ctx: StageContext) -> dict:

@@ -1,7 +1,7 @@
 """The prompt texts: one instruction per education stage, for natural-language (cot) and tool answers.
 
-Every prompt has the same shape: who the problem is for, the math text (the snippet, inserted
-verbatim), guidelines for the problem and for the solution, the answer format, and a closing
+Every prompt has the same shape: who the problem is for, guidelines for the problem and for the
+solution, the answer format, then the math text (the snippet, inserted verbatim) and a closing
 `## Problem` header that the teacher (or the synthesizer) continues from. The answer format is the
 one `jz3_jax.synth.parse` reads: the problem, then `## Solution` (cot) or `## Code Solution` with a
 Python block whose printed result leads to a `\\boxed{}` answer (tool).
@@ -80,7 +80,7 @@ _LEVELS: dict[str, Level] = {
         "300-400"),
 }
 
-_TOOL_EXAMPLE = """Here is an example of the expected shape (its topic is unrelated to the text above):
+_TOOL_EXAMPLE = """Here is an example of the expected shape (its topic is unrelated to the math text below):
 
 ## Problem
 A tank holds 240 litres of water. A pump removes 15% of the water left in the tank every hour.
@@ -118,7 +118,6 @@ def render(snippet: str, level: str, kind: str = "cot") -> str:
         f"You are writing a new math problem and its worked solution for {spec.audience}. "
         "Take inspiration from the math text below: reuse one of its ideas, methods or facts, but write "
         "a problem that stands on its own and can be understood without the text.",
-        "# Math text\n\n" + snippet,
         "# Guidelines for the problem\n\n"
         f"- Write {spec.problem}.\n"
         "- Give every quantity and condition needed to solve it, and nothing contradictory.\n"
@@ -144,4 +143,7 @@ def render(snippet: str, level: str, kind: str = "cot") -> str:
             "final sentence. Write nothing after that.",
             _TOOL_EXAMPLE,
         ]
+    # The snippet comes last: every prompt of one level and kind starts with the same template, a
+    # prefix the decoding engine's prefix cache computes once (`engine.prefix_cache`).
+    parts.append("# Math text\n\n" + snippet)
     return "\n\n".join(parts) + f"\n\n{PROBLEM_HEADER}\n"

@@ -66,3 +66,6 @@ class CompileConfig:
     find_max_batch: bool = False  # also search (by compiling) the largest per_device_batch that fits
     max_batch_limit: int = 512  # the search's upper bound (rows per device)
     step_time_s: float = 0.0  # > 0: report the model-FLOPs utilisation this step time would mean
+    # program=decode: tokens (prompt + generated) per request, to size the cache paged vs contiguous
+    max_tokens: int = 0  # the longest request; 0 = engine.max_seq_len
+    mean_tokens: int = 0  # the mean request; > 0 also sizes the cache to HBM, paged vs contiguous
