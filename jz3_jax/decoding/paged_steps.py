@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jz3_jax.decoding.sampling import row_keys
-from jz3_jax.decoding.steps import DecodeState, constrain_state
+from jz3_jax.decoding.steps import DecodeState, constrain_state, empty_state
 from jz3_jax.model.paged_attention import PagedKVCache
 
 
@@ -52,21 +52,8 @@ class PagedPrefillBatch(NamedTuple):
 def init_state(graphdef, params, slots: int, num_pages: int, page_size: int, pages_per_row: int) -> DecodeState:
     """An all-free paged decode state: `slots` rows over a pool of `num_pages` pages."""
     model = nnx.merge(graphdef, params)
-    zeros_i = jnp.zeros((slots,), jnp.int32)
-    state = DecodeState(
-        cache=model.init_paged_cache(num_pages, page_size, slots, pages_per_row),
-        token=zeros_i,
-        position=zeros_i,
-        active=jnp.zeros((slots,), bool),
-        generated=zeros_i,
-        max_new=zeros_i,
-        temperature=jnp.zeros((slots,), jnp.float32),
-        top_k=zeros_i,
-        top_p=jnp.ones((slots,), jnp.float32),
-        key=jnp.zeros((slots, 2), jnp.uint32),
-        prompt_logits=jnp.zeros((slots, model.cfg.vocab_size), jnp.float32),
-    )
-    return constrain_state(state, model.rules)
+    cache = model.init_paged_cache(num_pages, page_size, slots, pages_per_row)
+    return empty_state(cache, slots, model.cfg.vocab_size, model.rules)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))

@@ -99,9 +99,14 @@ def constrain_state(state: DecodeState, rules: tuple) -> DecodeState:
 def init_state(graphdef, params, slots: int, length: int) -> DecodeState:
     """An all-free decode state of `slots` rows with `length` cache positions each."""
     model = nnx.merge(graphdef, params)
+    return empty_state(model.init_cache(slots, length), slots, model.cfg.vocab_size, model.rules)
+
+
+def empty_state(cache, slots: int, vocab_size: int, rules: tuple) -> DecodeState:
+    """A decode state of `slots` free rows over `cache` (contiguous or paged), under `rules`."""
     zeros_i = jnp.zeros((slots,), jnp.int32)
     state = DecodeState(
-        cache=model.init_cache(slots, length),
+        cache=cache,
         token=zeros_i,
         position=zeros_i,
         active=jnp.zeros((slots,), bool),
@@ -111,9 +116,9 @@ def init_state(graphdef, params, slots: int, length: int) -> DecodeState:
         top_k=zeros_i,
         top_p=jnp.ones((slots,), jnp.float32),
         key=jnp.zeros((slots, 2), jnp.uint32),
-        prompt_logits=jnp.zeros((slots, model.cfg.vocab_size), jnp.float32),
+        prompt_logits=jnp.zeros((slots, vocab_size), jnp.float32),
     )
-    return constrain_state(state, model.rules)
+    return constrain_state(state, rules)
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -73,7 +73,7 @@ class FeatureModel:
         self.pad_id = self.model_cfg.pad_token_id if self.model_cfg.pad_token_id is not None else 0
 
     def paths(self) -> list[str]:
-        return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(self.lora)[0]]
+        return lora_paths(self.lora)
 
     def set_arrays(self, params: list[np.ndarray], mu: list[np.ndarray] | None = None,
                    nu: list[np.ndarray] | None = None) -> None:
@@ -91,12 +91,7 @@ class FeatureModel:
 
     def load_epoch(self, path: str, expected_paths: list[str]) -> None:
         """Adapters and Adam moments of one warm-up epoch (`epoch_E.npz`)."""
-        if self.paths() != expected_paths:
-            raise ValueError("the warm-up adapters do not match this model's LoRA layout")
-        with np.load(path) as z:
-            n = len(expected_paths)
-            self.set_arrays([z[f"p{i}"] for i in range(n)], [z[f"m{i}"] for i in range(n)],
-                            [z[f"v{i}"] for i in range(n)])
+        self.set_arrays(*read_epoch(path, expected_paths, self.paths()))
 
     def _executables(self, adam: bool, shards: list[dict]) -> list:
         """The step compiled once per device for these shapes (compiles run in parallel threads)."""
@@ -127,6 +122,21 @@ class FeatureModel:
         outs = [steps[i](self._lora_on[i], self._frozen_on[i], self._moments_on[i], shards[i])
                 for i in range(self.devices)]
         return Pending(outs, rows)
+
+
+def lora_paths(lora) -> list[str]:
+    """The LoRA tree's leaf paths, in leaf order (how warm-up files name their arrays)."""
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(lora)[0]]
+
+
+def read_epoch(path: str, expected_paths: list[str], paths: list[str]) -> tuple[list, list, list]:
+    """(adapters, first moments, second moments) of one warm-up epoch file, in leaf order; the
+    model's LoRA leaf `paths` must be the warm-up's `expected_paths`."""
+    if paths != expected_paths:
+        raise ValueError("the warm-up adapters do not match this model's LoRA layout")
+    n = len(expected_paths)
+    with np.load(path) as z:
+        return [z[f"p{i}"] for i in range(n)], [z[f"m{i}"] for i in range(n)], [z[f"v{i}"] for i in range(n)]
 
 
 class Pending(list):

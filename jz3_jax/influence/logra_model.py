@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jz3_jax.checkpoint import load_model
-from jz3_jax.influence.featurize import Pending
+from jz3_jax.influence.featurize import Pending, lora_paths, read_epoch
 from jz3_jax.influence.logra import feature_fn, split_taps, tap_dims
 from jz3_jax.model.layer_stack import is_stacked
 from jz3_jax.model.logra import add_logra, count_matrices
@@ -85,7 +85,7 @@ class LograModel:
         self.pad_id = self.model_cfg.pad_token_id if self.model_cfg.pad_token_id is not None else 0
 
     def paths(self) -> list[str]:
-        return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(self.lora)[0]]
+        return lora_paths(self.lora)
 
     def set_arrays(self, params: list[np.ndarray], mu: list[np.ndarray] | None = None,
                    nu: list[np.ndarray] | None = None) -> None:
@@ -98,12 +98,7 @@ class LograModel:
 
     def load_epoch(self, path: str, expected_paths: list[str]) -> None:
         """Adapters and Adam moments of one warm-up epoch (`epoch_E.npz`)."""
-        if self.paths() != expected_paths:
-            raise ValueError("the warm-up adapters do not match this model's LoRA layout")
-        with np.load(path) as z:
-            n = len(expected_paths)
-            self.set_arrays([z[f"p{i}"] for i in range(n)], [z[f"m{i}"] for i in range(n)],
-                            [z[f"v{i}"] for i in range(n)])
+        self.set_arrays(*read_epoch(path, expected_paths, self.paths()))
 
     def features(self, arrays: dict, adam: bool) -> Pending:
         """[rows, dim] features of one micro-batch of host arrays (`adam`: candidate features),
