@@ -109,15 +109,30 @@ class Decoder(nnx.Module):
             graphdef, state = nnx.split(self.layers)
             apply = self._layer_fn(graphdef)
 
-            def body(carry, xs):
-                layer_state, kv, index = xs
-                key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
-                x, acc = carry
-                x, new_kv, stats = apply(layer_state, x, cos, sin, segment_ids, positions, kv, slots, key)
-                return (x, acc if stats is None else acc + stats), new_kv
+            if isinstance(cache, PagedKVCache):
+                # One pool for all layers, carried and written in place (see `paged_attention.py`).
+                pages_per_layer = cache.k.shape[1] // cfg.num_layers
 
-            kvs = None if cache is None else (cache.k, cache.v)
-            (x, aux), new_kvs = jax.lax.scan(body, (x, aux), (state, kvs, jnp.arange(cfg.num_layers)))
+                def body(carry, xs):
+                    layer_state, index = xs
+                    x, acc, kv = carry
+                    layer_slots = slots._replace(first_page=index * pages_per_layer)
+                    key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+                    x, kv, stats = apply(layer_state, x, cos, sin, segment_ids, positions, kv, layer_slots, key)
+                    return (x, acc if stats is None else acc + stats, kv), None
+
+                (x, aux, new_kvs), _ = jax.lax.scan(body, (x, aux, (cache.k, cache.v)),
+                                                    (state, jnp.arange(cfg.num_layers)))
+            else:
+                def body(carry, xs):
+                    layer_state, kv, index = xs
+                    key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+                    x, acc = carry
+                    x, new_kv, stats = apply(layer_state, x, cos, sin, segment_ids, positions, kv, slots, key)
+                    return (x, acc if stats is None else acc + stats), new_kv
+
+                kvs = None if cache is None else (cache.k, cache.v)
+                (x, aux), new_kvs = jax.lax.scan(body, (x, aux), (state, kvs, jnp.arange(cfg.num_layers)))
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):

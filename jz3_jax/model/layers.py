@@ -117,14 +117,16 @@ class Attention(nnx.Module):
                 mask = attention_mask(segment_ids, segment_ids, positions, positions, self.sliding_window)
             new_kv = None
         elif isinstance(cache_slots, PagedSlots):
-            new_kv = write_pages(kv[0], kv[1], k, v, positions, segment_ids, cache_slots.page_table)
+            new_kv = write_pages(kv[0], kv[1], k, v, positions, segment_ids, cache_slots.page_table,
+                                 cache_slots.first_page)
+            table = cache_slots.layer_table()
             if t == 1:
                 scaled = (q[:, 0] * q.shape[-1] ** -0.5).astype(self.dtype)
-                out = paged_decode_attention(scaled, *new_kv, cache_slots.lengths, cache_slots.page_table,
+                out = paged_decode_attention(scaled, *new_kv, cache_slots.lengths, table,
                                              impl=paged_attention, sliding_window=self.sliding_window)
                 out = out.reshape(b, new_kv[0].shape[0], -1, 1, out.shape[-1])
             else:
-                out = paged_prefill_attention(q, *new_kv, positions, cache_slots.lengths, cache_slots.page_table,
+                out = paged_prefill_attention(q, *new_kv, positions, cache_slots.lengths, table,
                                               self.sliding_window)
             out = out.astype(self.dtype)
         else:

@@ -1,12 +1,17 @@
 """A paged KV cache: every layer's keys/values live in a pool of fixed-size pages, each row's
 tokens in the pages its page table names.
 
-Layout (the TPU Pallas paged-attention kernel's, so no relayout there): per layer `k_pages` /
-`v_pages` of shape [kv_heads, num_pages, page_size, head_dim] (stacked layers: a leading layers
-axis; listed layers: a tuple of per-layer arrays, like `KVCache`). Page 0 is a scratch page that
-is never handed to a row: unused page-table entries point at it, and the writes of padding tokens
+Layout (the TPU Pallas paged-attention kernel's, so no relayout there): `k_pages` / `v_pages` of
+shape [kv_heads, pages, page_size, head_dim]. Listed layers: a tuple of per-layer pools of
+`num_pages` pages each, like `KVCache`. Stacked (scanned) layers: ONE pool of
+num_layers x num_pages pages, layer l's pages at l * num_pages + p (`first_page`), so the layer
+scan carries the pool and writes each new token into it in place; a pool with a leading layers
+axis would be sliced out per layer and stacked back (a copy of the whole pool per step), and
+XLA:TPU would also re-lay it out for the write. Page 0 of each layer is a scratch page that is
+never handed to a row: unused page-table entries point at it, and the writes of padding tokens
 and inactive rows land there. Token i of a row (its position i) lives at offset i % page_size of
-page `page_table[row, i // page_size]`, so a row's tokens always sit at positions 0..length-1.
+page `page_table[row, i // page_size]` (+ the layer's `first_page`), so a row's tokens always sit
+at positions 0..length-1. Page tables hold per-layer page numbers; the layers add `first_page`.
 
 Attention reads through the page table: `paged_decode_attention` (one query per row: the decode
 step) with the gather path below on CPU/GPU or the Pallas kernel on TPU
@@ -27,7 +32,7 @@ PAGED_IMPLS = ("gather", "pallas")
 class PagedKVCache(NamedTuple):
     """The page pools of every layer, each row's page table and how many tokens each row holds."""
 
-    k: jax.Array | tuple[jax.Array, ...]  # [layers, kv_heads, pages, page_size, head_dim] or a tuple per layer
+    k: jax.Array | tuple[jax.Array, ...]  # [kv_heads, layers x pages, page_size, head_dim] or a tuple per layer
     v: jax.Array | tuple[jax.Array, ...]
     page_table: jax.Array  # [rows, pages_per_row] int32 (0 = the scratch page)
     lengths: jax.Array  # [rows] int32: tokens of the row already in the cache
@@ -37,7 +42,7 @@ class PagedKVCache(NamedTuple):
              pages_per_row: int, dtype, stacked: bool = True) -> "PagedKVCache":
         shape = (kv_heads, num_pages, page_size, head_dim)
         if stacked:
-            k, v = (jnp.zeros((num_layers, *shape), dtype) for _ in range(2))
+            k, v = (jnp.zeros((kv_heads, num_layers * num_pages, page_size, head_dim), dtype) for _ in range(2))
         else:
             k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)) for _ in range(2))
         return cls(k, v, jnp.zeros((rows, pages_per_row), jnp.int32), jnp.zeros((rows,), jnp.int32))
@@ -48,19 +53,31 @@ class PagedSlots(NamedTuple):
 
     page_table: jax.Array  # [rows, pages] int32
     lengths: jax.Array  # [rows] int32: tokens in the cache once this call's tokens are written
+    first_page: jax.Array | int = 0  # this layer's first page in a stacked pool (0: a per-layer pool)
+
+    def layer_table(self) -> jax.Array:
+        """The page table in the pool's own page numbers (this layer's pages)."""
+        return self.page_table + self.first_page
 
 
 def write_pages(k_pages: jax.Array, v_pages: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
-                segment_ids: jax.Array, page_table: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One layer's pools after writing new keys/values k, v [rows, t, kv_heads, head_dim] at their
-    `positions` [rows, t]; tokens of segment 0 (padding, inactive rows) go to the scratch page."""
+                segment_ids: jax.Array, page_table: jax.Array, first_page: jax.Array | int = 0
+                ) -> tuple[jax.Array, jax.Array]:
+    """The pools after writing one layer's new keys/values k, v [rows, t, kv_heads, head_dim] at
+    their `positions` [rows, t] into the pages `page_table` names (+ `first_page`, the layer's
+    first page in a stacked pool); tokens of segment 0 (padding, inactive rows) go to the layer's
+    scratch page."""
     page_size = k_pages.shape[2]
     index = jnp.minimum(positions // page_size, page_table.shape[1] - 1)
-    page = jnp.where(segment_ids != 0, jnp.take_along_axis(page_table, index, axis=1), 0)
+    page = jnp.where(segment_ids != 0, jnp.take_along_axis(page_table, index, axis=1), 0) + first_page
     offset = positions % page_size
+    head = jnp.arange(k_pages.shape[0], dtype=page.dtype)[:, None, None]
 
     def put(pages, new):
-        return pages.at[:, page, offset].set(new.transpose(2, 0, 1, 3).astype(pages.dtype))
+        # One scatter index per (kv head, row, token), head_dim the only window dim: XLA:TPU then
+        # writes into the pool's own layout (with (kv_heads, head_dim) windows it re-lays the
+        # whole pool out, kv heads minor, and copies it back).
+        return pages.at[head, page[None], offset[None]].set(new.transpose(2, 0, 1, 3).astype(pages.dtype))
 
     return put(k_pages, k), put(v_pages, v)
 
