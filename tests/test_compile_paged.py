@@ -39,5 +39,7 @@ def test_paged_vs_contiguous_rows_on_a_v5p_8_host(tmp_path):
     assert contiguous["rows"] == sized["contiguous_budget_bytes"] // (65536 * sized["bytes_per_token"])
     assert paged["rows"] == (paged["pool_pages"] - 1) // sized["pages_per_mean_row"]
     assert sized["rows_ratio"] == round(paged["rows"] / contiguous["rows"], 3)
+    # The decode loop writes into the pool in place: no second copy of it among the temporaries.
+    assert sized["fit"]["paged"]["per_cache_byte"] < 1.1, sized["fit"]
     assert paged["attention"] == "pallas" and paged["kernel_in_program"] and "paged_attention" in paged["kernels"]
     assert "rows that fit: paged" in proc.stdout

@@ -55,9 +55,7 @@ def corpus_snippets(count: int) -> list[str]:
 
 def new_token_counts(count: int, cap: int, spread: float, seed: int) -> list[int]:
     """Per-request max_new_tokens: exponential with mean cap / spread, clipped to [1, cap]."""
-    import os
-    shape = float(os.environ.get("P2_SHAPE", "1"))
-    draws = np.random.default_rng(seed).gamma(shape, cap / spread / shape, count)
+    draws = np.random.default_rng(seed).exponential(cap / spread, count)
     return [int(x) for x in np.clip(np.rint(draws), 1, cap)]
 
 

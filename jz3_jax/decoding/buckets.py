@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def bucket_length(n: int, multiple: int = 16) -> int:
     """Round a prompt length up so that similar lengths share one compiled shape."""
@@ -34,3 +36,14 @@ def prefill_shapes(prompt_bucket: int, max_seq_len: int, max_batch: int) -> list
     """Every (rows, width) a prefill of an engine with these sizes can have (see the module docstring)."""
     return [(rows, width) for width in doubling_buckets(prompt_bucket, max_seq_len)
             for rows in sorted({1, group_rows(width, max_seq_len, max_batch)})]
+
+
+def row_shards(mesh: Any, rules) -> int:
+    """How many ways `mesh` splits rows: the product of the sizes of the mesh axes that the rules
+    table (a dict or its sorted items) gives the logical `batch` axis (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    shards = 1
+    for axis in dict(rules).get("batch", ()):
+        shards *= int(mesh.shape.get(axis, 1))
+    return shards

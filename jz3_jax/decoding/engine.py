@@ -46,7 +46,7 @@ from flax import nnx
 from jz3_jax.decoding import paged_steps, steps as device
 from jz3_jax.decoding.attention import resolve_layout, resolve_paged_kernel
 from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch, score_inputs
-from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, smallest_at_least
+from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, row_shards, smallest_at_least
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.live import Live
@@ -56,6 +56,9 @@ from jz3_jax.decoding.paging import default_pages
 from jz3_jax.decoding.requests import Event, Generation, Request, RequestError, TokenLogprob
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.model.decoder import Decoder
+
+
+DECODE_MIN_ROWS = 4  # the smallest paged decode bucket (fewer rows cost about as much: the weights are read anyway)
 
 
 def _current_mesh() -> jax.sharding.Mesh | None:
@@ -126,6 +129,10 @@ class Engine:
         self.page_size = page_size
         self.num_pages = num_pages or default_pages(max_batch, max_seq_len, page_size)
         self.prefix_cache = prefix_cache
+        # Paged: a decode dispatch computes the running rows padded to one of these counts
+        # (multiples of the mesh's row shards), not every slot.
+        shards = row_shards(self.mesh, self.rules)
+        self.decode_buckets = doubling_buckets(shards * -(-min(DECODE_MIN_ROWS, max_batch) // shards), max_batch)
         self._paging: PagedRows | None = None
         self._rows: list[Live | None] = []
         self._waiting: collections.deque[Live] = collections.deque()
@@ -235,8 +242,14 @@ class Engine:
             # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
             for n in [0] + ([self.max_logprobs] if logprobs and self.max_logprobs else []):
                 device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, n).compile()
-                device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
-                                    self.eos_ids, self.max_top_k, n, self._page_table()).compile()
+                if not self.paged:
+                    device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
+                                        self.eos_ids, self.max_top_k, n).compile()
+                for rows in self.decode_buckets if self.paged else ():
+                    paged_steps.decode_rows.lower(
+                        self.decode_graphdef, self.params, self._state, jnp.asarray(np.arange(rows, dtype=np.int32)),
+                        none[:rows], self.steps_per_dispatch, self.eos_ids, self.max_top_k, n,
+                        jnp.asarray(self._paging.table[:rows])).compile()
             if logprobs and self.max_logprobs:
                 for width in self.prefill_widths:
                     device.score_prompt.lower(self.graphdef, self.params, *score_inputs([0], width, 0.0, self.pad_id),
@@ -259,21 +272,39 @@ class Engine:
                 for row in self._paging.make_room(self._rows, self.steps_per_dispatch):
                     self._waiting.appendleft(self._rows[row])  # back to the front; resumes where it stopped
                     self._rows[row] = None
-            if not any(r is not None for r in self._rows):
+            running = [row for row, live in enumerate(self._rows) if live is not None]
+            if not running:
                 return events
-            keep = np.asarray([r is not None for r in self._rows])
-            running = int(keep.sum())
-            self._running = [self._running[0] + 1, self._running[1] + running, max(self._running[2], running)]
+            self._running = [self._running[0] + 1, self._running[1] + len(running),
+                             max(self._running[2], len(running))]
             want = self._logprobs_wanted(self._rows)
-            result = device.decode(self.decode_graphdef, self.params, self._state, jnp.asarray(keep),
-                                   self.steps_per_dispatch, self.eos_ids, self.max_top_k, want, self._page_table())
+            rows = self._dispatch_rows(running)
+            keep = jnp.asarray(np.asarray([self._rows[row] is not None for row in rows]))
+            if self.paged:
+                result = paged_steps.decode_rows(self.decode_graphdef, self.params, self._state,
+                                                 jnp.asarray(np.asarray(rows, np.int32)), keep,
+                                                 self.steps_per_dispatch, self.eos_ids, self.max_top_k, want,
+                                                 jnp.asarray(self._paging.table[rows]))
+            else:
+                result = device.decode(self.decode_graphdef, self.params, self._state, keep,
+                                       self.steps_per_dispatch, self.eos_ids, self.max_top_k, want)
             self._state, out, extra = result[0], np.asarray(result[1]), fetch_logprobs(result[2:])
-        for row, live in enumerate(self._rows):
+        for j, row in enumerate(rows):  # output j is slot rows[j]'s
+            live = self._rows[row]
             if live is not None:
-                tokens = [int(t) for t in out[row] if t >= 0]  # a row's tokens come first, then -1s
+                tokens = [int(t) for t in out[j] if t >= 0]  # a row's tokens come first, then -1s
                 wanted = live.request.params.logprobs
-                self._advance(row, tokens, events, row_logprobs(wanted, extra, row, len(tokens)))
+                self._advance(row, tokens, events, row_logprobs(wanted, extra, j, len(tokens)))
         return events
+
+    def _dispatch_rows(self, running: list[int]) -> list[int]:
+        """The slots a decode dispatch computes: every slot (contiguous: a row's cache moves with
+        it), or (paged) the running ones padded with free slots to the smallest row bucket."""
+        if not self.paged:
+            return list(range(self.max_batch))
+        n = smallest_at_least(self.decode_buckets, len(running))
+        taken = set(running)
+        return running + [row for row in range(self.max_batch) if row not in taken][: n - len(running)]
 
     def score(self, prompt_ids: Sequence[int], top_n: int, temperature: float = 0.0) -> list[TokenLogprob]:
         """The log-probability of every prompt token after the first given the ones before it (as
@@ -317,9 +348,6 @@ class Engine:
 
     def _on_mesh(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
-
-    def _page_table(self) -> jax.Array | None:
-        return None if self._paging is None else jnp.asarray(self._paging.table)
 
     def _prefill_fn(self):
         return paged_steps.prefill if self.paged else device.prefill

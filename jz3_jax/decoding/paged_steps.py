@@ -3,7 +3,9 @@
 A paged `DecodeState` (see `steps.py`) holds a `PagedKVCache` (`jz3_jax.model.paged_attention`):
 page pools shared by every row, and per row a page table and a length. `steps.sample_first` and
 `steps.decode` run on it unchanged (`decode` takes the page table the host prepared for the
-dispatch). `prefill` here runs each new row's uncached suffix: the row's page table already names
+dispatch); `decode_rows` runs it over a subset of the rows (the running ones, padded to a row
+bucket): the rows are gathered and scattered back, the pool is shared, so moving a row costs its
+few scalars, not its cache. `prefill` here runs each new row's uncached suffix: the row's page table already names
 the cached prefix pages and fresh pages for the rest, the suffix's keys/values are written into
 them, and its attention reads the prefix and itself through the table (`paged_prefill_attention`).
 
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jz3_jax.decoding.sampling import row_keys
+from jz3_jax.decoding import steps as device
 from jz3_jax.decoding.steps import DecodeState, constrain_state, empty_state
 from jz3_jax.model.paged_attention import PagedKVCache
 
@@ -87,3 +90,25 @@ def prefill(graphdef, params, state: DecodeState, batch: PagedPrefillBatch) -> D
         prompt_logits=put(state.prompt_logits, last),
     )
     return constrain_state(state, model.rules)
+
+
+ROW_FIELDS = tuple(f for f in DecodeState._fields if f not in ("cache", "prompt_logits"))  # what a decode step reads
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k", "logprobs"),
+                   donate_argnames=("state",))
+def decode_rows(graphdef, params, state: DecodeState, rows: jax.Array, keep: jax.Array, steps: int,
+                eos_ids: tuple[int, ...], max_top_k: int = 64, logprobs: int = 0, page_table: jax.Array | None = None):
+    """`steps.decode` over the slots `rows` [n] only (distinct; `keep` [n] and `page_table` [n,
+    pages_per_row] are theirs): a step computes n rows, not every slot. Returns what
+    `steps.decode` returns, its per-row outputs in the order of `rows`."""
+    model = nnx.merge(graphdef, params)
+    n = rows.shape[0]
+    sub = DecodeState(cache=state.cache._replace(lengths=state.cache.lengths[rows]),
+                      prompt_logits=jnp.zeros((n, 0), state.prompt_logits.dtype),  # decode never reads it
+                      **{f: getattr(state, f)[rows] for f in ROW_FIELDS})
+    sub, *out = device.decode(graphdef, params, sub, keep, steps, eos_ids, max_top_k, logprobs, page_table)
+    state = state._replace(cache=state.cache._replace(k=sub.cache.k, v=sub.cache.v,
+                                                      lengths=state.cache.lengths.at[rows].set(sub.cache.lengths)),
+                           **{f: getattr(state, f).at[rows].set(getattr(sub, f)) for f in ROW_FIELDS})
+    return constrain_state(state, model.rules), *out

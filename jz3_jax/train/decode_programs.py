@@ -55,10 +55,9 @@ class DecodeSetup:
     @property
     def row_shards(self) -> int:
         """How many ways the mesh splits rows (the rules' `batch` axes): row counts are multiples of it."""
-        shards = 1
-        for axis in self.rules.get("batch", ()):
-            shards *= int(self.mesh.shape.get(axis, 1))
-        return shards
+        from jz3_jax.decoding.buckets import row_shards
+
+        return row_shards(self.mesh, self.rules)
 
 
 def _keep(setup: DecodeSetup, rows: int):
