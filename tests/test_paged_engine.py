@@ -17,7 +17,8 @@ from jz3_jax.decoding.config import EngineConfig
 from jz3_jax.decoding.paging import PagePool, page_keys, pool_pages
 from jz3_jax.model.attention import attention_mask, dot_product_attention, grouped_decode_attention
 from jz3_jax.model.config import ModelConfig
-from jz3_jax.model.paged_attention import paged_decode_attention, paged_prefill_attention, write_pages
+from jz3_jax.model.paged_attention import (gather_decode_attention, paged_decode_attention, paged_prefill_attention,
+                                          write_pages)
 from jz3_jax.runtime.config import DEFAULT_RULES, MeshConfig
 from jz3_jax.runtime.mesh import build_mesh
 from jz3_jax.runtime.sharding import parse_rules
@@ -91,8 +92,9 @@ def _scattered(rng, rows: int, length: int, kv_heads: int, d: int, page_size: in
     return k, v, k_pages, v_pages, pages
 
 
+@pytest.mark.parametrize("chunk_pages", [None, 1, 3])
 @pytest.mark.parametrize("window", [0, 5])
-def test_paged_decode_attention_equals_the_contiguous_cache(window):
+def test_paged_decode_attention_equals_the_contiguous_cache(window, chunk_pages):
     rng = np.random.default_rng(0)
     rows, length, kv_heads, heads, d, page_size = 3, 32, 2, 6, 16, 8
     k, v, k_pages, v_pages, table = _scattered(rng, rows, length, kv_heads, d, page_size, num_pages=20)
@@ -102,9 +104,28 @@ def test_paged_decode_attention_equals_the_contiguous_cache(window):
     mask = attention_mask(jnp.ones((rows, 1), jnp.int32), jnp.asarray(np.arange(length)[None] < lengths[:, None]),
                           positions, jnp.broadcast_to(jnp.arange(length), (rows, length)), window)
     expected = grouped_decode_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
-    got = paged_decode_attention(jnp.asarray(q[:, 0]) * d**-0.5, k_pages, v_pages, jnp.asarray(lengths),
-                                 jnp.asarray(table), sliding_window=window)
+    scaled = jnp.asarray(q[:, 0]) * d**-0.5
+    if chunk_pages is None:  # the backend's chunk (here all 4 pages of a row in one step)
+        got = paged_decode_attention(scaled, k_pages, v_pages, jnp.asarray(lengths), jnp.asarray(table),
+                                     sliding_window=window)
+    else:  # several steps of the online softmax, the last one partly past the table (3 does not divide 4)
+        got = gather_decode_attention(scaled, k_pages, v_pages, jnp.asarray(lengths), jnp.asarray(table), window,
+                                      chunk_pages)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected).reshape(rows, heads, d), atol=1e-5)
+
+
+def test_paged_decode_attention_of_an_empty_row_is_zero_not_nan():
+    """An inactive row (length 0) reads nothing: zeros, not NaN, even when the keys of the pages it
+    names are NaN (its output feeds its own writes to the scratch page, which every row's masked
+    columns read)."""
+    rng = np.random.default_rng(0)
+    k, v, k_pages, v_pages, table = _scattered(rng, 2, 16, 2, 8, 4, num_pages=12)
+    k_pages = k_pages.at[:, 0].set(jnp.nan)
+    q = jnp.asarray(rng.standard_normal((2, 4, 8)), jnp.float32)
+    table = np.concatenate([table, np.zeros((2, 2), np.int32)], axis=1)  # unused columns: the scratch page
+    out = gather_decode_attention(q, k_pages, v_pages, jnp.asarray([0, 16], jnp.int32), jnp.asarray(table),
+                                  chunk_pages=2)
+    assert np.all(np.asarray(out)[0] == 0) and np.all(np.isfinite(np.asarray(out)))
 
 
 def test_paged_prefill_attention_over_a_cached_prefix_equals_full_attention():

@@ -120,7 +120,7 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     pool = default_pages(b.batch, length, page)
     with jax.set_mesh(mesh):
         model = prepared.load(mesh, rules, spec.seed)
-        paged = Engine(model, max_batch=round(b.length_spread * b.batch), paged=True, page_size=page, num_pages=pool,
+        import os; paged = Engine(model, max_batch=int(os.environ.get("XROWS", round(b.length_spread * b.batch))), paged=True, page_size=page, num_pages=pool,
                        **options, **common)
         kernel = paged.paged_kernel
         paged_tokens, paged_s, paged_stats = _run(paged, prompts, max_new, ctx.logger, "paged")

@@ -101,24 +101,61 @@ def _softmax_attend(scores: jax.Array, mask: jax.Array, v: jax.Array, spec: str)
     return jnp.einsum(spec, probs, v)
 
 
+DECODE_CHUNK_TOKENS = {"cpu": 64}  # cache tokens per step of the gather decode loop, by backend
+DEFAULT_CHUNK_TOKENS = 512  # elsewhere (GPU): fewer, larger steps
+
+
+def decode_chunk_pages(page_size: int, backend: str | None = None) -> int:
+    """Pages one step of `gather_decode_attention`'s loop reads per row: about
+    `DECODE_CHUNK_TOKENS[backend]` tokens (on CPU a chunk of 64 tokens stays in cache between
+    its gather and its two dots)."""
+    tokens = DECODE_CHUNK_TOKENS.get(backend or jax.default_backend(), DEFAULT_CHUNK_TOKENS)
+    return max(1, tokens // page_size)
+
+
 def gather_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
-                            page_table: jax.Array, sliding_window: int = 0) -> jax.Array:
-    """`paged_decode_attention` by gathering each row's pages (any backend)."""
+                            page_table: jax.Array, sliding_window: int = 0, chunk_pages: int | None = None
+                            ) -> jax.Array:
+    """`paged_decode_attention` by gathering each row's pages (any backend), `chunk_pages` page-table
+    columns at a time with an online softmax, for as many chunks as the longest row needs.
+
+    Gathering every row's whole page table at once costs a copy of rows x pages_per_row pages per
+    layer, written out and read back (on CPU that copy cost more than the attention itself); a
+    chunk at a time stays small, and the chunks past the longest row are never read."""
     rows, heads, d = q.shape
-    kv_heads = k_pages.shape[0]
+    kv_heads, _, page_size, _ = k_pages.shape
     group = heads // kv_heads
-    k = gather_pages(k_pages, page_table)
-    v = gather_pages(v_pages, page_table)
-    # Contracted in the gathered keys' own [kv_heads, rows] batch order (the small query and output
-    # are transposed instead): no transposed copy of the gathered cache.
-    q = q.reshape(rows, kv_heads, group, d).transpose(1, 0, 2, 3).astype(k.dtype)
-    scores = jnp.einsum("kbgd,kbsd->kbgs", q, k, preferred_element_type=jnp.float32)
-    key_pos = jnp.arange(k.shape[2], dtype=jnp.int32)[None, :]
-    mask = key_pos < lengths[:, None]
-    if sliding_window > 0:
-        mask &= key_pos >= (lengths - sliding_window)[:, None]
-    out = _softmax_attend(scores, mask[None, :, None, :], v, "kbgs,kbsd->kbgd")
-    return out.transpose(1, 0, 2, 3).reshape(rows, heads, d)
+    chunk = chunk_pages or decode_chunk_pages(page_size)
+    chunks = -(-page_table.shape[1] // chunk)
+    table = jnp.pad(page_table, ((0, 0), (0, chunks * chunk - page_table.shape[1])))  # scratch-page columns
+    span = chunk * page_size
+    # [kv_heads, rows] batch order (the gathered keys' own): the small query and output are transposed instead.
+    q = q.reshape(rows, kv_heads, group, d).transpose(1, 0, 2, 3).astype(k_pages.dtype)
+    first = jnp.maximum(lengths - sliding_window, 0) if sliding_window > 0 else jnp.zeros_like(lengths)
+
+    def step(c, carry):
+        top, total, acc = carry  # running max and sum of exp(score - max), weighted values: [k, b, g(, d)]
+        cols = jax.lax.dynamic_slice_in_dim(table, c * chunk, chunk, axis=1)
+        k, v = gather_pages(k_pages, cols), gather_pages(v_pages, cols)
+        scores = jnp.einsum("kbgd,kbsd->kbgs", q, k, preferred_element_type=jnp.float32)
+        pos = c * span + jnp.arange(span, dtype=jnp.int32)[None, :]
+        mask = (pos < lengths[:, None]) & (pos >= first[:, None])
+        scores = jnp.where(mask[None, :, None, :], scores, -jnp.inf)
+        new_top = jnp.maximum(top, scores.max(axis=-1))
+        base = jnp.where(jnp.isfinite(new_top), new_top, 0.0)  # rows with nothing yet: exp(-inf) = 0, no NaN
+        probs = jnp.exp(scores - base[..., None])
+        rescale = jnp.exp(top - base)
+        total = total * rescale + probs.sum(axis=-1)
+        acc = acc * rescale[..., None] + jnp.einsum("kbgs,kbsd->kbgd", probs.astype(v.dtype), v,
+                                                    preferred_element_type=jnp.float32)
+        return new_top, total, acc
+
+    shape = (kv_heads, rows, group)
+    init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros((*shape, d), jnp.float32))
+    needed = (jnp.max(lengths) + span - 1) // span
+    _, total, acc = jax.lax.fori_loop(0, jnp.minimum(needed, chunks), step, init)
+    out = acc / jnp.where(total > 0, total, 1.0)[..., None]  # a row with no tokens (inactive) gives zeros
+    return out.transpose(1, 0, 2, 3).reshape(rows, heads, d).astype(q.dtype)
 
 
 def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
