@@ -203,6 +203,18 @@ def test_paged_engine_equals_contiguous(model, contiguous, args):
         assert stats["prefix_hit_tokens"] == 0
 
 
+@pytest.mark.parametrize("paged", [True, False])
+def test_rows_full_counts_only_dispatches_with_requests_waiting(model, paged):
+    """3 requests of 1 + 2 x 4 tokens on 2 rows: A and B decode 2 dispatches while C waits (full),
+    then C alone decodes 2: rows 2, 2, 1, 1."""
+    engine = Engine(model, max_batch=2, max_seq_len=64, prompt_bucket=16, steps_per_dispatch=4, paged=paged,
+                    page_size=8)
+    engine.generate([Request([1 + i, 2, 3], SamplingParams(temperature=0.0, max_new_tokens=9)) for i in range(3)])
+    stats = engine.stats()
+    assert stats["dispatches_full"] == 2 and stats["rows_full_mean"] == 2.0
+    assert stats["rows_running_mean"] == 1.5 and stats["rows_running_max"] == 2
+
+
 @pytest.mark.slow
 def test_scanned_layers_paged_equals_contiguous():
     scanned = _tiny(scan_layers=True)

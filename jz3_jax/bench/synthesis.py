@@ -12,10 +12,13 @@ Both engines get the same KV-cache bytes: the contiguous one `bench.batch` rows 
 positions; the paged one a pool of those bytes (`engine.page_size` tokens per page,
 `engine.prefix_cache`, `engine.paged_kernel`) and up to `length_spread x bench.batch` rows (a pool
 that holds `batch` rows at the cap holds about that many at the mean), so its rows are bounded by
-memory, not by the longest request. Every decode step computes all of an engine's rows, so a larger
-row cap than the pool can fill would only cost time on CPU. Each engine compiles everything first
+memory, not by the longest request (the paged decode step computes only the running rows, padded
+to a row bucket). Each engine compiles everything first
 (`Engine.warm_up`), then runs the whole workload once, timed end to end (prefill + decode). The JSON
-line: tokens/s of both and their ratio, the rows each ran per decode dispatch (mean) and their ratio,
+line: tokens/s of both and their ratio; the rows each ran per decode dispatch while requests were
+waiting (the engine full: rows bounded by its memory or row cap, as through a bulk job of millions
+of requests) and their ratio (`rows_ratio`), and the same over every dispatch (`rows_ratio_all`:
+diluted by the drain at the end, where the rows are bounded by the requests left);
 prompt tokens prefilled vs computed (the prefix cache's saving), preemptions, and `identical`: whether
 both engines' outputs are the same token for token.
 """
@@ -120,7 +123,7 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     pool = default_pages(b.batch, length, page)
     with jax.set_mesh(mesh):
         model = prepared.load(mesh, rules, spec.seed)
-        import os; paged = Engine(model, max_batch=int(os.environ.get("XROWS", round(b.length_spread * b.batch))), paged=True, page_size=page, num_pages=pool,
+        paged = Engine(model, max_batch=round(b.length_spread * b.batch), paged=True, page_size=page, num_pages=pool,
                        **options, **common)
         kernel = paged.paged_kernel
         paged_tokens, paged_s, paged_stats = _run(paged, prompts, max_new, ctx.logger, "paged")
@@ -131,7 +134,8 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
     generated = sum(max_new)
     total = paged_stats["prefill_tokens_total"]
     computed = paged_stats["prefill_tokens_computed"]
-    rows_p, rows_c = paged_stats["rows_running_mean"], contiguous_stats["rows_running_mean"]
+    rows_p, rows_c = paged_stats["rows_full_mean"], contiguous_stats["rows_full_mean"]
+    all_p, all_c = paged_stats["rows_running_mean"], contiguous_stats["rows_running_mean"]
     differ = [i for i, (x, y) in enumerate(zip(paged_tokens, contiguous_tokens)) if x != y]
     if differ:
         ctx.logger.warning("%d of %d requests differ between the engines (first: %d)", len(differ), len(prompts),
@@ -141,6 +145,10 @@ def run(spec: BenchSpec, ctx: StageContext) -> dict:
         tokens_per_s_paged=round(generated / paged_s, 2), tokens_per_s_contiguous=round(generated / contiguous_s, 2),
         mean_rows_paged=round(rows_p, 2), mean_rows_contiguous=round(rows_c, 2),
         rows_ratio=round(rows_p / rows_c, 3) if rows_c else None,
+        mean_rows_all_paged=round(all_p, 2), mean_rows_all_contiguous=round(all_c, 2),
+        rows_ratio_all=round(all_p / all_c, 3) if all_c else None,
+        dispatches_full_paged=paged_stats["dispatches_full"],
+        dispatches_full_contiguous=contiguous_stats["dispatches_full"],
         max_rows_paged=paged_stats["rows_running_max"], max_rows_contiguous=contiguous_stats["rows_running_max"],
         prefill_tokens_computed=computed, prefill_tokens_total=total,
         prefix_saved_fraction=round(1 - computed / total, 3) if total else 0.0,

@@ -47,3 +47,17 @@ def row_shards(mesh: Any, rules) -> int:
     for axis in dict(rules).get("batch", ()):
         shards *= int(mesh.shape.get(axis, 1))
     return shards
+
+
+def row_buckets(max_rows: int, shards: int = 1, smallest: int = 4, steps: int = 8) -> tuple[int, ...]:
+    """The row counts a paged decode step is compiled for: doubling from `smallest` up to
+    `max_rows / steps`, then in `steps` equal strides up to `max_rows`, all multiples of `shards`
+    (the mesh's row shards). So a step computes at most 1/`steps` more rows than run once past the
+    doubling, in about log2(max_rows / steps) + steps programs."""
+    def up(n: int) -> int:
+        return min(max_rows, shards * -(-n // shards))
+
+    stride = up(max(smallest, -(-max_rows // steps)))
+    sizes = {up(n) for n in doubling_buckets(smallest, stride)}
+    sizes.update(up(n) for n in range(stride, max_rows + stride, stride))
+    return tuple(sorted(sizes))

@@ -46,7 +46,7 @@ from flax import nnx
 from jz3_jax.decoding import paged_steps, steps as device
 from jz3_jax.decoding.attention import resolve_layout, resolve_paged_kernel
 from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch, score_inputs
-from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, row_shards, smallest_at_least
+from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, row_buckets, row_shards, smallest_at_least
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.live import Live
@@ -131,14 +131,14 @@ class Engine:
         self.prefix_cache = prefix_cache
         # Paged: a decode dispatch computes the running rows padded to one of these counts
         # (multiples of the mesh's row shards), not every slot.
-        shards = row_shards(self.mesh, self.rules)
-        self.decode_buckets = doubling_buckets(shards * -(-min(DECODE_MIN_ROWS, max_batch) // shards), max_batch)
+        self.decode_buckets = row_buckets(max_batch, row_shards(self.mesh, self.rules), min(DECODE_MIN_ROWS, max_batch))
         self._paging: PagedRows | None = None
         self._rows: list[Live | None] = []
         self._waiting: collections.deque[Live] = collections.deque()
         self.reset()
         self.generated_tokens = 0  # tokens sampled since construction (for throughput figures)
-        self._running = [0, 0, 0]  # decode dispatches, sum and max of the rows they ran
+        # decode dispatches, sum and max of the rows they ran; dispatches while requests waited, their rows
+        self._running = [0, 0, 0, 0, 0]
 
     # --- submitting -----------------------------------------------------------------------------
 
@@ -218,12 +218,15 @@ class Engine:
         return prefill_shapes(self.prompt_bucket, self.max_seq_len, self.max_batch)
 
     def stats(self) -> dict[str, float | int]:
-        """Counters since construction: rows per decode dispatch (mean, max), tokens generated, and
+        """Counters since construction: rows per decode dispatch (mean, max; and the mean over the
+        dispatches run while requests waited, `rows_full_mean`: the rows the engine holds when
+        it is full, which a drain at the end of a job does not dilute), tokens generated, and
         for a paged engine the pool's pages (in use, total, holding cached prefixes), prefix-cache
         hit tokens vs prompt tokens prefilled (computed, total; a preempted request's recompute
         counts again) and preemptions."""
-        dispatches, rows, most = self._running
+        dispatches, rows, most, full, full_rows = self._running
         out = dict(rows_running_mean=rows / dispatches if dispatches else 0.0, rows_running_max=most,
+                   rows_full_mean=full_rows / full if full else 0.0, dispatches_full=full,
                    generated_tokens=self.generated_tokens, waiting=len(self._waiting))
         if self._paging is not None:
             out.update(self._paging.stats())
@@ -275,8 +278,10 @@ class Engine:
             running = [row for row, live in enumerate(self._rows) if live is not None]
             if not running:
                 return events
-            self._running = [self._running[0] + 1, self._running[1] + len(running),
-                             max(self._running[2], len(running))]
+            full = bool(self._waiting)  # requests wait: the rows are bounded by the rows or pages the engine has
+            n, total, most, full_n, full_total = self._running
+            self._running = [n + 1, total + len(running), max(most, len(running)), full_n + full,
+                             full_total + len(running) * full]
             want = self._logprobs_wanted(self._rows)
             rows = self._dispatch_rows(running)
             keep = jnp.asarray(np.asarray([self._rows[row] is not None for row in rows]))

@@ -18,6 +18,7 @@ _RATE_WINDOW_S = 10.0
 ENGINE_STATS = {
     "rows_running_mean": "rows per decode dispatch, mean since start",
     "rows_running_max": "rows per decode dispatch, most since start",
+    "rows_full_mean": "rows per decode dispatch while requests waited (the engine full), mean since start",
     "generated_tokens": "tokens the engine sampled since start",
     "pages_in_use": "KV-cache pages held by running rows (paged engine)",
     "pages_total": "KV-cache pages in the pool, the scratch page excluded (paged engine)",
