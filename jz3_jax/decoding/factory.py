@@ -114,8 +114,9 @@ def warm_up(engine: Engine, logger: logging.Logger, logprobs: bool = False) -> i
     log-probability variants too) and log how many; returns that number."""
     start = time.perf_counter()
     compiled = engine.warm_up(logprobs=logprobs)
-    logger.info("engine warm-up: %d prefill shapes and the decode step, %d programs compiled in %.1fs",
-                len(engine.prefill_shapes()), compiled, time.perf_counter() - start)
+    decode = len(engine.decode_buckets) if engine.paged else 1
+    logger.info("engine warm-up: %d prefill shapes and %d decode step(s), %d programs compiled in %.1fs",
+                len(engine.prefill_shapes()), decode, compiled, time.perf_counter() - start)
     return compiled
 
 
