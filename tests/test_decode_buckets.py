@@ -16,6 +16,7 @@ import pytest
 from helpers import REPO_ROOT, last_json_line, run_in_subprocess
 from jz3_jax.config import apply_overrides, load_config
 from jz3_jax.decoding.compiles import count_compiles
+from jz3_jax.decoding.buckets import dispatch_slots, row_buckets
 from jz3_jax.decoding.engine import doubling_buckets, prefill_shapes
 from jz3_jax.decoding.factory import load_engine
 from jz3_jax.serve import build_server
@@ -43,6 +44,25 @@ def test_bucket_sets_are_small_and_bounded():
     assert doubling_buckets(16, 128) == (16, 32, 64, 128)
     assert doubling_buckets(64, 2048) == (64, 128, 256, 512, 1024, 2048)
     assert doubling_buckets(64, 100) == (64, 100) and doubling_buckets(64, 64) == (64,) and doubling_buckets(64, 8) == (8,)
+
+
+@pytest.mark.parametrize("max_rows,shards", [(1, 1), (16, 1), (64, 1), (64, 4), (100, 1), (256, 2), (6, 2)])
+def test_decode_row_buckets_bound_the_padding(max_rows, shards):
+    """Every count of running rows has a bucket, a multiple of the row shards, that pads it by at
+    most an eighth of `max_rows` (or to the smallest bucket)."""
+    buckets = row_buckets(max_rows, shards)
+    assert list(buckets) == sorted(set(buckets)) and buckets[-1] == max_rows
+    assert all(b % shards == 0 for b in buckets if b != max_rows)
+    assert len(buckets) <= 12
+    for running in range(1, max_rows + 1):
+        bucket = next(b for b in buckets if b >= running)
+        assert bucket - running <= max(buckets[0], shards * -(-max_rows // (8 * shards)))
+
+
+def test_dispatch_slots_are_the_running_rows_then_free_ones():
+    slots = dispatch_slots([5, 2, 9], (4, 8, 12), 12)
+    assert slots[:3] == [5, 2, 9] and len(slots) == 4 and len(set(slots)) == 4 and slots[3] not in (5, 2, 9)
+    assert sorted(dispatch_slots(list(range(12)), (4, 8, 12), 12)) == list(range(12))
 
 
 def test_prefill_shapes_are_at_most_two_per_width():

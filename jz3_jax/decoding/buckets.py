@@ -61,3 +61,11 @@ def row_buckets(max_rows: int, shards: int = 1, smallest: int = 4, steps: int = 
     sizes = {up(n) for n in doubling_buckets(smallest, stride)}
     sizes.update(up(n) for n in range(stride, max_rows + stride, stride))
     return tuple(sorted(sizes))
+
+
+def dispatch_slots(running: list[int], buckets: tuple[int, ...], slots: int) -> list[int]:
+    """The slots a paged decode dispatch computes: the `running` ones, then free ones up to the
+    smallest of `buckets` that holds them all (distinct, all below `slots`)."""
+    n = smallest_at_least(buckets, len(running))
+    taken = set(running)
+    return running + [row for row in range(slots) if row not in taken][: n - len(running)]

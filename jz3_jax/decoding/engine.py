@@ -21,14 +21,10 @@ dispatch, so no request compiles anything afterwards.
 
 Paged (the default, `paged=True`): the cache is a pool of `num_pages` pages of `page_size` tokens
 shared by all rows (`jz3_jax.model.paged_attention`); `max_batch` only caps the rows running at
-once. A waiting request is admitted (first come, first served) when a row is free and the pool has
-pages for its prompt and the next dispatch; before each dispatch every running row gets pages for
-its next `steps_per_dispatch` tokens, and when the pool runs dry the most recently admitted row is
-preempted: its pages are freed and its request goes back to the front of the queue, to be prefilled
-later with its prompt and the tokens it had generated, then continue where it stopped (the caller
-sees nothing of it). With `prefix_cache`, full prompt pages are shared between requests with the
-same prefix (`paging.py`) and a prefill computes only the uncached suffix, padded to a width
-bucket, attending over a context bucket (`paged_rows.paged_prefill_shapes`).
+once. Admission against the pool, growth before each dispatch, preemption of the most recently
+admitted row when the pool runs dry (its request requeued and resumed where it stopped) and prefix
+sharing are `paged_rows.py`'s; a decode dispatch computes only the running rows, padded to a row
+bucket (`buckets.dispatch_slots`).
 """
 
 from __future__ import annotations
@@ -46,17 +42,19 @@ from flax import nnx
 from jz3_jax.decoding import paged_steps, steps as device
 from jz3_jax.decoding.attention import resolve_layout, resolve_paged_kernel
 from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch, score_inputs
-from jz3_jax.decoding.buckets import doubling_buckets, group_rows, prefill_shapes, row_buckets, row_shards, smallest_at_least
+from jz3_jax.decoding.buckets import (dispatch_slots, doubling_buckets, group_rows, prefill_shapes, row_buckets, row_shards,
+                                     smallest_at_least)
 from jz3_jax.decoding.compiles import count_compiles
+from jz3_jax.decoding.counters import DispatchCounters
 from jz3_jax.decoding.detokenize import IncrementalText
 from jz3_jax.decoding.live import Live
-from jz3_jax.decoding.logprobs import fetch_logprobs, row_logprobs, scored_tokens
+from jz3_jax.decoding.logprobs import fetch_logprobs, row_logprobs, score_prompt
 from jz3_jax.decoding.paged_rows import PagedRows, context_width, paged_prefill_shapes
 from jz3_jax.decoding.paging import default_pages
-from jz3_jax.decoding.requests import Event, Generation, Request, RequestError, TokenLogprob
+from jz3_jax.decoding.requests import (Event, Generation, Request, RequestError, TokenLogprob, check_logprobs,
+                                      check_top_k)
 from jz3_jax.decoding.sampling import SamplingParams
 from jz3_jax.model.decoder import Decoder
-
 
 DECODE_MIN_ROWS = 4  # the smallest paged decode bucket (fewer rows cost about as much: the weights are read anyway)
 
@@ -137,8 +135,7 @@ class Engine:
         self._waiting: collections.deque[Live] = collections.deque()
         self.reset()
         self.generated_tokens = 0  # tokens sampled since construction (for throughput figures)
-        # decode dispatches, sum and max of the rows they ran; dispatches while requests waited, their rows
-        self._running = [0, 0, 0, 0, 0]
+        self._dispatches = DispatchCounters()
 
     # --- submitting -----------------------------------------------------------------------------
 
@@ -161,17 +158,11 @@ class Engine:
 
     def check_logprobs(self, n: int | None) -> None:
         """Raise RequestError if this engine cannot return `n` top log-probabilities (None: none asked)."""
-        if n is not None and (not self.max_logprobs or n > self.max_logprobs):
-            raise RequestError(f"{n} top log-probabilities exceed this engine's limit of {self.max_logprobs} "
-                               "(engine.max_logprobs)" if self.max_logprobs else
-                               "log-probabilities are off on this engine (engine.max_logprobs=0)")
+        check_logprobs(n, self.max_logprobs)
 
     def check_sampling(self, params: SamplingParams) -> None:
         """Raise RequestError if this engine cannot sample with `params` (a top_k above `max_top_k`)."""
-        if self.max_top_k < params.top_k < self.vocab_size:
-            raise RequestError(
-                f"top_k={params.top_k} exceeds this engine's limit of {self.max_top_k} (engine.max_top_k); "
-                f"use top_k <= {self.max_top_k}, or 0 for no top-k filter")
+        check_top_k(params.top_k, self.max_top_k, self.vocab_size)
 
     def submit(self, request: Request) -> None:
         """Queue a request (validated first); it starts at the next `step()` with a free row."""
@@ -218,16 +209,10 @@ class Engine:
         return prefill_shapes(self.prompt_bucket, self.max_seq_len, self.max_batch)
 
     def stats(self) -> dict[str, float | int]:
-        """Counters since construction: rows per decode dispatch (mean, max; and the mean over the
-        dispatches run while requests waited, `rows_full_mean`: the rows the engine holds when
-        it is full, which a drain at the end of a job does not dilute), tokens generated, and
-        for a paged engine the pool's pages (in use, total, holding cached prefixes), prefix-cache
-        hit tokens vs prompt tokens prefilled (computed, total; a preempted request's recompute
-        counts again) and preemptions."""
-        dispatches, rows, most, full, full_rows = self._running
-        out = dict(rows_running_mean=rows / dispatches if dispatches else 0.0, rows_running_max=most,
-                   rows_full_mean=full_rows / full if full else 0.0, dispatches_full=full,
-                   generated_tokens=self.generated_tokens, waiting=len(self._waiting))
+        """Counters since construction: rows per decode dispatch (`DispatchCounters`), tokens
+        generated, requests waiting, and for a paged engine the pool's and prefix cache's
+        (`PagedRows.stats`)."""
+        out = dict(**self._dispatches.stats(), generated_tokens=self.generated_tokens, waiting=len(self._waiting))
         if self._paging is not None:
             out.update(self._paging.stats())
         return out
@@ -242,17 +227,11 @@ class Engine:
                 self._prefill_fn().lower(self.graphdef, self.params, self._state,
                                          self._prefill_batch(rows, width, (context or [width])[0], [])).compile()
             none = jnp.asarray(np.zeros(self.max_batch, bool))
-            # (arguments passed as `step` passes them: the jit cache tells positional from default ones)
             for n in [0] + ([self.max_logprobs] if logprobs and self.max_logprobs else []):
                 device.sample_first.lower(self._state, none, self.eos_ids, self.max_top_k, self.rules, n).compile()
-                if not self.paged:
-                    device.decode.lower(self.decode_graphdef, self.params, self._state, none, self.steps_per_dispatch,
-                                        self.eos_ids, self.max_top_k, n).compile()
-                for rows in self.decode_buckets if self.paged else ():
-                    paged_steps.decode_rows.lower(
-                        self.decode_graphdef, self.params, self._state, jnp.asarray(np.arange(rows, dtype=np.int32)),
-                        none[:rows], self.steps_per_dispatch, self.eos_ids, self.max_top_k, n,
-                        jnp.asarray(self._paging.table[:rows])).compile()
+                for rows in self.decode_buckets if self.paged else (self.max_batch,):
+                    fn, args = self._decode_call(list(range(rows)), none[:rows], n)
+                    fn.lower(*args).compile()
             if logprobs and self.max_logprobs:
                 for width in self.prefill_widths:
                     device.score_prompt.lower(self.graphdef, self.params, *score_inputs([0], width, 0.0, self.pad_id),
@@ -278,21 +257,13 @@ class Engine:
             running = [row for row, live in enumerate(self._rows) if live is not None]
             if not running:
                 return events
-            full = bool(self._waiting)  # requests wait: the rows are bounded by the rows or pages the engine has
-            n, total, most, full_n, full_total = self._running
-            self._running = [n + 1, total + len(running), max(most, len(running)), full_n + full,
-                             full_total + len(running) * full]
+            self._dispatches.add(len(running), full=bool(self._waiting))
             want = self._logprobs_wanted(self._rows)
-            rows = self._dispatch_rows(running)
-            keep = jnp.asarray(np.asarray([self._rows[row] is not None for row in rows]))
-            if self.paged:
-                result = paged_steps.decode_rows(self.decode_graphdef, self.params, self._state,
-                                                 jnp.asarray(np.asarray(rows, np.int32)), keep,
-                                                 self.steps_per_dispatch, self.eos_ids, self.max_top_k, want,
-                                                 jnp.asarray(self._paging.table[rows]))
-            else:
-                result = device.decode(self.decode_graphdef, self.params, self._state, keep,
-                                       self.steps_per_dispatch, self.eos_ids, self.max_top_k, want)
+            # Contiguous: every slot (a row's cache cannot move); paged: the running rows, padded to a bucket.
+            rows = dispatch_slots(running, self.decode_buckets, self.max_batch) if self.paged else range(self.max_batch)
+            fn, args = self._decode_call(rows, jnp.asarray(np.asarray([self._rows[row] is not None for row in rows])),
+                                         want)
+            result = fn(*args)
             self._state, out, extra = result[0], np.asarray(result[1]), fetch_logprobs(result[2:])
         for j, row in enumerate(rows):  # output j is slot rows[j]'s
             live = self._rows[row]
@@ -302,15 +273,6 @@ class Engine:
                 self._advance(row, tokens, events, row_logprobs(wanted, extra, j, len(tokens)))
         return events
 
-    def _dispatch_rows(self, running: list[int]) -> list[int]:
-        """The slots a decode dispatch computes: every slot (contiguous: a row's cache moves with
-        it), or (paged) the running ones padded with free slots to the smallest row bucket."""
-        if not self.paged:
-            return list(range(self.max_batch))
-        n = smallest_at_least(self.decode_buckets, len(running))
-        taken = set(running)
-        return running + [row for row in range(self.max_batch) if row not in taken][: n - len(running)]
-
     def score(self, prompt_ids: Sequence[int], top_n: int, temperature: float = 0.0) -> list[TokenLogprob]:
         """The log-probability of every prompt token after the first given the ones before it (as
         `sampling.token_logprobs` computes them at `temperature`) and the `top_n` most likely tokens
@@ -319,15 +281,19 @@ class Engine:
         if not 0 < n <= self.max_seq_len:
             raise RequestError(f"a prompt to score needs 1 to {self.max_seq_len} tokens, got {n}")
         self.check_logprobs(top_n)
-        if n == 1:
-            return []
-        width = smallest_at_least(self.prefill_widths, n)
         with self._on_mesh():
-            chosen, ids, lps = device.score_prompt(self.graphdef, self.params,
-                                                   *score_inputs(prompt_ids, width, temperature, self.pad_id),
-                                                   self.max_logprobs)
-            chosen, ids, lps = np.asarray(chosen)[0], np.asarray(ids)[0], np.asarray(lps)[0]
-        return scored_tokens(prompt_ids, chosen, ids, lps, top_n)
+            return score_prompt(self.graphdef, self.params, prompt_ids, smallest_at_least(self.prefill_widths, n),
+                                temperature, self.pad_id, self.max_logprobs, top_n)
+
+    def _decode_call(self, rows: Sequence[int], keep: jax.Array, logprobs: int) -> tuple[Callable, tuple]:
+        """The decode program of a dispatch over the slots `rows` and its arguments (warm-up
+        lowers the very same call: the jit cache tells positional from default arguments)."""
+        common = (self.steps_per_dispatch, self.eos_ids, self.max_top_k, logprobs)
+        if not self.paged:
+            return device.decode, (self.decode_graphdef, self.params, self._state, keep, *common)
+        return paged_steps.decode_rows, (self.decode_graphdef, self.params, self._state,
+                                         jnp.asarray(np.asarray(rows, np.int32)), keep, *common,
+                                         jnp.asarray(self._paging.table[list(rows)]))
 
     def _logprobs_wanted(self, lives) -> int:
         """The static `logprobs` of this dispatch: `max_logprobs` when some row asks, else 0 (the plain program)."""

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jz3_jax.decoding import steps
+from jz3_jax.decoding.batches import score_inputs
 from jz3_jax.decoding.requests import TokenLogprob
 
 
@@ -35,3 +37,14 @@ def scored_tokens(prompt_ids: Sequence[int], chosen: np.ndarray, ids: np.ndarray
     return [TokenLogprob(int(prompt_ids[i + 1]), float(chosen[i]),
                          [(int(t), float(v)) for t, v in zip(ids[i, :top_n], lps[i, :top_n])])
             for i in range(len(prompt_ids) - 1)]
+
+
+def score_prompt(graphdef, params, prompt_ids: Sequence[int], width: int, temperature: float, pad_id: int,
+                 max_logprobs: int, top_n: int) -> list[TokenLogprob]:
+    """Every prompt token's log-probability after the first and its `top_n` alternatives
+    (`Engine.score`): one forward pass of the prompt padded to `width`, compiled for `max_logprobs`."""
+    if len(prompt_ids) == 1:
+        return []
+    chosen, ids, lps = steps.score_prompt(graphdef, params, *score_inputs(prompt_ids, width, temperature, pad_id),
+                                          max_logprobs)
+    return scored_tokens(prompt_ids, np.asarray(chosen)[0], np.asarray(ids)[0], np.asarray(lps)[0], top_n)

@@ -13,6 +13,21 @@ class RequestError(ValueError):
     """A request the engine cannot run (empty prompt, too long for the cache, bad settings)."""
 
 
+def check_logprobs(n: int | None, limit: int) -> None:
+    """Raise RequestError unless an engine returning at most `limit` top log-probabilities (0: none)
+    can return `n` (None: none asked)."""
+    if n is not None and (not limit or n > limit):
+        raise RequestError(f"{n} top log-probabilities exceed this engine's limit of {limit} (engine.max_logprobs)"
+                           if limit else "log-probabilities are off on this engine (engine.max_logprobs=0)")
+
+
+def check_top_k(top_k: int, limit: int, vocab_size: int) -> None:
+    """Raise RequestError if `top_k` is above an engine's `limit` (a top_k of at least the vocabulary is no filter)."""
+    if limit < top_k < vocab_size:
+        raise RequestError(f"top_k={top_k} exceeds this engine's limit of {limit} (engine.max_top_k); "
+                           f"use top_k <= {limit}, or 0 for no top-k filter")
+
+
 @dataclasses.dataclass
 class Request:
     """One prompt to continue. `on_event`, if set, is called (from the engine's thread) with
