@@ -42,8 +42,8 @@ from flax import nnx
 from jz3_jax.decoding import paged_steps, steps as device
 from jz3_jax.decoding.attention import resolve_layout, resolve_paged_kernel
 from jz3_jax.decoding.batches import RowPrefill, paged_prefill_batch, prefill_batch, score_inputs
-from jz3_jax.decoding.buckets import (dispatch_slots, doubling_buckets, group_rows, prefill_shapes, row_buckets, row_shards,
-                                     smallest_at_least)
+from jz3_jax.decoding.buckets import (dispatch_slots, doubling_buckets, group_rows, prefill_shapes, row_buckets,
+                                     row_shards, smallest_at_least)
 from jz3_jax.decoding.compiles import count_compiles
 from jz3_jax.decoding.counters import DispatchCounters
 from jz3_jax.decoding.detokenize import IncrementalText

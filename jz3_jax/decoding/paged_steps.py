@@ -5,9 +5,10 @@ page pools shared by every row, and per row a page table and a length. `steps.sa
 `steps.decode` run on it unchanged (`decode` takes the page table the host prepared for the
 dispatch); `decode_rows` runs it over a subset of the rows (the running ones, padded to a row
 bucket): the rows are gathered and scattered back, the pool is shared, so moving a row costs its
-few scalars, not its cache. `prefill` here runs each new row's uncached suffix: the row's page table already names
-the cached prefix pages and fresh pages for the rest, the suffix's keys/values are written into
-them, and its attention reads the prefix and itself through the table (`paged_prefill_attention`).
+few scalars, not its cache. `prefill` here runs each new row's uncached suffix: the row's page
+table already names the cached prefix pages and fresh pages for the rest, the suffix's
+keys/values are written into them, and its attention reads the prefix and itself through the
+table (`paged_prefill_attention`).
 
 A row resumed after preemption is prefilled with its prompt and every generated token but the last
 one, which becomes its pending token: its sampler continues at the same count, so the rest of its
@@ -23,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jz3_jax.decoding.sampling import row_keys
 from jz3_jax.decoding import steps as device
+from jz3_jax.decoding.sampling import row_keys
 from jz3_jax.decoding.steps import DecodeState, constrain_state, empty_state
 from jz3_jax.model.paged_attention import PagedKVCache
 
