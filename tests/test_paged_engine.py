@@ -215,8 +215,9 @@ def test_rows_full_counts_only_dispatches_with_requests_waiting(model, paged):
     assert stats["rows_running_mean"] == 1.5 and stats["rows_running_max"] == 2
 
 
-@pytest.mark.slow
 def test_scanned_layers_paged_equals_contiguous():
+    """Scanned layers share one pool carried through the layer scan (each layer's pages at its own
+    offset): the layout the TPU decode step runs; the same tokens as the contiguous cache."""
     scanned = _tiny(scan_layers=True)
     tokens, _, stats = _run(scanned, num_pages=14)
     assert tokens == _run(scanned, paged=False)[0]
