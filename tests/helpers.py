@@ -123,3 +123,20 @@ def launched_serve(config: str, overrides: Sequence[str], run_dir: Path, start_t
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def random_examples(lengths: Sequence[int], vocab: int = 256, seed: int = 0, prompt: int = 2):
+    """Influence `Encoded` examples of the given lengths, random tokens; the first `prompt` targets
+    are masked (an `input`)."""
+    import numpy as np
+
+    from jz3_jax.influence.inputs import Encoded
+
+    rng = np.random.default_rng(seed)
+    toks, targs, masks = [], [], []
+    for n in lengths:
+        ids = rng.integers(0, vocab, n + 1).astype(np.int32)
+        mask = np.ones(n, np.float32)
+        mask[:min(prompt, n - 1)] = 0
+        toks.append(ids[:-1]), targs.append(ids[1:]), masks.append(mask)
+    return Encoded(toks, targs, masks, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import last_json_line, run_in_subprocess
+from helpers import last_json_line, random_examples, run_in_subprocess
 from jz3_jax.influence import scoring
 from jz3_jax.influence.features import FeatureStore, StoreMismatch
 from jz3_jax.influence.gradients import adam_direction, example_loss, per_example_grads
 from jz3_jax.influence.featurize import fetch
-from jz3_jax.influence.inputs import Encoded, batch_arrays, plan_batches
+from jz3_jax.influence.inputs import batch_arrays, plan_batches
 from jz3_jax.influence.projection import project
 
 LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q", "k", "v", "o", "up"]}
@@ -40,18 +39,6 @@ def random_state(model, seed=0):
     mu = [rng.normal(0, 1e-3, s).astype(np.float32) for s in shapes]
     nu = [(rng.normal(0, 1e-3, s) ** 2).astype(np.float32) for s in shapes]
     return params, mu, nu
-
-
-def examples(lengths, vocab=256, seed=0, prompt=2) -> Encoded:
-    """Examples of the given lengths; the first `prompt` targets are masked (an `input`)."""
-    rng = np.random.default_rng(seed)
-    toks, targs, masks = [], [], []
-    for n in lengths:
-        ids = rng.integers(0, vocab, n + 1).astype(np.int32)
-        mask = np.ones(n, np.float32)
-        mask[:min(prompt, n - 1)] = 0
-        toks.append(ids[:-1]), targs.append(ids[1:]), masks.append(mask)
-    return Encoded(toks, targs, masks, 0)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +70,7 @@ def features_with_budget(model, encoded, rows: int, cfg) -> np.ndarray:
 
 def test_padded_vmap_gradients_equal_single_example_grad(model):
     lengths = [3, 30, 51, 64]  # one 64-token bucket: the shortest and the longest in it
-    enc = examples(lengths)
+    enc = random_examples(lengths)
     batch = batch_arrays(enc, np.arange(len(lengths)), 64, model.pad_id)
     # two chunks of two rows, as the feature job computes them (lax.map over vmapped chunks)
     grads = jax.jit(lambda p, f, b: per_example_grads(model.graphdef, p, f, b, chunk=2))(model.lora, model.frozen,
@@ -99,7 +86,7 @@ def test_padded_vmap_gradients_equal_single_example_grad(model):
 
 
 def test_features_do_not_depend_on_batch_size(model):
-    enc = examples([5 + 3 * i for i in range(16)], seed=1)
+    enc = random_examples([5 + 3 * i for i in range(16)], seed=1)
     cfg = tiny_cfg()
     one = features_with_budget(model, enc, 1, cfg)
     assert np.all(np.linalg.norm(one, axis=1) > 0)
@@ -108,7 +95,7 @@ def test_features_do_not_depend_on_batch_size(model):
 
 
 def test_features_equal_on_8_devices(model, tmp_path):
-    enc = examples([5 + 3 * i for i in range(16)], seed=1)
+    enc = random_examples([5 + 3 * i for i in range(16)], seed=1)
     one = features_with_budget(model, enc, 1, tiny_cfg())
     out = run_in_subprocess(f"""
         import json, sys
@@ -116,12 +103,13 @@ def test_features_equal_on_8_devices(model, tmp_path):
         sys.path.insert(0, "tests")
         import jax
         assert jax.device_count() == 8
-        from test_influence import LORA, examples, features_with_budget, random_state, tiny_cfg
+        from helpers import random_examples
+        from test_influence import LORA, features_with_budget, random_state, tiny_cfg
         from jz3_jax.influence.featurize import FeatureModel
         m = FeatureModel(tiny_cfg(), LORA, (0.9, 0.95, 1e-8))
         assert m.devices == 8
         m.set_arrays(*random_state(m))
-        enc = examples([5 + 3 * i for i in range(16)], seed=1)
+        enc = random_examples([5 + 3 * i for i in range(16)], seed=1)
         feats = features_with_budget(m, enc, 16, tiny_cfg())
         np.save("{tmp_path}/eight.npy", feats)
         print(json.dumps({{"ok": True}}))
@@ -223,7 +211,7 @@ def test_scores_equal_brute_force(aggregate):
 
 
 def test_plan_batches_buckets_and_pads():
-    enc = examples([3, 70, 64, 65, 10, 128], vocab=50)
+    enc = random_examples([3, 70, 64, 65, 10, 128], vocab=50)
     plan = plan_batches(enc, np.arange(6), bucket=64, max_length=128, token_budget=128, multiple=1)
     assert [(length, chunk.tolist()) for length, chunk in plan] == [(64, [0, 2]), (64, [4, -1]), (128, [1]),
                                                                   (128, [3]), (128, [5])]

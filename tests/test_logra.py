@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import random_examples
 from jz3_jax.influence.gradients import per_example_grads
-from jz3_jax.influence.inputs import Encoded, batch_arrays
+from jz3_jax.influence.inputs import batch_arrays
 from jz3_jax.influence.logra import feature_fn, split_taps
 from jz3_jax.model.logra import add_logra, taps
 from jz3_jax.model.lora import LoRAParam, add_lora
@@ -28,17 +29,6 @@ def tiny_model(scan_layers: bool = False):
     cfg = dataclasses.replace(load_config("configs/tiny.py").model, scan_layers=scan_layers, dtype="float32",
                               param_dtype="float32")
     return Decoder(cfg, rngs=nnx.Rngs(0))
-
-
-def examples(lengths, vocab=256, seed=0, prompt=2) -> Encoded:
-    rng = np.random.default_rng(seed)
-    toks, targs, masks = [], [], []
-    for n in lengths:
-        ids = rng.integers(0, vocab, n + 1).astype(np.int32)
-        mask = np.ones(n, np.float32)
-        mask[:min(prompt, n - 1)] = 0
-        toks.append(ids[:-1]), targs.append(ids[1:]), masks.append(mask)
-    return Encoded(toks, targs, masks, 0)
 
 
 def randomize(state, seed, scale, square=False):
@@ -116,7 +106,7 @@ def _graph_with(model, params, values):
 def test_logra_equals_projected_exact_gradients(params, preconditions, scan_layers):
     model, graphdef, trainable, frozen = build(params, scan_layers)
     lengths = [3, 30, 64, 17, 100, 128]  # two buckets (64 and 128), padded rows included
-    enc = examples(lengths)
+    enc = random_examples(lengths)
     tap_graph, tap_state, lora, rest = split_taps(model)
     moments = (randomize(lora, 2, 1e-3), randomize(lora, 3, 1e-3, square=True))
     fns = {p: jax.jit(feature_fn(tap_graph, TARGETS, params, stacked=scan_layers, precondition=p,
@@ -165,7 +155,7 @@ def all_features(m, adam=True) -> np.ndarray:
     from jz3_jax.influence.featurize import fetch
     from jz3_jax.influence.inputs import plan_batches
 
-    enc = examples([5 + 9 * i for i in range(12)], seed=1)
+    enc = random_examples([5 + 9 * i for i in range(12)], seed=1)
     out = np.zeros((12, m.dim), np.float32)
     for length, chunk in plan_batches(enc, np.arange(12), bucket=64, max_length=128, token_budget=8 * 64,
                                       multiple=m.devices):

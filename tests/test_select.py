@@ -188,13 +188,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_fill_one_store_and_score_like_one(tmp_path, full_run, inputs):
-    run_dir = with_warmup(full_run, tmp_path)
+def select_two_processes(run_dir: Path, inputs, *extra: str) -> None:
+    """`select` as two launcher processes of one job under `jax.distributed` (the Pod pattern of
+    tests/test_pods.py); both must exit 0."""
     port = _free_port()
     procs = []
-    for pid in range(2):  # the Pod pattern of tests/test_pods.py: two launcher processes of one job
+    for pid in range(2):
         command = [sys.executable, "-m", "jz3_jax.launch", "select", "--config", "configs/tiny.py", "--run-dir",
-                   str(run_dir), f"select.candidates={inputs[0]}", f"select.targets={inputs[1]}", *COMMON,
+                   str(run_dir), f"select.candidates={inputs[0]}", f"select.targets={inputs[1]}", *COMMON, *extra,
                    *SMALL_BATCHES, f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
                    f"distributed.process_id={pid}"]
         procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(devices=1),
@@ -206,6 +207,11 @@ def test_two_processes_fill_one_store_and_score_like_one(tmp_path, full_run, inp
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0], errors
+
+
+def test_two_processes_fill_one_store_and_score_like_one(tmp_path, full_run, inputs):
+    run_dir = with_warmup(full_run, tmp_path)
+    select_two_processes(run_dir, inputs)
     stage = run_dir / "select"
     for name, (data, _) in feature_files(stage).items():
         info = json.loads((stage / name / "meta.json").read_text())
@@ -243,22 +249,7 @@ def test_logra_top_k_come_from_the_matching_distribution(logra_run):
 
 def test_logra_two_processes_fill_one_store_and_score_like_one(tmp_path, full_run, logra_run, inputs):
     run_dir = with_warmup(full_run, tmp_path)
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        command = [sys.executable, "-m", "jz3_jax.launch", "select", "--config", "configs/tiny.py", "--run-dir",
-                   str(run_dir), f"select.candidates={inputs[0]}", f"select.targets={inputs[1]}", *COMMON, *LOGRA,
-                   *SMALL_BATCHES, f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
-                   f"distributed.process_id={pid}"]
-        procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(devices=1),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    try:
-        errors = [p.communicate(timeout=300)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], errors
+    select_two_processes(run_dir, inputs, *LOGRA)
     stage = run_dir / "select"
     got, want = feature_files(stage), feature_files(logra_run)
     assert sorted(got) == sorted(want) and len(got) == 4

@@ -292,8 +292,8 @@ class Engine:
         if not self.paged:
             return device.decode, (self.decode_graphdef, self.params, self._state, keep, *common)
         return paged_steps.decode_rows, (self.decode_graphdef, self.params, self._state,
-                                         jnp.asarray(np.asarray(rows, np.int32)), keep, *common,
-                                         jnp.asarray(self._paging.table[list(rows)]))
+                                         jnp.asarray(np.asarray(rows, np.int32)),
+                                         jnp.asarray(self._paging.table[list(rows)]), keep, *common)
 
     def _logprobs_wanted(self, lives) -> int:
         """The static `logprobs` of this dispatch: `max_logprobs` when some row asks, else 0 (the plain program)."""

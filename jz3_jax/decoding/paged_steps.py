@@ -98,8 +98,8 @@ ROW_FIELDS = tuple(f for f in DecodeState._fields if f not in ("cache", "prompt_
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "eos_ids", "max_top_k", "logprobs"),
                    donate_argnames=("state",))
-def decode_rows(graphdef, params, state: DecodeState, rows: jax.Array, keep: jax.Array, steps: int,
-                eos_ids: tuple[int, ...], max_top_k: int = 64, logprobs: int = 0, page_table: jax.Array | None = None):
+def decode_rows(graphdef, params, state: DecodeState, rows: jax.Array, page_table: jax.Array, keep: jax.Array,
+                steps: int, eos_ids: tuple[int, ...], max_top_k: int = 64, logprobs: int = 0):
     """`steps.decode` over the slots `rows` [n] only (distinct; `keep` [n] and `page_table` [n,
     pages_per_row] are theirs): a step computes n rows, not every slot. Returns what
     `steps.decode` returns, its per-row outputs in the order of `rows`."""

@@ -78,9 +78,7 @@ class FeatureModel:
     def set_arrays(self, params: list[np.ndarray], mu: list[np.ndarray] | None = None,
                    nu: list[np.ndarray] | None = None) -> None:
         """Replace the adapters (and Adam moments) with host arrays in the LoRA tree's leaf order."""
-        treedef = jax.tree.structure(self.lora)
-        put = lambda arrays: jax.device_put(jax.tree.unflatten(treedef, [np.asarray(a) for a in arrays]),
-                                            self.replicated)
+        put = lambda arrays: tree_from_arrays(self.lora, arrays, self.replicated)
         self.lora = put(params)
         self.moments = (put(mu), put(nu)) if mu is not None else (self.lora, self.lora)
         self._refresh()
@@ -122,6 +120,12 @@ class FeatureModel:
         outs = [steps[i](self._lora_on[i], self._frozen_on[i], self._moments_on[i], shards[i])
                 for i in range(self.devices)]
         return Pending(outs, rows)
+
+
+def tree_from_arrays(like, arrays: list[np.ndarray], sharding):
+    """A tree shaped like `like` holding host `arrays` (in its leaf order), placed with `sharding`
+    (one sharding or a matching tree of them)."""
+    return jax.device_put(jax.tree.unflatten(jax.tree.structure(like), [np.asarray(a) for a in arrays]), sharding)
 
 
 def lora_paths(lora) -> list[str]:

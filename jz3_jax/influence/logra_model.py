@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jz3_jax.checkpoint import load_model
-from jz3_jax.influence.featurize import Pending, lora_paths, read_epoch
+from jz3_jax.influence.featurize import Pending, lora_paths, read_epoch, tree_from_arrays
 from jz3_jax.influence.logra import feature_fn, split_taps, tap_dims
 from jz3_jax.model.layer_stack import is_stacked
 from jz3_jax.model.logra import add_logra, count_matrices
@@ -90,9 +90,7 @@ class LograModel:
     def set_arrays(self, params: list[np.ndarray], mu: list[np.ndarray] | None = None,
                    nu: list[np.ndarray] | None = None) -> None:
         """Replace the adapters (and Adam moments) with host arrays in the LoRA tree's leaf order."""
-        treedef = jax.tree.structure(self.lora)
-        put = lambda arrays: jax.device_put(jax.tree.unflatten(treedef, [np.asarray(a) for a in arrays]),
-                                            self._lora_shardings)
+        put = lambda arrays: tree_from_arrays(self.lora, arrays, self._lora_shardings)
         self.lora = put(params)
         self.moments = (put(mu), put(nu)) if mu is not None else None
 

@@ -84,13 +84,14 @@ def compile_contiguous(setup: DecodeSetup, rows: int, length: int) -> tuple[Any,
 
 def compile_paged(setup: DecodeSetup, rows: int, num_pages: int, page_size: int, pages_per_row: int,
                   impl: str) -> tuple[Any, int]:
-    """The paged engine's decode dispatch (`steps.decode` on a `paged_steps.init_state` state) for
-    `rows` rows of up to `pages_per_row` pages over a pool of `num_pages` pages of `page_size` tokens
-    per layer, decode attention by `impl` ("pallas" or "gather"): (compiled, cache bytes per chip)."""
+    """The paged engine's decode dispatch (`paged_steps.decode_rows` over all `rows` rows, the
+    engine's largest row bucket) for rows of up to `pages_per_row` pages over a pool of `num_pages`
+    pages of `page_size` tokens per layer, decode attention by `impl` ("pallas" or "gather"):
+    (compiled, cache bytes per chip)."""
     import jax
     from flax import nnx
 
-    from jz3_jax.decoding import paged_steps, steps
+    from jz3_jax.decoding import paged_steps
     from jz3_jax.model.factory import abstract_model
 
     model = abstract_model(setup.model_cfg, setup.rules, decode_attention=setup.layout)
@@ -101,6 +102,7 @@ def compile_paged(setup: DecodeSetup, rows: int, num_pages: int, page_size: int,
         shapes = jax.eval_shape(lambda p: paged_steps.init_state(graphdef, p, *shape.values()), setup.params)
         state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
                              init.output_shardings)
-        lowered = steps.decode.lower(graphdef, setup.params, state, _keep(setup, rows), **setup.options,
-                                     page_table=state.cache.page_table)
+        slots = jax.ShapeDtypeStruct((rows,), jax.numpy.int32, sharding=state.cache.lengths.sharding)
+        lowered = paged_steps.decode_rows.lower(graphdef, setup.params, state, slots, state.cache.page_table,
+                                                _keep(setup, rows), **setup.options)
     return lowered.compile(), tree_bytes_per_device((state.cache.k, state.cache.v))
